@@ -1,0 +1,96 @@
+"""Per-pod model cache accounting: weighted LRU in bytes.
+
+Pure bookkeeping, no I/O. The pod's loader asks which models to evict before a
+load and tells the cache what happened. An evicted model keeps its bytes
+(``unloading``) until its unload returns, so the runtime is never asked to hold
+more than the capacity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CacheEntry:
+    size: int
+    last_used_ms: int
+    loading: bool = True
+
+
+class ByteLruCache:
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self._entries: dict[str, CacheEntry] = {}
+        self._unloading: dict[str, int] = {}
+
+    # -- queries -----------------------------------------------------------
+    @property
+    def used(self) -> int:
+        return sum(e.size for e in self._entries.values()) + sum(self._unloading.values())
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry(self, model_id: str) -> CacheEntry | None:
+        return self._entries.get(model_id)
+
+    def model_ids(self) -> list[str]:
+        return list(self._entries)
+
+    def oldest_last_used_ms(self) -> int | None:
+        loaded = [e.last_used_ms for e in self._entries.values() if not e.loading]
+        return min(loaded) if loaded else None
+
+    def plan_eviction(self, needed_bytes: int, pinned: frozenset[str] = frozenset()) -> list[str] | None:
+        """Least-recently-used loaded models whose removal frees ``needed_bytes``.
+
+        Returns [] when the bytes are already free, None when even evicting every
+        unpinned loaded model would not free enough (the load must not start).
+        Models still loading and ``pinned`` ones are never chosen.
+        """
+        shortfall = needed_bytes - self.free
+        if shortfall <= 0:
+            return []
+        candidates = sorted(
+            (e.last_used_ms, model_id, e.size)
+            for model_id, e in self._entries.items()
+            if not e.loading and model_id not in pinned
+        )
+        victims: list[str] = []
+        for _, model_id, size in candidates:
+            victims.append(model_id)
+            shortfall -= size
+            if shortfall <= 0:
+                return victims
+        return None
+
+    # -- updates -----------------------------------------------------------
+    def start_load(self, model_id: str, predicted_size: int, last_used_ms: int) -> None:
+        self._entries[model_id] = CacheEntry(size=predicted_size, last_used_ms=last_used_ms, loading=True)
+
+    def finish_load(self, model_id: str, size: int) -> None:
+        entry = self._entries[model_id]
+        entry.size = size
+        entry.loading = False
+
+    def touch(self, model_id: str, now_ms: int) -> None:
+        entry = self._entries.get(model_id)
+        if entry is not None and now_ms > entry.last_used_ms:
+            entry.last_used_ms = now_ms
+
+    def start_unload(self, model_id: str) -> None:
+        """Drop the model from the cache; its bytes stay reserved until finish_unload."""
+        entry = self._entries.pop(model_id, None)
+        if entry is not None:
+            self._unloading[model_id] = self._unloading.get(model_id, 0) + entry.size
+
+    def finish_unload(self, model_id: str) -> None:
+        self._unloading.pop(model_id, None)

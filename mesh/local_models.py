@@ -1,0 +1,259 @@
+"""The models this pod holds: single-flight loads, LRU eviction by bytes, registry bookkeeping.
+
+Flow of a load: make room (evict least-recently-used models, waiting for their
+unloads), mark the pod as loading in the registry, call the adapter's
+loadModel, record the measured size, mark the pod as a holder. A failure is
+recorded per pod with its message; requests get that failure until it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+
+from mesh.cache import ByteLruCache
+from mesh.errors import MeshError, load_failure_code
+from mesh.records import LoadFailure, ModelRecord
+from mesh.routing import RoutingTable
+from mesh.runtime_client import RuntimeClient
+from mesh.store import EtcdStore, StoreError, Unchanged
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ModelLoader:
+    def __init__(
+        self,
+        pod_id: str,
+        store: EtcdStore,
+        table: RoutingTable,
+        runtime: RuntimeClient,
+        cache: ByteLruCache,
+        load_timeout_s: float,
+        failure_expiry_s: float,
+    ) -> None:
+        self.pod_id = pod_id
+        self._store = store
+        self._table = table
+        self._runtime = runtime
+        self.cache = cache
+        self._load_timeout_s = load_timeout_s
+        self._failure_expiry_ms = int(failure_expiry_s * 1000)
+        self._loads: dict[str, asyncio.Future[None]] = {}  # single flight: one load per model
+        self._inflight: Counter[str] = Counter()  # requests being served; pins against eviction
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.load_count = 0
+
+    # -- hot path ------------------------------------------------------------------
+    def is_loaded(self, model_id: str) -> bool:
+        entry = self.cache.entry(model_id)
+        return entry is not None and not entry.loading
+
+    def acquire(self, model_id: str) -> None:
+        self._inflight[model_id] += 1
+        self.cache.touch(model_id, now_ms())
+
+    def release(self, model_id: str) -> None:
+        self._inflight[model_id] -= 1
+        if self._inflight[model_id] <= 0:
+            del self._inflight[model_id]
+
+    # -- loading -------------------------------------------------------------------
+    async def ensure_loaded(self, model_id: str, last_used_ms: int | None = None) -> None:
+        """Return once this pod holds the model; raise MeshError if it cannot.
+
+        Concurrent callers share one load. Cancelling a caller does not cancel the load.
+        """
+        if self.is_loaded(model_id):
+            return
+        pending = self._loads.get(model_id)
+        if pending is None:
+            record = self._table.model(model_id)
+            if record is None:
+                raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
+            failure = record.failures.get(self.pod_id)
+            if failure is not None and now_ms() - failure.time_ms < self._failure_expiry_ms:
+                raise MeshError(grpc.StatusCode[failure.code], failure.message)
+            pending = asyncio.get_running_loop().create_future()
+            self._loads[model_id] = pending
+            self._spawn(self._load(model_id, record, last_used_ms or now_ms(), pending))
+        await asyncio.shield(pending)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(
+        self, model_id: str, record: ModelRecord, last_used_ms: int, done: asyncio.Future[None]
+    ) -> None:
+        try:
+            await self._load_steps(model_id, record, last_used_ms)
+            done.set_result(None)
+        except MeshError as e:
+            done.set_exception(e)
+        except Exception as e:  # never leave waiters hanging
+            log.exception("load of %s failed unexpectedly", model_id)
+            done.set_exception(MeshError(grpc.StatusCode.INTERNAL, f"load of {model_id} failed: {e}"))
+        finally:
+            del self._loads[model_id]
+            if not done.done():  # cancelled: the pod is stopping
+                done.set_exception(MeshError(grpc.StatusCode.UNAVAILABLE, f"{self.pod_id} is stopping"))
+            done.exception()  # mark retrieved: a load nobody waits for must not log "never retrieved"
+
+    async def _load_steps(self, model_id: str, record: ModelRecord, last_used_ms: int) -> None:
+        try:
+            predicted = await self._runtime.predict_size(model_id, record.type, record.path, record.key)
+        except grpc.aio.AioRpcError:
+            predicted = 0
+        if predicted > self.cache.capacity:
+            await self._fail(
+                model_id,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {model_id} needs {predicted} bytes, more than the capacity of {self.pod_id} "
+                f"({self.cache.capacity} bytes)",
+            )
+        # Reserve the bytes first, so concurrent loads plan their evictions around each other.
+        self.cache.start_load(model_id, predicted, last_used_ms)
+        loaded = False
+        try:
+            await self._make_room()
+            start = now_ms()
+            if await self._update_registry(model_id, lambda r: _with_loading(r, self.pod_id, start)) is None:
+                raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
+            self.load_count += 1
+            try:
+                size = await self._runtime.load(
+                    model_id, record.type, record.path, record.key, timeout_s=self._load_timeout_s
+                )
+            except grpc.aio.AioRpcError as e:
+                code = load_failure_code(e.code())
+                await self._fail(model_id, code, f"load of {model_id} failed on {self.pod_id}: {e.details()}")
+            loaded = True
+            self.cache.finish_load(model_id, size)
+            log.info("loaded %s on %s (%d bytes) in %d ms", model_id, self.pod_id, size, now_ms() - start)
+            if await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms())) is None:
+                raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
+        except BaseException:
+            # Failed, cancelled or unregistered: give the bytes back and make sure the runtime
+            # does not keep the model (a cancelled load may still complete in the runtime).
+            self.cache.start_unload(model_id)
+            await self._unload_quietly(model_id)
+            self.cache.finish_unload(model_id)
+            if loaded:
+                await self._drop_from_registry(model_id)
+            raise
+        if size > predicted:
+            await self._make_room()  # the measurement may exceed the prediction
+
+    async def _fail(self, model_id: str, code: grpc.StatusCode, message: str) -> None:
+        failure = LoadFailure(time_ms=now_ms(), message=message, code=code.name)
+        log.warning("%s", message)
+        try:
+            await self._update_registry(model_id, lambda r: _with_failure(r, self.pod_id, failure))
+        except MeshError:
+            pass  # the caller still gets the load failure
+        raise MeshError(code, message)
+
+    async def _update_registry(
+        self, model_id: str, mutate: Callable[[ModelRecord], ModelRecord]
+    ) -> ModelRecord | None:
+        """CAS-update the record if it exists; wait until this pod's view has the write."""
+
+        def apply(current: ModelRecord | None) -> ModelRecord | None:
+            if current is None:
+                raise Unchanged
+            return mutate(current)
+
+        try:
+            written, revision = await self._store.update_model(model_id, apply)
+            await self._table.wait_for_revision(revision)
+        except StoreError as e:
+            raise MeshError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {e}") from e
+        return written
+
+    # -- eviction and unloading ----------------------------------------------------------
+    async def _make_room(self) -> None:
+        """Evict least-recently-used models until the reserved bytes fit the capacity."""
+        victims = self.cache.plan_eviction(0, frozenset(self._inflight))
+        if victims is None:
+            raise MeshError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"no room on {self.pod_id}: models loading or in use fill its capacity",
+            )
+        if victims:
+            log.info("evicting %s from %s", victims, self.pod_id)
+            for victim in victims:
+                self.cache.start_unload(victim)  # at once, so no concurrent plan picks it again
+            await asyncio.gather(*(self._evict(v) for v in victims))
+
+    async def unload(self, model_id: str) -> None:
+        if model_id in self.cache:
+            self.cache.start_unload(model_id)
+            await self._evict(model_id)
+
+    async def _evict(self, model_id: str) -> None:
+        """Stop routing to this copy, then unload it; its bytes stay reserved until the unload returns."""
+        await self._drop_from_registry(model_id)
+        await self._unload_quietly(model_id)
+        self.cache.finish_unload(model_id)
+
+    async def _drop_from_registry(self, model_id: str) -> None:
+        try:
+            await self._update_registry(model_id, lambda r: _without_pod(r, self.pod_id))
+        except MeshError as e:
+            log.warning("could not drop %s from the registry: %s", model_id, e.message)
+
+    async def _unload_quietly(self, model_id: str) -> None:
+        try:
+            await self._runtime.unload(model_id)
+        except grpc.aio.AioRpcError as e:
+            log.error("unload of %s failed: %s %s", model_id, e.code().name, e.details())
+
+    def on_model_changed(self, model_id: str, record: ModelRecord | None) -> None:
+        """Routing-table listener: an unregistered model is unloaded here."""
+        if record is None and model_id in self.cache and model_id not in self._loads:
+            self._spawn(self.unload(model_id))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- record mutations (pure) ---------------------------------------------------------------
+def _with_loading(record: ModelRecord, pod_id: str, at_ms: int) -> ModelRecord:
+    record.loading[pod_id] = at_ms
+    record.holders.pop(pod_id, None)
+    record.failures.pop(pod_id, None)
+    return record
+
+
+def _with_holder(record: ModelRecord, pod_id: str, at_ms: int) -> ModelRecord:
+    record.loading.pop(pod_id, None)
+    record.holders[pod_id] = at_ms
+    return record
+
+
+def _with_failure(record: ModelRecord, pod_id: str, failure: LoadFailure) -> ModelRecord:
+    record.loading.pop(pod_id, None)
+    record.holders.pop(pod_id, None)
+    record.failures[pod_id] = failure
+    return record
+
+
+def _without_pod(record: ModelRecord, pod_id: str) -> ModelRecord:
+    if pod_id not in record.holders and pod_id not in record.loading:
+        raise Unchanged
+    record.holders.pop(pod_id, None)
+    record.loading.pop(pod_id, None)
+    return record

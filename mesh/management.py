@@ -1,0 +1,171 @@
+"""The ModelMesh management API (mmesh.ModelMesh), with ModelMesh's semantics and error codes.
+
+Writes go to etcd (CAS); answers are read from this pod's routing table once
+it has caught up with the write, so a caller always sees its own change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+
+from mesh.errors import MeshError
+from mesh.local_models import ModelLoader, now_ms
+from mesh.records import ModelRecord
+from mesh.routing import RoutingTable
+from mesh.status import model_status
+from mesh.store import EtcdStore, StoreError, Unchanged
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+
+log = logging.getLogger(__name__)
+
+Status = mm.ModelStatusInfo.ModelStatus
+HOUR_MS = 3600 * 1000
+# A new model must not push out models in recent use: ModelMesh backdates its last use.
+BACKDATE_LOAD_NOW_MS = HOUR_MS
+BACKDATE_NOT_LOADED_MS = 6 * HOUR_MS
+
+R = TypeVar("R")
+
+
+def _grpc_errors(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    """Turn MeshError and etcd failures into gRPC status codes."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except MeshError as e:
+            await context.abort(e.code, e.message)
+        except StoreError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {e or type(e).__name__}")
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "etcd unavailable: timed out")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _required(value: str, what: str) -> str:
+    if not value:
+        raise MeshError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} must be non-empty")
+    return value
+
+
+class ModelMeshServicer(mm_grpc.ModelMeshServicer):
+    def __init__(
+        self, store: EtcdStore, table: RoutingTable, loader: ModelLoader, failure_expiry_s: float
+    ) -> None:
+        self._store = store
+        self._table = table
+        self._loader = loader
+        self._expiry_ms = int(failure_expiry_s * 1000)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _status(self, model_id: str) -> mm.ModelStatusInfo:
+        return model_status(self._table.model(model_id), now_ms(), self._expiry_ms)
+
+    async def _load(self, model_id: str, last_used_ms: int | None, sync: bool) -> mm.ModelStatusInfo:
+        """Start (or join) a load on this pod; with ``sync`` wait for its outcome."""
+        load = asyncio.ensure_future(self._loader.ensure_loaded(model_id, last_used_ms))
+        if sync:
+            try:
+                await load
+            except MeshError as e:
+                if e.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    raise
+                # the failure is in the registry record: the status below reports it
+            return self._status(model_id)
+        self._background.add(load)  # type: ignore[arg-type]
+        load.add_done_callback(lambda t: (self._background.discard(t), t.cancelled() or t.exception()))  # type: ignore[arg-type]
+        status = self._status(model_id)
+        if status.status in (Status.NOT_LOADED, Status.LOADING_FAILED) and not load.done():
+            status.status = Status.LOADING
+        return status
+
+    @_grpc_errors
+    async def registerModel(
+        self, request: mm.RegisterModelRequest, context: grpc.aio.ServicerContext
+    ) -> mm.ModelStatusInfo:
+        model_id = _required(request.modelId, "modelId")
+        info = request.modelInfo
+        _required(info.type, "modelInfo.type")
+        backdate = BACKDATE_LOAD_NOW_MS if request.loadNow else BACKDATE_NOT_LOADED_MS
+        last_used = request.lastUsedTime or now_ms() - backdate
+        record = ModelRecord(type=info.type, path=info.path, key=info.key, last_used_ms=last_used)
+        created, revision = await self._store.create_model(model_id, record)
+        if not created:
+            existing, revision = await self._store.get_model(model_id)
+            if existing is not None and not existing.same_info(info.type, info.path, info.key):
+                raise MeshError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"model {model_id} is already registered with different type/path/key",
+                )
+        await self._table.wait_for_revision(revision)
+        log.info("registered %s (type %s)", model_id, info.type)
+        if request.loadNow:
+            return await self._load(model_id, last_used, request.sync)
+        return self._status(model_id)
+
+    @_grpc_errors
+    async def unregisterModel(
+        self, request: mm.UnregisterModelRequest, context: grpc.aio.ServicerContext
+    ) -> mm.UnregisterModelResponse:
+        model_id = _required(request.modelId, "modelId")
+
+        def delete(current: ModelRecord | None) -> ModelRecord | None:
+            if current is None:
+                raise Unchanged
+            if current.vmodel_refcount > 0:
+                raise MeshError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"model {model_id} is referenced by {current.vmodel_refcount} vmodel(s)",
+                )
+            return None
+
+        _, revision = await self._store.update_model(model_id, delete)
+        # Holders see the delete through their watch and unload the model.
+        await self._table.wait_for_revision(revision)
+        log.info("unregistered %s", model_id)
+        return mm.UnregisterModelResponse()
+
+    @_grpc_errors
+    async def getModelStatus(
+        self, request: mm.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> mm.ModelStatusInfo:
+        return self._status(_required(request.modelId, "modelId"))
+
+    @_grpc_errors
+    async def ensureLoaded(
+        self, request: mm.EnsureLoadedRequest, context: grpc.aio.ServicerContext
+    ) -> mm.ModelStatusInfo:
+        model_id = _required(request.modelId, "modelId")
+        if self._table.model(model_id) is None:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
+        return await self._load(model_id, request.lastUsedTime or None, request.sync)
+
+    async def setVModel(
+        self, request: mm.SetVModelRequest, context: grpc.aio.ServicerContext
+    ) -> mm.VModelStatusInfo:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vmodels are not implemented yet")
+        raise AssertionError("unreachable")
+
+    async def deleteVModel(
+        self, request: mm.DeleteVModelRequest, context: grpc.aio.ServicerContext
+    ) -> mm.DeleteVModelResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vmodels are not implemented yet")
+        raise AssertionError("unreachable")
+
+    async def getVModelStatus(
+        self, request: mm.GetVModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> mm.VModelStatusInfo:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vmodels are not implemented yet")
+        raise AssertionError("unreachable")

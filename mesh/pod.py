@@ -1,0 +1,148 @@
+"""A mesh pod process: wires the store, routing table, loader and gRPC services together.
+
+Start-up: catch up with etcd, wait for the runtime adapter (READY = leftovers
+purged), forget any copies an earlier process of this pod left in the
+registry, serve, then announce the instance on a lease. SIGTERM/SIGINT stop it
+cleanly: stop serving, unload, drop its copies from the registry, revoke the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.cache import ByteLruCache
+from mesh.local_models import ModelLoader
+from mesh.management import ModelMeshServicer
+from mesh.proxy import InferenceProxy
+from mesh.records import InstanceRecord, ModelRecord
+from mesh.routing import RoutingTable
+from mesh.runtime_client import RuntimeClient
+from mesh.settings import Settings, parse_settings
+from mesh.store import EtcdStore, Unchanged
+from protos import model_mesh_pb2, model_mesh_pb2_grpc
+
+log = logging.getLogger("mesh.pod")
+VERSION = "0.1.0"
+
+
+def instance_record(settings: Settings, cache: ByteLruCache, start_ms: int) -> InstanceRecord:
+    return InstanceRecord(
+        address=settings.address,
+        pool=settings.pool,
+        labels=settings.labels,
+        capacity_bytes=cache.capacity,
+        used_bytes=cache.used,
+        model_count=len(cache),
+        oldest_lru_ms=cache.oldest_last_used_ms() or 0,
+        start_ms=start_ms,
+    )
+
+
+async def _forget_stale_copies(store: EtcdStore, table: RoutingTable, pod_id: str) -> None:
+    """The adapter purged the runtime, so any copy the registry still names on this pod is gone."""
+
+    def drop(record: ModelRecord | None) -> ModelRecord | None:
+        if record is None or (pod_id not in record.holders and pod_id not in record.loading):
+            raise Unchanged
+        record.holders.pop(pod_id, None)
+        record.loading.pop(pod_id, None)
+        return record
+
+    for model_id, entry in list(table.models.items()):
+        if pod_id in entry.record.holders or pod_id in entry.record.loading:
+            await store.update_model(model_id, drop)
+
+
+async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
+    start_ms = int(time.time() * 1000)
+    store = EtcdStore(settings.etcd, settings.etcd_prefix)
+    table = RoutingTable()
+    synced = asyncio.Event()
+    watch = asyncio.create_task(store.run_watch(table, synced))
+    runtime = RuntimeClient(settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes)
+    try:
+        await asyncio.wait_for(synced.wait(), timeout=30)
+        status = await runtime.wait_ready(settings.runtime_ready_timeout_s)
+        await _forget_stale_copies(store, table, settings.pod_id)
+        cache = ByteLruCache(status.capacityInBytes)
+        load_timeout_s = status.modelLoadingTimeoutMs / 1000 or settings.load_timeout_s
+        loader = ModelLoader(
+            settings.pod_id, store, table, runtime, cache, load_timeout_s, settings.load_failure_expiry_s
+        )
+        table.model_listeners.append(loader.on_model_changed)
+        method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
+        proxy = InferenceProxy(
+            table, loader, runtime, method_infos, status.allowAnyMethod, "modelmesh-py", VERSION
+        )
+
+        size_limit = settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size_limit),
+                ("grpc.max_send_message_length", size_limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(
+            ModelMeshServicer(store, table, loader, settings.load_failure_expiry_s), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        mesh_service = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
+        reflection.enable_server_reflection((mesh_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        server.add_generic_rpc_handlers((proxy,))
+        server.add_insecure_port(settings.address)
+        await server.start()
+        for service in ("", mesh_service, "inference.GRPCInferenceService"):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+        def record() -> InstanceRecord:
+            return instance_record(settings, cache, start_ms)
+
+        await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
+        keep_alive = asyncio.create_task(store.keep_alive(settings.pod_id, record, settings.lease_ttl_s))
+        log.info("mesh pod %s serving on %s (capacity %d bytes)", settings.pod_id, settings.address, cache.capacity)
+        print(f"mesh pod {settings.pod_id} serving on {settings.address}", file=sys.stderr, flush=True)
+
+        await stop.wait()
+        log.info("stopping %s", settings.pod_id)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        keep_alive.cancel()
+        await loader.close()
+        await asyncio.gather(*(loader.unload(m) for m in cache.model_ids()), return_exceptions=True)
+        await store.revoke_lease()
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await runtime.close()
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_pod(settings, stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Typed settings of a mesh pod, from flags and environment variables.
+
+Every option has a flag; its environment variable (ModelMesh's ``MM_*`` name
+where ModelMesh has one) supplies the default. Flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    default: str
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--host", "MM_SVC_GRPC_HOST", "127.0.0.1", "address the gRPC port binds to"),
+    Option("--grpc-port", "MM_SVC_GRPC_PORT", "8033", "external gRPC port (management API + inference)"),
+    Option("--service-name", "MM_SERVICE_NAME", "modelmesh-serving", "mesh name; part of the etcd prefix"),
+    Option("--kv-prefix", "MM_KVSTORE_PREFIX", "mm", "etcd key root"),
+    Option("--etcd", "MM_ETCD_ENDPOINT", "127.0.0.1:2379", "etcd endpoint host:port"),
+    Option("--pod-id", "MM_POD_ID", "", "this pod's id (default: <hostname>-<grpc port>)"),
+    Option("--pool", "MM_POOL", "default", "pool (runtime kind) this pod belongs to"),
+    Option("--runtime-spi", "MM_RUNTIME_SPI_ADDRESS", "127.0.0.1:8085", "ModelRuntime adapter address"),
+    Option("--runtime-serving", "MM_RUNTIME_SERVING_ADDRESS", "", "runtime's v2 gRPC address"),
+    Option("--max-message-bytes", "MM_SVC_GRPC_MAX_MSG_SIZE", str(16 * 1024 * 1024), "request size limit"),
+    Option("--lease-ttl-s", "MM_INSTANCE_LEASE_TTL_S", "10", "TTL of the instance record's lease"),
+    Option("--load-timeout-s", "MM_LOAD_TIMEOUT_S", "120", "default model load timeout"),
+    Option("--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"),
+    Option("--runtime-ready-timeout-s", "MM_RUNTIME_READY_TIMEOUT_S", "120", "wait for the adapter at start"),
+    Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    grpc_port: int = 8033
+    service_name: str = "modelmesh-serving"
+    kv_prefix: str = "mm"
+    etcd: str = "127.0.0.1:2379"
+    pod_id: str = ""
+    pool: str = "default"
+    runtime_spi: str = "127.0.0.1:8085"
+    runtime_serving: str = ""
+    max_message_bytes: int = 16 * 1024 * 1024
+    lease_ttl_s: int = 10
+    load_timeout_s: float = 120.0
+    load_failure_expiry_s: float = 900.0
+    runtime_ready_timeout_s: float = 120.0
+    log_level: str = "INFO"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def etcd_prefix(self) -> str:
+        return f"{self.kv_prefix.strip('/')}/{self.service_name}/"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if env is None else env
+    parser = argparse.ArgumentParser(prog="modelmesh-pod", description="Run one mesh pod.")
+    for opt in OPTIONS:
+        parser.add_argument(opt.flag, default=env.get(opt.env, opt.default), help=f"{opt.help} (${opt.env})")
+    args = vars(parser.parse_args(argv))
+    types = {f.name: f.type for f in Settings.__dataclass_fields__.values()}
+    values: dict[str, object] = {}
+    for name, raw in args.items():
+        kind = types[name]
+        values[name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+    if not values["pod_id"]:
+        values["pod_id"] = f"{socket.gethostname()}-{values['grpc_port']}"
+    if not values["runtime_serving"]:
+        values["runtime_serving"] = values["runtime_spi"]
+    return Settings(**values)  # type: ignore[arg-type]

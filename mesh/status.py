@@ -1,0 +1,56 @@
+"""Model status as ModelMesh reports it, computed from a registry record (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.records import LoadFailure, ModelRecord
+from protos import model_mesh_pb2 as mm
+
+Status = mm.ModelStatusInfo.ModelStatus
+
+
+@dataclass(frozen=True)
+class CopyState:
+    pod_id: str
+    status: int  # a ModelStatusInfo.ModelStatus value
+    time_ms: int
+
+
+def unexpired_failures(record: ModelRecord, now_ms: int, expiry_ms: int) -> dict[str, LoadFailure]:
+    return {pod: f for pod, f in record.failures.items() if now_ms - f.time_ms < expiry_ms}
+
+
+def model_copies(record: ModelRecord, now_ms: int, expiry_ms: int) -> list[CopyState]:
+    """Each pod holding, loading or having failed the model, newest change first."""
+    copies = [CopyState(pod, Status.LOADED, t) for pod, t in record.holders.items()]
+    copies += [CopyState(pod, Status.LOADING, t) for pod, t in record.loading.items()]
+    copies += [
+        CopyState(pod, Status.LOADING_FAILED, f.time_ms)
+        for pod, f in unexpired_failures(record, now_ms, expiry_ms).items()
+    ]
+    return sorted(copies, key=lambda c: (-c.time_ms, c.pod_id))
+
+
+def model_status(record: ModelRecord | None, now_ms: int, expiry_ms: int) -> mm.ModelStatusInfo:
+    if record is None:
+        return mm.ModelStatusInfo(status=Status.NOT_FOUND)
+    copies = model_copies(record, now_ms, expiry_ms)
+    failures = unexpired_failures(record, now_ms, expiry_ms)
+    if record.holders:
+        status = Status.LOADED
+    elif record.loading:
+        status = Status.LOADING
+    elif failures:
+        status = Status.LOADING_FAILED
+    else:
+        status = Status.NOT_LOADED
+    errors = [f.message for f in sorted(failures.values(), key=lambda f: -f.time_ms)]
+    return mm.ModelStatusInfo(
+        status=status,
+        errors=errors,
+        modelCopyInfos=[
+            mm.ModelStatusInfo.ModelCopyInfo(location=c.pod_id, copyStatus=c.status, time=c.time_ms)  # type: ignore[arg-type]
+            for c in copies
+        ],
+    )

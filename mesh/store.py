@@ -1,0 +1,162 @@
+"""etcd access: the registry and instance records, CAS updates, the pod's lease, the watch loop.
+
+Every write is a compare-and-swap on the key's mod revision, so pods never
+overwrite each other. The watch loop is the only writer of the RoutingTable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aetcd
+import aetcd.exceptions
+
+from mesh.records import InstanceRecord, ModelRecord
+from mesh.routing import INSTANCES, REGISTRY, RoutingTable
+
+log = logging.getLogger(__name__)
+
+StoreError = aetcd.exceptions.ClientError
+
+# A mutation returns the new record, None to delete the key, or raises to abort.
+Mutation = Callable[[ModelRecord | None], ModelRecord | None]
+
+
+class Unchanged(Exception):
+    """Raised by a Mutation that has nothing to write."""
+
+
+class EtcdStore:
+    def __init__(self, endpoint: str, prefix: str, timeout_s: float = 5.0) -> None:
+        host, _, port = endpoint.rpartition(":")
+        self._client = aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=timeout_s)
+        self.prefix = prefix.rstrip("/") + "/"
+        self._lease: aetcd.leases.Lease | None = None
+        self._instance_written = b""
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _key(self, relative: str) -> bytes:
+        return (self.prefix + relative).encode()
+
+    # -- snapshot and watch -------------------------------------------------------
+    async def snapshot(self) -> tuple[int, list[tuple[str, bytes, int]]]:
+        result = await self._client.get_prefix(self.prefix.encode())
+        cut = len(self.prefix)
+        items = [(kv.key.decode()[cut:], kv.value, kv.mod_revision) for kv in result.kvs]
+        return result.header.revision, items
+
+    async def run_watch(self, table: RoutingTable, ready: asyncio.Event) -> None:
+        """Keep ``table`` equal to etcd: a snapshot, then one watch over the prefix.
+
+        A broken watch (etcd restarted, network) resumes from the last revision
+        seen; only a compacted revision forces a new snapshot.
+        """
+        next_revision: int | None = None
+        cut = len(self.prefix)
+        while True:
+            try:
+                if next_revision is None:
+                    revision, items = await self.snapshot()
+                    table.replace_all(items)
+                    await table.advance(revision)
+                    next_revision = revision + 1
+                    ready.set()
+                watch = await self._client.watch_prefix(self.prefix.encode(), start_revision=next_revision)
+                async for event in watch:
+                    key = event.kv.key.decode()[cut:]
+                    if event.kind == "PUT":
+                        table.apply_put(key, event.kv.value, event.kv.mod_revision)
+                    else:
+                        table.apply_delete(key)
+                    next_revision = event.kv.mod_revision + 1
+                    await table.advance(event.kv.mod_revision)
+            except asyncio.CancelledError:
+                raise
+            except aetcd.exceptions.RevisionCompactedError:
+                log.warning("watch fell behind compaction; reloading the snapshot")
+                next_revision = None
+            except Exception as e:  # etcd down or restarting: retry from where we were
+                log.warning("etcd watch broken (%s); resuming from revision %s", e, next_revision)
+                await asyncio.sleep(0.5)
+
+    # -- registry -----------------------------------------------------------------
+    async def create_model(self, model_id: str, record: ModelRecord) -> tuple[bool, int]:
+        """Create the record if absent. Returns (created, revision of the write or of the read)."""
+        key = self._key(REGISTRY + model_id)
+        tx = self._client.transactions
+        ok, _ = await self._client.transaction(
+            compare=[tx.create(key) == 0], success=[tx.put(key, record.to_json())], failure=[]
+        )
+        got = await self._client.get(key)
+        return ok, got.mod_revision if got is not None else 0
+
+    async def get_model(self, model_id: str) -> tuple[ModelRecord | None, int]:
+        got = await self._client.get(self._key(REGISTRY + model_id))
+        if got is None:
+            return None, 0
+        return ModelRecord.from_json(got.value), got.mod_revision
+
+    async def update_model(self, model_id: str, mutate: Mutation) -> tuple[ModelRecord | None, int]:
+        """Read-modify-write with CAS, retried on conflict.
+
+        Returns the record as written (None if deleted or absent) and the
+        revision at which that state holds.
+        """
+        key = self._key(REGISTRY + model_id)
+        tx = self._client.transactions
+        while True:
+            got = await self._client.get(key)
+            current = ModelRecord.from_json(got.value) if got is not None else None
+            mod_revision = got.mod_revision if got is not None else 0
+            try:
+                new = mutate(current)
+            except Unchanged:
+                return current, mod_revision
+            if new is None and current is None:
+                return None, mod_revision
+            write = [tx.put(key, new.to_json())] if new is not None else [tx.delete(key)]
+            ok, _ = await self._client.transaction(compare=[tx.mod(key) == mod_revision], success=write, failure=[])
+            if ok:
+                after = await self._client.get(key)
+                return new, after.mod_revision if after is not None else await self.current_revision()
+
+    async def current_revision(self) -> int:
+        status = await self._client.get_prefix(self.prefix.encode() + b"\x00")  # empty range: just the header
+        return status.header.revision
+
+    # -- instance record on the pod's lease -----------------------------------------
+    async def register_instance(self, pod_id: str, record: InstanceRecord, ttl_s: int) -> None:
+        self._lease = await self._client.lease(ttl_s)
+        await self.put_instance(pod_id, record)
+
+    async def put_instance(self, pod_id: str, record: InstanceRecord) -> None:
+        assert self._lease is not None, "register_instance first"
+        value = record.to_json()
+        await self._client.put(self._key(INSTANCES + pod_id), value, lease=self._lease)
+        self._instance_written = value
+
+    async def keep_alive(self, pod_id: str, record: Callable[[], InstanceRecord], ttl_s: int) -> None:
+        """Refresh the lease every third of its TTL; a lost lease (etcd was down) is re-granted."""
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                assert self._lease is not None
+                reply = await self._lease.refresh()
+                if reply is None or reply.TTL <= 0:
+                    log.warning("lease expired; registering the instance again")
+                    await self.register_instance(pod_id, record(), ttl_s)
+                elif (latest := record()).to_json() != self._instance_written:
+                    await self.put_instance(pod_id, latest)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("lease keep-alive failed: %s", e)
+
+    async def revoke_lease(self) -> None:
+        if self._lease is not None:
+            await self._lease.revoke()
+            self._lease = None

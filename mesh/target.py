@@ -1,0 +1,61 @@
+"""Which model an inference request is for: the ``mm-*`` headers, else field 1 of the request (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from mesh.wire import WireFormatError, read_string_field
+
+MODEL_ID_HEADER = "mm-model-id"
+VMODEL_ID_HEADER = "mm-vmodel-id"
+
+
+class TargetKind(Enum):
+    MODEL = "model"  # mm-model-id: a concrete model id
+    VMODEL = "vmodel"  # mm-vmodel-id: a vmodel id
+    NAME = "name"  # field 1 of the request: a vmodel id, else a model id
+
+
+@dataclass(frozen=True)
+class RequestTarget:
+    kind: TargetKind
+    id: str
+
+
+class TargetError(ValueError):
+    """The request does not say clearly which model it is for (INVALID_ARGUMENT)."""
+
+
+def _header_value(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def request_target(metadata: Iterable[tuple[str, str | bytes]], body: bytes) -> RequestTarget:
+    model_ids: list[str] = []
+    vmodel_ids: list[str] = []
+    for key, value in metadata:
+        if key in (MODEL_ID_HEADER, MODEL_ID_HEADER + "-bin"):
+            model_ids.append(_header_value(value))
+        elif key in (VMODEL_ID_HEADER, VMODEL_ID_HEADER + "-bin"):
+            vmodel_ids.append(_header_value(value))
+    if model_ids and vmodel_ids:
+        raise TargetError(f"both {MODEL_ID_HEADER} and {VMODEL_ID_HEADER} headers given; send one")
+    if len(model_ids) > 1 or len(vmodel_ids) > 1:
+        raise TargetError("the model id header is given more than once")
+    if model_ids or vmodel_ids:
+        kind, header = (TargetKind.MODEL, MODEL_ID_HEADER) if model_ids else (TargetKind.VMODEL, VMODEL_ID_HEADER)
+        target_id = (model_ids or vmodel_ids)[0]
+        if not target_id:
+            raise TargetError(f"empty {header} header")
+        return RequestTarget(kind, target_id)
+    try:
+        name = read_string_field(body, 1)
+    except WireFormatError as e:
+        raise TargetError(f"no {MODEL_ID_HEADER} header and the request's field 1 is unreadable: {e}") from e
+    if name is None:
+        raise TargetError(f"no model id: send an {MODEL_ID_HEADER} header or set model_name")
+    if not name:
+        raise TargetError("empty model_name and no model id header")
+    return RequestTarget(TargetKind.NAME, name)
