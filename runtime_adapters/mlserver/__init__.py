@@ -1,0 +1,1 @@
+"""ModelRuntime adapter in front of a Seldon MLServer process."""

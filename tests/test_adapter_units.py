@@ -1,0 +1,74 @@
+"""Unit tests of the adapter's pure helpers (no processes)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from runtime_adapters.common.model_files import (
+    ModelFilesError,
+    files_size,
+    predicted_size,
+    resolve_model_path,
+)
+from runtime_adapters.mlserver.adapter import UnsupportedModelType, folder_name, implementation_for
+
+
+def test_resolve_missing_path_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "model.joblib"
+    with pytest.raises(ModelFilesError, match=re.escape(str(missing))):
+        resolve_model_path(str(missing))
+
+
+def test_resolve_empty_and_unknown_scheme() -> None:
+    with pytest.raises(ModelFilesError):
+        resolve_model_path("")
+    with pytest.raises(ModelFilesError, match="scheme"):
+        resolve_model_path("gs://bucket/model")
+
+
+def test_resolve_file_uri_and_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "m.joblib"
+    f.write_bytes(b"x")
+    assert resolve_model_path(f"file://{f}") == f
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_model_path("m.joblib")
+    assert resolved.is_absolute() and resolved.samefile(f)
+
+
+def test_files_size_file_and_dir_sum(tmp_path: Path) -> None:
+    d = tmp_path / "model"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.bin").write_bytes(b"a" * 100)
+    (d / "sub" / "b.bin").write_bytes(b"b" * 23)
+    assert files_size(d / "a.bin") == 100
+    assert files_size(d) == 123
+
+
+def test_predicted_size_factor_and_floor(tmp_path: Path) -> None:
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"x" * 1000)
+    assert predicted_size(f, 0) == 1250
+    assert predicted_size(f, 5000) == 5000
+
+
+def test_folder_name_safe_unique_deterministic() -> None:
+    ids = ["a/b:c", "a_b_c", "a/b/c", "../etc/passwd", ".hidden", "", "x" * 500, "模型/1", "a b"]
+    names = [folder_name(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    assert names == [folder_name(i) for i in ids]
+    for name in names:
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name), name
+        assert len(name) <= 100
+    assert folder_name("my-model__isvc-1").startswith("my-model__isvc-1-")
+
+
+def test_type_mapping_case_insensitive() -> None:
+    assert implementation_for("sklearn") == "mlserver_sklearn.SKLearnModel"
+    assert implementation_for("SKLearn") == "mlserver_sklearn.SKLearnModel"
+    assert implementation_for("xgboost") == "mlserver_xgboost.XGBoostModel"
+    assert implementation_for("LightGBM") == "mlserver_lightgbm.LightGBMModel"
+    with pytest.raises(UnsupportedModelType, match="unsupported model type"):
+        implementation_for("onnx")

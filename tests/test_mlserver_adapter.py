@@ -1,0 +1,432 @@
+"""The MLServer adapter against a real MLServer process, over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import joblib
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+from tritonclient.grpc import aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from protos import model_runtime_pb2 as pb
+from protos import model_runtime_pb2_grpc as pb_grpc
+from runtime_adapters.common.memory import find_listening_pid, process_tree_rss
+from runtime_adapters.common.model_files import files_size
+from runtime_adapters.mlserver.adapter import MARKER_FILE, MLServerAdapter, MLServerAdapterConfig
+from runtime_adapters.mlserver.process import MLServerProcess, default_mlserver_bin, free_port
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not default_mlserver_bin().exists(), reason="needs .venv-mlserver"),
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
+    """Poll ``check`` until it is true or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class IrisModels:
+    dir_model: Path  # a directory holding model.joblib
+    file_model: Path  # a bare .joblib file
+    corrupt: Path  # a directory whose model.joblib is random bytes
+    x: np.ndarray
+    expected_dir: np.ndarray
+    expected_file: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> IrisModels:
+    base = tmp_path_factory.mktemp("models")
+    x, y = load_iris(return_X_y=True)
+    logreg = LogisticRegression(max_iter=1000).fit(x, y)
+    tree = DecisionTreeClassifier(random_state=0).fit(x, y)
+    (base / "logreg").mkdir()
+    joblib.dump(logreg, base / "logreg" / "model.joblib")
+    joblib.dump(tree, base / "tree.joblib")
+    (base / "corrupt").mkdir()
+    (base / "corrupt" / "model.joblib").write_bytes(os.urandom(4096))
+    sample = x[::10]
+    return IrisModels(
+        dir_model=base / "logreg",
+        file_model=base / "tree.joblib",
+        corrupt=base / "corrupt",
+        x=sample,
+        expected_dir=logreg.predict(sample),
+        expected_file=tree.predict(sample),
+    )
+
+
+@pytest.fixture(scope="session")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
+    work = tmp_path_factory.mktemp("mlserver")
+    with MLServerProcess.start(work / "repo", default_mlserver_bin(), work) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+async def triton(mlserver: MLServerProcess) -> AsyncIterator[triton_aio.InferenceServerClient]:
+    client = triton_aio.InferenceServerClient(mlserver.grpc_address)
+    yield client
+    await client.close()
+
+
+@dataclass
+class AdapterHandle:
+    adapter: MLServerAdapter
+    stub: pb_grpc.ModelRuntimeStub
+    registry: CollectorRegistry
+    repo: Path
+
+
+async def start_adapter(
+    mlserver: MLServerProcess, **overrides: int
+) -> tuple[AdapterHandle, Callable[[], Awaitable[None]]]:
+    repo = mlserver_repo(mlserver)
+    registry = CollectorRegistry()
+    config = MLServerAdapterConfig(
+        mlserver_grpc_address=mlserver.grpc_address,
+        repository_dir=repo,
+        runtime_pid=mlserver.pid,
+        capacity_bytes=overrides.get("capacity_bytes", 512 << 20),
+        min_model_size_bytes=overrides.get("min_model_size_bytes", 0),
+        load_timeout_ms=overrides.get("load_timeout_ms", 60_000),
+        default_model_size_bytes=1 << 20,
+    )
+    adapter = MLServerAdapter(config, registry=registry)
+    server = grpc.aio.server()
+    pb_grpc.add_ModelRuntimeServicer_to_server(adapter, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    async def stop() -> None:
+        await channel.close()
+        await server.stop(grace=None)
+        await adapter.close()
+
+    return AdapterHandle(adapter, pb_grpc.ModelRuntimeStub(channel), registry, repo), stop
+
+
+def mlserver_repo(mlserver: MLServerProcess) -> Path:
+    return mlserver.log_path.parent / "repo"
+
+
+@pytest.fixture
+async def adapter(mlserver: MLServerProcess) -> AsyncIterator[AdapterHandle]:
+    handle, stop = await start_adapter(mlserver)
+    try:
+        # Start every test from an empty runtime, whatever an earlier (failed) test left behind.
+        status = await handle.stub.runtimeStatus(pb.RuntimeStatusRequest())
+        assert status.status == pb.RuntimeStatusResponse.READY
+        yield handle
+    finally:
+        await stop()
+
+
+async def model_ready(client: triton_aio.InferenceServerClient, name: str) -> bool:
+    try:
+        return bool(await client.is_model_ready(name))
+    except InferenceServerException:
+        # MLServer answers UNKNOWN for a model it does not have loaded.
+        return False
+
+
+async def ready_models(mlserver_client: triton_aio.InferenceServerClient) -> set[str]:
+    index = await mlserver_client.get_model_repository_index()
+    return {m.name for m in index.models if m.state.endswith("READY")}
+
+
+async def predict(client: triton_aio.InferenceServerClient, name: str, x: np.ndarray) -> np.ndarray:
+    inp = triton_aio.InferInput("input-0", list(x.shape), "FP64")
+    inp.set_data_from_numpy(x.astype(np.float64))
+    result = await client.infer(name, [inp])
+    out = result.as_numpy(result.get_response().outputs[0].name)
+    assert out is not None
+    return out.ravel()
+
+
+def load_req(model_id: str, path: Path | str, model_type: str = "sklearn") -> pb.LoadModelRequest:
+    return pb.LoadModelRequest(modelId=model_id, modelType=model_type, modelPath=str(path), modelKey="{}")
+
+
+# ---- tests ----------------------------------------------------------------------------------------------
+
+
+async def test_runtime_status_ready(adapter: AdapterHandle) -> None:
+    status = await adapter.stub.runtimeStatus(pb.RuntimeStatusRequest())
+    assert status.status == pb.RuntimeStatusResponse.READY
+    assert status.capacityInBytes == 512 << 20
+    assert status.maxLoadingConcurrency == 1
+    assert status.modelLoadingTimeoutMs == 60_000
+    assert status.defaultModelSizeInBytes == 1 << 20
+    assert status.runtimeVersion.startswith("mlserver-1.")
+    assert status.numericRuntimeVersion >= 1_000_000
+    assert dict(status.methodInfos) == {
+        "inference.GRPCInferenceService/ModelInfer": pb.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1]),
+        "inference.GRPCInferenceService/ModelMetadata": pb.RuntimeStatusResponse.MethodInfo(
+            idInjectionPath=[1]
+        ),
+    }
+    assert not status.allowAnyMethod
+    assert not status.limitModelConcurrency
+
+
+async def test_load_infer_unload(
+    adapter: AdapterHandle, iris: IrisModels, triton: triton_aio.InferenceServerClient
+) -> None:
+    dir_id, file_id = "iris/logreg:v1__isvc-abc", "iris-tree"
+    resp = await adapter.stub.loadModel(load_req(dir_id, iris.dir_model))
+    assert resp.sizeInBytes >= int(files_size(iris.dir_model) * 1.25)
+    resp2 = await adapter.stub.loadModel(load_req(file_id, f"file://{iris.file_model}", "SKLearn"))
+    assert resp2.sizeInBytes >= int(files_size(iris.file_model) * 1.25)
+
+    assert await model_ready(triton, dir_id)
+    assert await model_ready(triton, file_id)
+    np.testing.assert_array_equal(await predict(triton, dir_id, iris.x), iris.expected_dir)
+    np.testing.assert_array_equal(await predict(triton, file_id, iris.x), iris.expected_file)
+
+    settings = json.loads((adapter.adapter.model_dir(dir_id) / "model-settings.json").read_text())
+    assert settings["name"] == dir_id
+    assert settings["implementation"] == "mlserver_sklearn.SKLearnModel"
+    assert settings["parameters"]["uri"] == str(iris.dir_model)
+
+    size = await adapter.stub.modelSize(pb.ModelSizeRequest(modelId=dir_id))
+    assert size.sizeInBytes == resp.sizeInBytes
+    predicted = await adapter.stub.predictModelSize(
+        pb.PredictModelSizeRequest(modelId=dir_id, modelType="sklearn", modelPath=str(iris.dir_model))
+    )
+    assert predicted.sizeInBytes == int(files_size(iris.dir_model) * 1.25)
+    assert adapter.registry.get_sample_value("modelmesh_adapter_loaded_models") == 2
+
+    await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=dir_id))
+    assert not await model_ready(triton, dir_id)
+    assert not adapter.adapter.model_dir(dir_id).exists()
+    # The other model is untouched.
+    np.testing.assert_array_equal(await predict(triton, file_id, iris.x), iris.expected_file)
+    await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=file_id))
+    assert list(adapter.repo.iterdir()) == []
+    assert adapter.registry.get_sample_value("modelmesh_adapter_loaded_models") == 0
+
+
+async def test_unload_unknown_is_ok(adapter: AdapterHandle) -> None:
+    await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId="never-loaded/x:1"))
+
+
+async def test_invalid_requests_touch_nothing(
+    adapter: AdapterHandle, iris: IrisModels, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing" / "model.joblib"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await adapter.stub.loadModel(load_req("m1", missing))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(missing) in (err.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await adapter.stub.loadModel(load_req("m2", iris.dir_model, "tensorflow"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unsupported model type" in (err.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await adapter.stub.loadModel(load_req("", iris.dir_model))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    assert list(adapter.repo.iterdir()) == []
+    assert (
+        adapter.registry.get_sample_value("modelmesh_adapter_load_requests_total", {"result": "failure"}) == 3
+    )
+
+
+async def test_corrupt_model_then_good_model(
+    adapter: AdapterHandle, iris: IrisModels, triton: triton_aio.InferenceServerClient
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await adapter.stub.loadModel(load_req("broken", iris.corrupt))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "MLServer failed to load model 'broken'" in (err.value.details() or "")
+    assert not adapter.adapter.model_dir("broken").exists()
+    assert "broken" not in await ready_models(triton)
+
+    # An implementation that is not installed fails with MLServer's own message, and is cleaned up too.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await adapter.stub.loadModel(load_req("xgb", iris.corrupt, "xgboost"))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "mlserver_xgboost" in (err.value.details() or "")
+
+    await adapter.stub.loadModel(load_req("good", iris.dir_model))
+    np.testing.assert_array_equal(await predict(triton, "good", iris.x), iris.expected_dir)
+    assert [p.name for p in adapter.repo.iterdir()] == [adapter.adapter.model_dir("good").name]
+    await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId="good"))
+
+
+async def test_load_timeout_cleans_up(
+    mlserver: MLServerProcess, iris: IrisModels, triton: triton_aio.InferenceServerClient
+) -> None:
+    handle, stop = await start_adapter(mlserver, load_timeout_ms=1)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await handle.stub.loadModel(load_req("slow", iris.dir_model))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert list(handle.repo.iterdir()) == []
+
+        async def gone() -> bool:
+            return "slow" not in await ready_models(triton)
+
+        await eventually(gone)
+    finally:
+        await stop()
+
+
+async def test_cancelled_load_then_unload_does_not_leak(
+    adapter: AdapterHandle, iris: IrisModels, triton: triton_aio.InferenceServerClient
+) -> None:
+    model_id = "cancel/me"
+    call = adapter.stub.loadModel(load_req(model_id, iris.file_model))
+
+    async def started() -> bool:
+        return adapter.adapter.model_dir(model_id).exists() or call.done()
+
+    await eventually(started)
+    call.cancel()
+    await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=model_id))
+
+    assert model_id not in await ready_models(triton)
+    assert not adapter.adapter.model_dir(model_id).exists()
+
+    # Nothing left running in the background can resurrect it.
+    async def settled() -> bool:
+        return not adapter.adapter._background
+
+    await eventually(settled)
+    assert model_id not in await ready_models(triton)
+    assert list(adapter.repo.iterdir()) == []
+
+
+async def test_runtime_status_purges_leftovers(
+    mlserver: MLServerProcess, iris: IrisModels, triton: triton_aio.InferenceServerClient
+) -> None:
+    a, stop_a = await start_adapter(mlserver)
+    b: AdapterHandle | None = None
+    stop_b: Callable[[], Awaitable[None]] | None = None
+    try:
+        await a.stub.loadModel(load_req("leftover", iris.dir_model))
+        # A folder someone else put in the repository must survive the purge.
+        foreign = a.repo / "operator-owned"
+        foreign.mkdir()
+        (foreign / "notes.txt").write_text("not ours")
+        await stop_a()
+
+        b, stop_b = await start_adapter(mlserver)
+        assert await model_ready(triton, "leftover")
+        status = await b.stub.runtimeStatus(pb.RuntimeStatusRequest())
+        assert status.status == pb.RuntimeStatusResponse.READY
+        assert not await model_ready(triton, "leftover")
+        assert await ready_models(triton) == set()
+        assert [p.name for p in b.repo.iterdir()] == ["operator-owned"]
+        assert not any((p / MARKER_FILE).exists() for p in b.repo.iterdir())
+    finally:
+        if stop_b is not None:
+            await stop_b()
+        (mlserver_repo(mlserver) / "operator-owned" / "notes.txt").unlink(missing_ok=True)
+        if (mlserver_repo(mlserver) / "operator-owned").exists():
+            (mlserver_repo(mlserver) / "operator-owned").rmdir()
+
+
+async def test_metrics_count_loads(adapter: AdapterHandle, iris: IrisModels) -> None:
+    for i in range(3):
+        await adapter.stub.loadModel(load_req(f"counted-{i}", iris.file_model))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await adapter.stub.loadModel(load_req("counted-bad", iris.corrupt))
+    for i in range(3):
+        await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=f"counted-{i}"))
+    value = adapter.registry.get_sample_value
+    assert value("modelmesh_adapter_load_requests_total", {"result": "success"}) == 3
+    assert value("modelmesh_adapter_load_requests_total", {"result": "failure"}) == 1
+    assert value("modelmesh_adapter_unload_requests_total") == 3
+    assert value("modelmesh_adapter_loaded_models") == 0
+
+
+async def test_main_subprocess(mlserver: MLServerProcess, tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = dict(os.environ, MLSERVER_REPOSITORY_DIR=str(mlserver_repo(mlserver)))
+    proc = subprocess.Popen(  # noqa: ASYNC220 - startup is instant; waits below are off-loop
+        [
+            sys.executable,
+            "-m",
+            "runtime_adapters.mlserver.main",
+            "--port",
+            str(port),
+            "--mlserver-grpc",
+            mlserver.grpc_address,
+            "--capacity-bytes",
+            "12345678",
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), timeout=30)
+        assert f"adapter listening on 127.0.0.1:{port}" in line
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = await pb_grpc.ModelRuntimeStub(channel).runtimeStatus(
+                pb.RuntimeStatusRequest(), timeout=30
+            )
+        assert status.status == pb.RuntimeStatusResponse.READY
+        assert status.capacityInBytes == 12345678
+
+        def scrape() -> str:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+
+        assert "modelmesh_adapter_loaded_models" in await asyncio.to_thread(scrape)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_mlserver_process_reports_exit(tmp_path: Path) -> None:
+    fake = tmp_path / "fake-mlserver"
+    fake.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="boom"):
+        MLServerProcess.start(tmp_path / "repo", fake, tmp_path)
+
+
+def test_memory_helpers_find_mlserver(mlserver: MLServerProcess) -> None:
+    assert find_listening_pid(mlserver.grpc_port) == mlserver.pid
+    assert process_tree_rss(mlserver.pid) > 10 << 20
+    assert find_listening_pid(free_port()) is None
