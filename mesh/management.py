@@ -84,12 +84,17 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
                     raise
                 # the failure is in the registry record: the status below reports it
             return self._status(model_id)
-        self._background.add(load)  # type: ignore[arg-type]
-        load.add_done_callback(lambda t: (self._background.discard(t), t.cancelled() or t.exception()))  # type: ignore[arg-type]
+        self._background.add(load)
+        load.add_done_callback(self._forget)
         status = self._status(model_id)
         if status.status in (Status.NOT_LOADED, Status.LOADING_FAILED) and not load.done():
             status.status = Status.LOADING
         return status
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # the outcome is in the registry; don't log it as never retrieved
 
     @_grpc_errors
     async def registerModel(

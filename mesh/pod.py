@@ -98,7 +98,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         mesh_service = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
-        reflection.enable_server_reflection((mesh_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (mesh_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         server.add_generic_rpc_handlers((proxy,))
         server.add_insecure_port(settings.address)
         await server.start()
@@ -110,7 +112,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
 
         await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
         keep_alive = asyncio.create_task(store.keep_alive(settings.pod_id, record, settings.lease_ttl_s))
-        log.info("mesh pod %s serving on %s (capacity %d bytes)", settings.pod_id, settings.address, cache.capacity)
+        log.info(
+            "mesh pod %s serving on %s (capacity %d bytes)", settings.pod_id, settings.address, cache.capacity
+        )
         print(f"mesh pod {settings.pod_id} serving on {settings.address}", file=sys.stderr, flush=True)
 
         await stop.wait()

@@ -57,13 +57,15 @@ class InferenceProxy(grpc.GenericRpcHandler):
         metadata = v2.ServerMetadataResponse(name=server_name, version=server_version).SerializeToString()
         self._local: dict[str, Behavior] = {
             V2_SERVICE + "ServerLive": self._constant(v2.ServerLiveResponse(live=True).SerializeToString()),
-            V2_SERVICE + "ServerReady": self._constant(v2.ServerReadyResponse(ready=True).SerializeToString()),
+            V2_SERVICE + "ServerReady": self._constant(
+                v2.ServerReadyResponse(ready=True).SerializeToString()
+            ),
             V2_SERVICE + "ServerMetadata": self._constant(metadata),
             V2_SERVICE + "ModelReady": self._model_ready,
         }
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
             behavior = self._local.get(method) or self._forwarder(method)
@@ -76,7 +78,9 @@ class InferenceProxy(grpc.GenericRpcHandler):
         if method in STREAMING_METHODS:
             return self._refuse(grpc.StatusCode.UNIMPLEMENTED, f"{method} (streaming) is not proxied yet")
         if not self._allow_any and method not in self._method_infos:
-            return self._refuse(grpc.StatusCode.UNIMPLEMENTED, f"method {method} is not served by the runtime")
+            return self._refuse(
+                grpc.StatusCode.UNIMPLEMENTED, f"method {method} is not served by the runtime"
+            )
         id_path = self._method_infos.get(method, [1])
         call = self._runtime.method(method)
 

@@ -46,11 +46,9 @@ class RoutingTable:
         entry = self.instances.get(pod_id)
         return entry.record if entry is not None else None
 
-    async def wait_for_revision(self, revision: int, timeout: float = 5.0) -> None:
-        async with self._revision_changed:
-            await asyncio.wait_for(
-                self._revision_changed.wait_for(lambda: self.revision >= revision), timeout
-            )
+    async def wait_for_revision(self, revision: int, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s), self._revision_changed:
+            await self._revision_changed.wait_for(lambda: self.revision >= revision)
 
     # -- writes: the watch loop only ------------------------------------------
     def apply_put(self, relative_key: str, value: bytes, mod_revision: int) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TypeAlias
 
 import grpc
 
 from protos import model_runtime_pb2 as spi
 from protos import model_runtime_pb2_grpc as spi_grpc
 
-RawUnary = grpc.aio.UnaryUnaryMultiCallable
+RawUnary: TypeAlias = grpc.aio.UnaryUnaryMultiCallable
 
 
 class RuntimeClient:

@@ -34,7 +34,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-message-bytes", "MM_SVC_GRPC_MAX_MSG_SIZE", str(16 * 1024 * 1024), "request size limit"),
     Option("--lease-ttl-s", "MM_INSTANCE_LEASE_TTL_S", "10", "TTL of the instance record's lease"),
     Option("--load-timeout-s", "MM_LOAD_TIMEOUT_S", "120", "default model load timeout"),
-    Option("--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"),
+    Option(
+        "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
+    ),
     Option("--runtime-ready-timeout-s", "MM_RUNTIME_READY_TIMEOUT_S", "120", "wait for the adapter at start"),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
 )

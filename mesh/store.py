@@ -119,7 +119,9 @@ class EtcdStore:
             if new is None and current is None:
                 return None, mod_revision
             write = [tx.put(key, new.to_json())] if new is not None else [tx.delete(key)]
-            ok, _ = await self._client.transaction(compare=[tx.mod(key) == mod_revision], success=write, failure=[])
+            ok, _ = await self._client.transaction(
+                compare=[tx.mod(key) == mod_revision], success=write, failure=[]
+            )
             if ok:
                 after = await self._client.get(key)
                 return new, after.mod_revision if after is not None else await self.current_revision()

@@ -45,7 +45,9 @@ def request_target(metadata: Iterable[tuple[str, str | bytes]], body: bytes) -> 
     if len(model_ids) > 1 or len(vmodel_ids) > 1:
         raise TargetError("the model id header is given more than once")
     if model_ids or vmodel_ids:
-        kind, header = (TargetKind.MODEL, MODEL_ID_HEADER) if model_ids else (TargetKind.VMODEL, VMODEL_ID_HEADER)
+        kind, header = (
+            (TargetKind.MODEL, MODEL_ID_HEADER) if model_ids else (TargetKind.VMODEL, VMODEL_ID_HEADER)
+        )
         target_id = (model_ids or vmodel_ids)[0]
         if not target_id:
             raise TargetError(f"empty {header} header")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
@@ -37,7 +38,17 @@ def compiled_descriptors() -> dict[str, bytes]:
         out = Path(tmp) / "set.pb"
         _protoc([f"--descriptor_set_out={out}", *[f"protos/{n}" for n in PROTOS]])
         fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    for file in fds.file:
+        _strip_json_names(file.message_type)
     return {f.name: f.SerializeToString() for f in fds.file}
+
+
+def _strip_json_names(messages: Any) -> None:
+    """protoc fills json_name in descriptor sets; the Python plugin leaves it out of the stubs."""
+    for message in messages:
+        for f in message.field:
+            f.ClearField("json_name")
+        _strip_json_names(message.nested_type)
 
 
 if __name__ == "__main__":

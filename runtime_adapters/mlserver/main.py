@@ -78,7 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=adapter.registry)
 
     server = grpc.aio.server()
-    model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(adapter, server)  # type: ignore[no-untyped-call]
+    model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(adapter, server)
     server.add_insecure_port(f"{args.host}:{args.port}")
     await server.start()
     print(f"adapter listening on {args.host}:{args.port}", file=sys.stderr, flush=True)

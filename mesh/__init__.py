@@ -1,0 +1,1 @@
+"""modelmesh-py: the mesh pod (router, registry view, cache, APIs)."""

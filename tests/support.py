@@ -1,0 +1,51 @@
+"""Shared test helpers: example models, polling with a deadline, v2 requests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import tritonclient.grpc as triton
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+
+IRIS_X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ExampleModel:
+    path: Path  # a directory holding model.joblib
+    expected: np.ndarray  # sklearn's own predictions for IRIS_X
+
+
+def train_iris(directory: Path, kind: str) -> ExampleModel:
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500) if kind == "logistic" else DecisionTreeClassifier(random_state=0)
+    model.fit(x, y)
+    directory.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, directory / "model.joblib")
+    return ExampleModel(directory, model.predict(IRIS_X))
+
+
+def poll_until(check: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def iris_input() -> triton.InferInput:
+    tensor = triton.InferInput("input-0", list(IRIS_X.shape), "FP32")
+    tensor.set_data_from_numpy(IRIS_X)
+    return tensor
+
+
+def predict(client: triton.InferenceServerClient, name: str, **kwargs: object) -> np.ndarray:
+    result = client.infer(name, [iris_input()], **kwargs)  # type: ignore[arg-type]
+    return np.asarray(result.as_numpy("predict")).ravel()

@@ -1,0 +1,56 @@
+"""Per-pod LRU in bytes against the real runtime: capacity for two models, three in use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mesh.devcluster import LocalMesh
+from protos import model_mesh_pb2 as mm
+from tests.conftest import Examples, MeshClients, open_clients
+from tests.support import predict
+from tests.test_mesh_pod import runtime_holds
+
+pytestmark = pytest.mark.integration
+S = mm.ModelStatusInfo.ModelStatus
+MIB = 1024 * 1024
+# Every model is charged at least 200 MiB (iris models measure far less), so 500 MiB holds exactly two.
+MODEL_FLOOR = 200 * MIB
+
+
+@pytest.fixture(scope="module")
+def two_model_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshClients]:
+    mesh = LocalMesh(
+        tmp_path_factory.mktemp("lru"), capacity_bytes=500 * MIB, min_model_size_bytes=MODEL_FLOOR
+    )
+    with mesh:
+        clients = open_clients(mesh)
+        yield clients
+        clients.channel.close()
+
+
+def held(clients: MeshClients) -> set[str]:
+    return {m for m in ("m-a", "m-b", "m-c") if runtime_holds(clients, m)}
+
+
+def test_least_recently_used_model_is_unloaded_and_comes_back(
+    two_model_mesh: MeshClients, examples: Examples
+) -> None:
+    mesh = two_model_mesh
+    for model_id in ("m-a", "m-b", "m-c"):
+        mesh.register(model_id, examples.logistic.path)
+    predict(mesh.infer, "m-a")
+    predict(mesh.infer, "m-b")
+    predict(mesh.infer, "m-a")  # b is now the least recently used
+    assert held(mesh) == {"m-a", "m-b"}
+    predict(mesh.infer, "m-c")
+    assert held(mesh) == {"m-a", "m-c"}  # the unload finished before the load started
+    assert mesh.status("m-b").status == S.NOT_LOADED
+    assert mesh.status("m-c").status == S.LOADED
+
+    loads = mesh.loads()
+    assert list(predict(mesh.infer, "m-b")) == list(examples.logistic.expected)  # reloaded and served
+    assert mesh.loads() == loads + 1
+    assert held(mesh) == {"m-b", "m-c"}  # a was least recently used this time
+    assert mesh.status("m-a").status == S.NOT_LOADED

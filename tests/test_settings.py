@@ -1,0 +1,22 @@
+"""Settings from flags and the environment."""
+
+from __future__ import annotations
+
+from mesh.settings import parse_settings
+
+
+def test_defaults() -> None:
+    s = parse_settings([], env={})
+    assert s.grpc_port == 8033
+    assert s.etcd_prefix == "mm/modelmesh-serving/"
+    assert s.runtime_serving == s.runtime_spi
+    assert s.pod_id.endswith("-8033")
+
+
+def test_environment_uses_modelmesh_names_and_flags_win() -> None:
+    env = {"MM_SVC_GRPC_PORT": "9000", "MM_SERVICE_NAME": "svc", "MM_KVSTORE_PREFIX": "root"}
+    s = parse_settings([], env=env)
+    assert (s.grpc_port, s.etcd_prefix) == (9000, "root/svc/")
+    s = parse_settings(["--grpc-port", "9100", "--load-failure-expiry-s", "2.5"], env=env)
+    assert s.grpc_port == 9100
+    assert s.load_failure_expiry_s == 2.5

@@ -1,0 +1,55 @@
+"""ModelStatusInfo computed from registry records (pure)."""
+
+from __future__ import annotations
+
+from mesh.records import LoadFailure, ModelRecord
+from mesh.status import model_status
+from protos import model_mesh_pb2 as mm
+
+S = mm.ModelStatusInfo.ModelStatus
+EXPIRY = 1000
+
+
+def test_unknown_model_is_not_found_status() -> None:
+    assert model_status(None, 0, EXPIRY).status == S.NOT_FOUND
+
+
+def test_registered_only_is_not_loaded() -> None:
+    info = model_status(ModelRecord(type="sklearn"), 0, EXPIRY)
+    assert info.status == S.NOT_LOADED and not info.modelCopyInfos and not info.errors
+
+
+def test_loaded_wins_over_loading_and_failures() -> None:
+    record = ModelRecord(
+        type="t",
+        holders={"p1": 100},
+        loading={"p2": 200},
+        failures={"p3": LoadFailure(150, "boom")},
+    )
+    info = model_status(record, 300, EXPIRY)
+    assert info.status == S.LOADED
+    assert [(c.location, c.copyStatus, c.time) for c in info.modelCopyInfos] == [
+        ("p2", S.LOADING, 200),
+        ("p3", S.LOADING_FAILED, 150),
+        ("p1", S.LOADED, 100),
+    ]
+    assert list(info.errors) == ["boom"]
+
+
+def test_loading_status() -> None:
+    assert model_status(ModelRecord(type="t", loading={"p": 5}), 10, EXPIRY).status == S.LOADING
+
+
+def test_failures_newest_first_and_expiry() -> None:
+    record = ModelRecord(
+        type="t",
+        failures={
+            "a": LoadFailure(100, "old"),
+            "b": LoadFailure(900, "new"),
+            "c": LoadFailure(-5000, "expired"),
+        },
+    )
+    info = model_status(record, 1000, EXPIRY)
+    assert info.status == S.LOADING_FAILED
+    assert list(info.errors) == ["new", "old"]
+    assert model_status(record, 5000, EXPIRY).status == S.NOT_LOADED  # all expired
