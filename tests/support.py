@@ -10,8 +10,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import tritonclient.grpc as triton
+from sklearn.base import ClassifierMixin
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 IRIS_X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float32)
@@ -25,7 +27,14 @@ class ExampleModel:
 
 def train_iris(directory: Path, kind: str) -> ExampleModel:
     x, y = load_iris(return_X_y=True)
-    model = LogisticRegression(max_iter=500) if kind == "logistic" else DecisionTreeClassifier(random_state=0)
+    model: ClassifierMixin
+    if kind == "logistic":
+        model = LogisticRegression(max_iter=500)
+    elif kind == "tree":
+        model = DecisionTreeClassifier(random_state=0)
+    else:  # nearest neighbours keep their training set: iris repeated to ~40 MB makes a slow load
+        model = KNeighborsClassifier(n_neighbors=1)
+        x, y = np.repeat(x, 8000, axis=0), np.repeat(y, 8000)
     model.fit(x, y)
     directory.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, directory / "model.joblib")

@@ -13,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.utils import InferenceServerException
 
+from mesh.records import InstanceRecord
+from mesh.store import EtcdStore
 from protos import model_mesh_pb2 as mm
 from tests.conftest import Examples, MeshClients
 from tests.support import iris_input, poll_until, predict
@@ -254,3 +256,31 @@ def test_registrations_survive_a_pod_restart(local_mesh: MeshClients, examples: 
     status = local_mesh.status("iris-durable")
     assert status.status == S.NOT_LOADED  # registered; the new process holds nothing yet
     assert list(predict(local_mesh.infer, "iris-durable")) == list(examples.tree.expected)
+
+
+def test_deadline_passing_during_a_load_leaves_the_load_running(
+    local_mesh: MeshClients, examples: Examples
+) -> None:
+    local_mesh.register("iris-slow", examples.slow.path)
+    before = local_mesh.loads()
+    with pytest.raises(InferenceServerException) as e:
+        predict(local_mesh.infer, "iris-slow", client_timeout=0.02)
+    assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    # nobody waits any more, yet the load completes and serves the next request without a second load
+    poll_until(lambda: local_mesh.status("iris-slow").status == S.LOADED, what="abandoned load completes")
+    assert list(predict(local_mesh.infer, "iris-slow")) == list(examples.slow.expected)
+    assert local_mesh.loads() == before + 1
+
+
+async def test_instance_record_is_published_on_a_lease(local_mesh: MeshClients) -> None:
+    mesh = local_mesh.mesh
+    assert mesh.etcd is not None and mesh.pod is not None
+    store = EtcdStore(mesh.etcd.endpoint, "mm/modelmesh-serving/")
+    try:
+        _, items = await store.snapshot()
+    finally:
+        await store.close()
+    records = {key: value for key, value, _ in items}
+    instance = InstanceRecord.from_json(records[f"instances/{mesh.pod.pod_id}"])
+    assert instance.address == mesh.pod.address
+    assert instance.capacity_bytes == mesh.capacity_bytes
