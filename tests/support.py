@@ -58,3 +58,22 @@ def iris_input() -> triton.InferInput:
 def predict(client: triton.InferenceServerClient, name: str, **kwargs: object) -> np.ndarray:
     result = client.infer(name, [iris_input()], **kwargs)  # type: ignore[arg-type]
     return np.asarray(result.as_numpy("predict")).ravel()
+
+
+def train_boosted(directory: Path, library: str) -> ExampleModel:
+    """An xgboost (model.json) or lightgbm (model.bst) iris classifier; expected = predicted class."""
+    x, y = load_iris(return_X_y=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    if library == "xgboost":
+        import xgboost
+
+        classifier = xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(x, y)
+        classifier.save_model(directory / "model.json")
+        return ExampleModel(directory, classifier.predict(IRIS_X))
+    import lightgbm
+
+    booster = lightgbm.train(
+        {"objective": "multiclass", "num_class": 3, "verbose": -1}, lightgbm.Dataset(x, y), 10
+    )
+    booster.save_model(str(directory / "model.bst"))
+    return ExampleModel(directory, booster.predict(IRIS_X).argmax(axis=1))

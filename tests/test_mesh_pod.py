@@ -17,7 +17,7 @@ from mesh.records import InstanceRecord
 from mesh.store import EtcdStore
 from protos import model_mesh_pb2 as mm
 from tests.conftest import Examples, MeshClients
-from tests.support import iris_input, poll_until, predict
+from tests.support import iris_input, poll_until, predict, train_boosted
 
 pytestmark = pytest.mark.integration
 S = mm.ModelStatusInfo.ModelStatus
@@ -284,3 +284,16 @@ async def test_instance_record_is_published_on_a_lease(local_mesh: MeshClients) 
     instance = InstanceRecord.from_json(records[f"instances/{mesh.pod.pod_id}"])
     assert instance.address == mesh.pod.address
     assert instance.capacity_bytes == mesh.capacity_bytes
+
+
+@pytest.mark.parametrize("library", ["xgboost", "lightgbm"])
+def test_xgboost_and_lightgbm_models_serve(
+    local_mesh: MeshClients, tmp_path_factory: pytest.TempPathFactory, library: str
+) -> None:
+    model = train_boosted(tmp_path_factory.mktemp(library), library)
+    local_mesh.register(f"iris-{library}", model.path, type_=library)
+    result = np.asarray(local_mesh.infer.infer(f"iris-{library}", [iris_input()]).as_numpy("predict"))
+    labels = (
+        result.ravel() if library == "xgboost" else result.argmax(axis=1)
+    )  # lightgbm answers probabilities
+    assert list(labels) == list(model.expected)

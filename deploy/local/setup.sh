@@ -29,6 +29,9 @@ if ! fresh .venv-mlserver/.installed deploy/local/constraints-mlserver.txt; then
   .venv-mlserver/bin/python -m pip install -q --upgrade pip
   # uvloop 0.22+ crashes MLServer's parallel workers (DESIGN.md §5); the constraints pin it below.
   .venv-mlserver/bin/python -m pip install -q -c deploy/local/constraints-mlserver.txt \
-    mlserver mlserver-sklearn 'uvloop<0.22'
+    mlserver mlserver-sklearn 'uvloop<0.22' xgboost-cpu lightgbm
+  # mlserver-xgboost asks for the `xgboost` distribution (CUDA wheels); xgboost-cpu provides the same module.
+  .venv-mlserver/bin/python -m pip install -q --no-deps -c deploy/local/constraints-mlserver.txt \
+    mlserver-xgboost mlserver-lightgbm
   touch .venv-mlserver/.installed
 fi
