@@ -49,12 +49,15 @@ class ByteLruCache:
         loaded = [e.last_used_ms for e in self._entries.values() if not e.loading]
         return min(loaded) if loaded else None
 
-    def plan_eviction(self, needed_bytes: int, pinned: frozenset[str] = frozenset()) -> list[str] | None:
+    def plan_eviction(
+        self, needed_bytes: int, pinned: frozenset[str] = frozenset(), used_before_ms: int | None = None
+    ) -> list[str] | None:
         """Least-recently-used loaded models whose removal frees ``needed_bytes``.
 
         Returns [] when the bytes are already free, None when even evicting every
-        unpinned loaded model would not free enough (the load must not start).
-        Models still loading and ``pinned`` ones are never chosen.
+        candidate would not free enough (the load must not start). Models still
+        loading, ``pinned`` ones and, with ``used_before_ms``, those used at or
+        after that time are never chosen.
         """
         shortfall = needed_bytes - self.free
         if shortfall <= 0:
@@ -62,7 +65,9 @@ class ByteLruCache:
         candidates = sorted(
             (e.last_used_ms, model_id, e.size)
             for model_id, e in self._entries.items()
-            if not e.loading and model_id not in pinned
+            if not e.loading
+            and model_id not in pinned
+            and (used_before_ms is None or e.last_used_ms < used_before_ms)
         )
         victims: list[str] = []
         for _, model_id, size in candidates:

@@ -42,6 +42,7 @@ class ModelLoader:
         cache: ByteLruCache,
         load_timeout_s: float,
         failure_expiry_s: float,
+        max_loading_concurrency: int = 1,
     ) -> None:
         self.pod_id = pod_id
         self._store = store
@@ -52,6 +53,8 @@ class ModelLoader:
         self._failure_expiry_ms = int(failure_expiry_s * 1000)
         self._loads: dict[str, asyncio.Future[None]] = {}  # single flight: one load per model
         self._inflight: Counter[str] = Counter()  # requests being served; pins against eviction
+        self._unloads: dict[str, asyncio.Event] = {}  # set when the model's unload has returned
+        self._loading_slots = asyncio.Semaphore(max(1, max_loading_concurrency))
         self._tasks: set[asyncio.Task[None]] = set()
         self.load_count = 0
 
@@ -74,6 +77,8 @@ class ModelLoader:
         """Return once this pod holds the model; raise MeshError if it cannot.
 
         Concurrent callers share one load. Cancelling a caller does not cancel the load.
+        ``last_used_ms`` in the past (a backdated registration) loads the model only
+        into room that models used before that time can give up.
         """
         if self.is_loaded(model_id):
             return
@@ -87,7 +92,7 @@ class ModelLoader:
                 raise MeshError(grpc.StatusCode[failure.code], failure.message)
             pending = asyncio.get_running_loop().create_future()
             self._loads[model_id] = pending
-            self._spawn(self._load(model_id, record, last_used_ms or now_ms(), pending))
+            self._spawn(self._load(model_id, record, last_used_ms, pending))
         await asyncio.shield(pending)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -96,7 +101,7 @@ class ModelLoader:
         task.add_done_callback(self._tasks.discard)
 
     async def _load(
-        self, model_id: str, record: ModelRecord, last_used_ms: int, done: asyncio.Future[None]
+        self, model_id: str, record: ModelRecord, last_used_ms: int | None, done: asyncio.Future[None]
     ) -> None:
         try:
             await self._load_steps(model_id, record, last_used_ms)
@@ -111,8 +116,14 @@ class ModelLoader:
             if not done.done():  # cancelled: the pod is stopping
                 done.set_exception(MeshError(grpc.StatusCode.UNAVAILABLE, f"{self.pod_id} is stopping"))
             done.exception()  # mark retrieved: a load nobody waits for must not log "never retrieved"
+            # An unregister that arrived while the load was finishing was skipped by on_model_changed.
+            if self._table.model(model_id) is None and model_id in self.cache:
+                self._spawn(self.unload(model_id))
 
-    async def _load_steps(self, model_id: str, record: ModelRecord, last_used_ms: int) -> None:
+    async def _load_steps(self, model_id: str, record: ModelRecord, last_used_ms: int | None) -> None:
+        unloading = self._unloads.get(model_id)
+        if unloading is not None:  # an eviction of this model is still running: load after it
+            await unloading.wait()
         try:
             predicted = await self._runtime.predict_size(model_id, record.type, record.path, record.key)
         except grpc.aio.AioRpcError:
@@ -125,18 +136,19 @@ class ModelLoader:
                 f"({self.cache.capacity} bytes)",
             )
         # Reserve the bytes first, so concurrent loads plan their evictions around each other.
-        self.cache.start_load(model_id, predicted, last_used_ms)
+        self.cache.start_load(model_id, predicted, last_used_ms or now_ms())
         loaded = False
         try:
-            await self._make_room()
+            await self._make_room(model_id, used_before_ms=last_used_ms)
             start = now_ms()
             if await self._update_registry(model_id, lambda r: _with_loading(r, self.pod_id, start)) is None:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             self.load_count += 1
             try:
-                size = await self._runtime.load(
-                    model_id, record.type, record.path, record.key, timeout_s=self._load_timeout_s
-                )
+                async with self._loading_slots:  # the runtime's maxLoadingConcurrency
+                    size = await self._runtime.load(
+                        model_id, record.type, record.path, record.key, timeout_s=self._load_timeout_s
+                    )
             except grpc.aio.AioRpcError as e:
                 code = load_failure_code(e.code())
                 await self._fail(model_id, code, f"load of {model_id} failed on {self.pod_id}: {e.details()}")
@@ -151,14 +163,13 @@ class ModelLoader:
         except BaseException:
             # Failed, cancelled or unregistered: give the bytes back and make sure the runtime
             # does not keep the model (a cancelled load may still complete in the runtime).
-            self.cache.start_unload(model_id)
-            await self._unload_quietly(model_id)
-            self.cache.finish_unload(model_id)
+            self._begin_unload(model_id)
+            await self._unload_from_runtime(model_id)
             if loaded:
                 await self._drop_from_registry(model_id)
             raise
         if size > predicted:
-            await self._make_room()  # the measurement may exceed the prediction
+            await self._make_room(model_id)  # the measurement exceeded the prediction: others make way
 
     async def _fail(self, model_id: str, code: grpc.StatusCode, message: str) -> None:
         failure = LoadFailure(time_ms=now_ms(), message=message, code=code.name)
@@ -180,35 +191,44 @@ class ModelLoader:
         try:
             written, revision = await self._store.update_model(model_id, apply)
             await self._table.wait_for_revision(revision)
-        except StoreError as e:
+        except (StoreError, TimeoutError) as e:
             raise MeshError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {e}") from e
         return written
 
     # -- eviction and unloading ----------------------------------------------------------
-    async def _make_room(self) -> None:
-        """Evict least-recently-used models until the reserved bytes fit the capacity."""
-        victims = self.cache.plan_eviction(0, frozenset(self._inflight))
+    async def _make_room(self, for_model: str, used_before_ms: int | None = None) -> None:
+        """Evict least-recently-used models until the reserved bytes fit the capacity.
+
+        Models serving requests, loading, or (with ``used_before_ms``) used since then are kept.
+        """
+        pinned = frozenset(self._inflight) | {for_model}
+        victims = self.cache.plan_eviction(0, pinned, used_before_ms)
         if victims is None:
             raise MeshError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"no room on {self.pod_id}: models loading or in use fill its capacity",
+                grpc.StatusCode.INTERNAL,
+                f"no room for {for_model} on {self.pod_id}: the models that fill it are loading, in use"
+                + (" or used more recently" if used_before_ms else ""),
             )
         if victims:
             log.info("evicting %s from %s", victims, self.pod_id)
             for victim in victims:
-                self.cache.start_unload(victim)  # at once, so no concurrent plan picks it again
+                self._begin_unload(victim)  # at once, so no concurrent plan picks it again
             await asyncio.gather(*(self._evict(v) for v in victims))
 
     async def unload(self, model_id: str) -> None:
         if model_id in self.cache:
-            self.cache.start_unload(model_id)
+            self._begin_unload(model_id)
             await self._evict(model_id)
+
+    def _begin_unload(self, model_id: str) -> None:
+        """Take the model out of the cache (its bytes stay reserved); loads of it wait until it is gone."""
+        self.cache.start_unload(model_id)
+        self._unloads.setdefault(model_id, asyncio.Event())
 
     async def _evict(self, model_id: str) -> None:
         """Stop routing to this copy, then unload it; its bytes stay reserved until the unload returns."""
         await self._drop_from_registry(model_id)
-        await self._unload_quietly(model_id)
-        self.cache.finish_unload(model_id)
+        await self._unload_from_runtime(model_id)
 
     async def _drop_from_registry(self, model_id: str) -> None:
         try:
@@ -216,11 +236,20 @@ class ModelLoader:
         except MeshError as e:
             log.warning("could not drop %s from the registry: %s", model_id, e.message)
 
-    async def _unload_quietly(self, model_id: str) -> None:
+    async def _unload_from_runtime(self, model_id: str) -> None:
+        """Unload; a load of the same model waits for this. On failure the bytes stay reserved:
+        the runtime may still hold the model, and over-committing memory is worse than idle room."""
         try:
             await self._runtime.unload(model_id)
+            self.cache.finish_unload(model_id)
         except grpc.aio.AioRpcError as e:
-            log.error("unload of %s failed: %s %s", model_id, e.code().name, e.details())
+            log.error(
+                "unload of %s failed, keeping its bytes reserved: %s %s", model_id, e.code().name, e.details()
+            )
+        finally:
+            done = self._unloads.pop(model_id, None)
+            if done is not None:
+                done.set()
 
     def on_model_changed(self, model_id: str, record: ModelRecord | None) -> None:
         """Routing-table listener: an unregistered model is unloaded here."""

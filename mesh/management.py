@@ -71,7 +71,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         self._background: set[asyncio.Task[None]] = set()
 
     def _status(self, model_id: str) -> mm.ModelStatusInfo:
-        return model_status(self._table.model(model_id), now_ms(), self._expiry_ms)
+        return model_status(self._table.model(model_id), now_ms(), self._expiry_ms, self._table.instances)
 
     async def _load(self, model_id: str, last_used_ms: int | None, sync: bool) -> mm.ModelStatusInfo:
         """Start (or join) a load on this pod; with ``sync`` wait for its outcome."""
@@ -82,10 +82,14 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             except MeshError as e:
                 if e.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
                     raise
-                # the failure is in the registry record: the status below reports it
+                status = self._status(model_id)
+                if e.message not in status.errors:  # a refusal not recorded as a failure (no room)
+                    status.errors.insert(0, e.message)
+                return status
             return self._status(model_id)
         self._background.add(load)
         load.add_done_callback(self._forget)
+        await asyncio.sleep(0)  # let the load start: a remembered failure is refused right here
         status = self._status(model_id)
         if status.status in (Status.NOT_LOADED, Status.LOADING_FAILED) and not load.done():
             status.status = Status.LOADING
@@ -106,14 +110,12 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         backdate = BACKDATE_LOAD_NOW_MS if request.loadNow else BACKDATE_NOT_LOADED_MS
         last_used = request.lastUsedTime or now_ms() - backdate
         record = ModelRecord(type=info.type, path=info.path, key=info.key, last_used_ms=last_used)
-        created, revision = await self._store.create_model(model_id, record)
-        if not created:
-            existing, revision = await self._store.get_model(model_id)
-            if existing is not None and not existing.same_info(info.type, info.path, info.key):
-                raise MeshError(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"model {model_id} is already registered with different type/path/key",
-                )
+        existing, revision = await self._store.create_model(model_id, record)
+        if existing is not None and not existing.same_info(info.type, info.path, info.key):
+            raise MeshError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"model {model_id} is already registered with different type/path/key",
+            )
         await self._table.wait_for_revision(revision)
         log.info("registered %s (type %s)", model_id, info.type)
         if request.loadNow:

@@ -76,7 +76,14 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         cache = ByteLruCache(status.capacityInBytes)
         load_timeout_s = status.modelLoadingTimeoutMs / 1000 or settings.load_timeout_s
         loader = ModelLoader(
-            settings.pod_id, store, table, runtime, cache, load_timeout_s, settings.load_failure_expiry_s
+            settings.pod_id,
+            store,
+            table,
+            runtime,
+            cache,
+            load_timeout_s,
+            settings.load_failure_expiry_s,
+            max_loading_concurrency=status.maxLoadingConcurrency,
         )
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
@@ -122,8 +129,10 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=5)
         keep_alive.cancel()
-        await loader.close()
+        await asyncio.gather(keep_alive, return_exceptions=True)
+        # Unload what this pod holds (and drop it from the registry) before cancelling what is left.
         await asyncio.gather(*(loader.unload(m) for m in cache.model_ids()), return_exceptions=True)
+        await loader.close()
         await store.revoke_lease()
     finally:
         watch.cancel()

@@ -19,6 +19,7 @@ from mesh.errors import MeshError
 from mesh.local_models import ModelLoader
 from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
+from mesh.status import live_copies
 from mesh.target import RequestTarget, TargetError, TargetKind, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
 
@@ -29,6 +30,8 @@ STREAMING_METHODS = frozenset({V2_SERVICE + "ModelStreamInfer"})
 # Headers that are ours or the transport's; everything else reaches the runtime.
 _DROP_HEADER_PREFIXES = ("mm-", ":", "grpc-")
 _DROP_HEADERS = frozenset({"user-agent", "content-type", "te"})
+
+MAX_CACHED_METHODS = 256
 
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
@@ -70,7 +73,8 @@ class InferenceProxy(grpc.GenericRpcHandler):
         if handler is None:
             behavior = self._local.get(method) or self._forwarder(method)
             handler = grpc.unary_unary_rpc_method_handler(behavior)  # no (de)serializers: raw bytes
-            self._handlers[method] = handler
+            if len(self._handlers) < MAX_CACHED_METHODS:  # clients choose method names: bound the cache
+                self._handlers[method] = handler
         return handler
 
     # -- forwarding --------------------------------------------------------------------
@@ -148,7 +152,8 @@ class InferenceProxy(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         model_id = self._model_id(target)
         record = self._table.model(model_id) if model_id is not None else None
-        return v2.ModelReadyResponse(ready=bool(record and record.holders)).SerializeToString()
+        ready = record is not None and bool(live_copies(record.holders, self._table.instances))
+        return v2.ModelReadyResponse(ready=ready).SerializeToString()
 
     @staticmethod
     def _constant(response: bytes) -> Behavior:

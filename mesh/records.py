@@ -50,7 +50,9 @@ class ModelRecord:
     @classmethod
     def from_json(cls, raw: bytes) -> ModelRecord:
         data: dict[str, Any] = json.loads(raw)
-        failures = {pod: LoadFailure(**f) for pod, f in data.pop("failures", {}).items()}
+        failures = {
+            pod: LoadFailure(**_known_fields(LoadFailure, f)) for pod, f in data.pop("failures", {}).items()
+        }
         return cls(failures=failures, **_known_fields(cls, data))
 
 

@@ -9,11 +9,14 @@ read-your-writes to a caller that has just written to etcd.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from mesh.records import InstanceRecord, ModelRecord
+
+log = logging.getLogger(__name__)
 
 REGISTRY = "registry/"
 INSTANCES = "instances/"
@@ -52,6 +55,12 @@ class RoutingTable:
 
     # -- writes: the watch loop only ------------------------------------------
     def apply_put(self, relative_key: str, value: bytes, mod_revision: int) -> None:
+        try:
+            self._apply_put(relative_key, value, mod_revision)
+        except (ValueError, TypeError) as e:  # one bad record must not stop the view from following etcd
+            log.error("ignoring unreadable record %s at revision %d: %s", relative_key, mod_revision, e)
+
+    def _apply_put(self, relative_key: str, value: bytes, mod_revision: int) -> None:
         if relative_key.startswith(REGISTRY):
             model_id = relative_key[len(REGISTRY) :]
             record = ModelRecord.from_json(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from mesh.records import LoadFailure, ModelRecord
@@ -21,10 +22,17 @@ def unexpired_failures(record: ModelRecord, now_ms: int, expiry_ms: int) -> dict
     return {pod: f for pod, f in record.failures.items() if now_ms - f.time_ms < expiry_ms}
 
 
-def model_copies(record: ModelRecord, now_ms: int, expiry_ms: int) -> list[CopyState]:
+def live_copies(copies: dict[str, int], live_pods: Collection[str] | None) -> dict[str, int]:
+    """Copies on pods that still have an instance record (a dead pod's copies are gone with it)."""
+    return copies if live_pods is None else {pod: t for pod, t in copies.items() if pod in live_pods}
+
+
+def model_copies(
+    record: ModelRecord, now_ms: int, expiry_ms: int, live_pods: Collection[str] | None = None
+) -> list[CopyState]:
     """Each pod holding, loading or having failed the model, newest change first."""
-    copies = [CopyState(pod, Status.LOADED, t) for pod, t in record.holders.items()]
-    copies += [CopyState(pod, Status.LOADING, t) for pod, t in record.loading.items()]
+    copies = [CopyState(pod, Status.LOADED, t) for pod, t in live_copies(record.holders, live_pods).items()]
+    copies += [CopyState(pod, Status.LOADING, t) for pod, t in live_copies(record.loading, live_pods).items()]
     copies += [
         CopyState(pod, Status.LOADING_FAILED, f.time_ms)
         for pod, f in unexpired_failures(record, now_ms, expiry_ms).items()
@@ -32,14 +40,16 @@ def model_copies(record: ModelRecord, now_ms: int, expiry_ms: int) -> list[CopyS
     return sorted(copies, key=lambda c: (-c.time_ms, c.pod_id))
 
 
-def model_status(record: ModelRecord | None, now_ms: int, expiry_ms: int) -> mm.ModelStatusInfo:
+def model_status(
+    record: ModelRecord | None, now_ms: int, expiry_ms: int, live_pods: Collection[str] | None = None
+) -> mm.ModelStatusInfo:
     if record is None:
         return mm.ModelStatusInfo(status=Status.NOT_FOUND)
-    copies = model_copies(record, now_ms, expiry_ms)
+    copies = model_copies(record, now_ms, expiry_ms, live_pods)
     failures = unexpired_failures(record, now_ms, expiry_ms)
-    if record.holders:
+    if any(c.status == Status.LOADED for c in copies):
         status = Status.LOADED
-    elif record.loading:
+    elif any(c.status == Status.LOADING for c in copies):
         status = Status.LOADING
     elif failures:
         status = Status.LOADING_FAILED

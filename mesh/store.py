@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import aetcd
 import aetcd.exceptions
+import grpc
+from aetcd import rpc
 
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.routing import INSTANCES, REGISTRY, RoutingTable
@@ -32,6 +35,7 @@ class EtcdStore:
     def __init__(self, endpoint: str, prefix: str, timeout_s: float = 5.0) -> None:
         host, _, port = endpoint.rpartition(":")
         self._client = aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=timeout_s)
+        self._timeout_s = timeout_s
         self.prefix = prefix.rstrip("/") + "/"
         self._lease: aetcd.leases.Lease | None = None
         self._instance_written = b""
@@ -84,15 +88,40 @@ class EtcdStore:
                 await asyncio.sleep(0.5)
 
     # -- registry -----------------------------------------------------------------
-    async def create_model(self, model_id: str, record: ModelRecord) -> tuple[bool, int]:
-        """Create the record if absent. Returns (created, revision of the write or of the read)."""
-        key = self._key(REGISTRY + model_id)
-        tx = self._client.transactions
-        ok, _ = await self._client.transaction(
-            compare=[tx.create(key) == 0], success=[tx.put(key, record.to_json())], failure=[]
+    async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
+        """One etcd transaction; the raw response carries the revision it was applied at.
+
+        aetcd's own ``transaction`` drops the response header, and the store needs
+        that revision to wait for its own write in the routing table.
+        """
+        await self._client.connect()
+        request = rpc.TxnRequest(
+            compare=[c.build_message() for c in compare], success=success, failure=failure
         )
-        got = await self._client.get(key)
-        return ok, got.mod_revision if got is not None else 0
+        try:
+            return await self._client.kvstub.Txn(
+                request, timeout=self._timeout_s, metadata=self._client.metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise StoreError(f"{e.code().name}: {e.details()}") from e
+
+    async def create_model(self, model_id: str, record: ModelRecord) -> tuple[ModelRecord | None, int]:
+        """Create the record if absent.
+
+        Returns (None, revision of the create) when created, else (the existing record, its mod revision).
+        """
+        key = self._key(REGISTRY + model_id)
+        response = await self._txn(
+            compare=[self._client.transactions.create(key) == 0],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=record.to_json()))],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        )
+        if response.succeeded:
+            return None, response.header.revision
+        kvs = response.responses[0].response_range.kvs
+        if not kvs:  # deleted between the compare and now: cannot happen inside one transaction
+            raise StoreError(f"registry record {model_id} vanished inside a transaction")
+        return ModelRecord.from_json(kvs[0].value), kvs[0].mod_revision
 
     async def get_model(self, model_id: str) -> tuple[ModelRecord | None, int]:
         got = await self._client.get(self._key(REGISTRY + model_id))
@@ -107,32 +136,27 @@ class EtcdStore:
         revision at which that state holds.
         """
         key = self._key(REGISTRY + model_id)
-        tx = self._client.transactions
         while True:
-            got = await self._client.get(key)
-            current = ModelRecord.from_json(got.value) if got is not None else None
-            mod_revision = got.mod_revision if got is not None else 0
+            current, mod_revision = await self.get_model(model_id)
             try:
                 new = mutate(current)
             except Unchanged:
                 return current, mod_revision
             if new is None and current is None:
                 return None, mod_revision
-            write = [tx.put(key, new.to_json())] if new is not None else [tx.delete(key)]
-            ok, _ = await self._client.transaction(
-                compare=[tx.mod(key) == mod_revision], success=write, failure=[]
+            op = (
+                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=new.to_json()))
+                if new is not None
+                else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
             )
-            if ok:
-                after = await self._client.get(key)
-                return new, after.mod_revision if after is not None else await self.current_revision()
-
-    async def current_revision(self) -> int:
-        status = await self._client.get_prefix(self.prefix.encode() + b"\x00")  # empty range: just the header
-        return status.header.revision
+            response = await self._txn([self._client.transactions.mod(key) == mod_revision], [op], [])
+            if response.succeeded:
+                return new, response.header.revision
 
     # -- instance record on the pod's lease -----------------------------------------
     async def register_instance(self, pod_id: str, record: InstanceRecord, ttl_s: int) -> None:
         self._lease = await self._client.lease(ttl_s)
+        self._instance_written = b""  # a new lease holds nothing until the put succeeds
         await self.put_instance(pod_id, record)
 
     async def put_instance(self, pod_id: str, record: InstanceRecord) -> None:

@@ -64,6 +64,10 @@ class MeshClients:
         assert self.mesh.adapter is not None
         return self.mesh.adapter.metric("modelmesh_adapter_load_requests_total", 'result="success"')
 
+    def unloads(self) -> float:
+        assert self.mesh.adapter is not None
+        return self.mesh.adapter.metric("modelmesh_adapter_unload_requests_total")
+
     def reconnect(self) -> None:
         assert self.mesh.pod is not None
         self.channel.close()

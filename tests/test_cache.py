@@ -107,3 +107,12 @@ def test_eviction_order_follows_use_order(order: list[str]) -> None:
     for t, model_id in enumerate(order, start=10):
         cache.touch(model_id, t)
     assert cache.plan_eviction(30) == order
+
+
+def test_backdated_load_only_evicts_models_used_before_its_time() -> None:
+    cache = ByteLruCache(100)
+    loaded(cache, "old", 50, 10)
+    loaded(cache, "recent", 50, 1000)
+    assert cache.plan_eviction(50, used_before_ms=500) == ["old"]
+    assert cache.plan_eviction(100, used_before_ms=500) is None  # "recent" must stay
+    assert cache.plan_eviction(100, used_before_ms=None) == ["old", "recent"]

@@ -45,7 +45,7 @@ def test_least_recently_used_model_is_unloaded_and_comes_back(
     predict(mesh.infer, "m-a")  # b is now the least recently used
     assert held(mesh) == {"m-a", "m-b"}
     predict(mesh.infer, "m-c")
-    assert held(mesh) == {"m-a", "m-c"}  # the unload finished before the load started
+    assert held(mesh) == {"m-a", "m-c"}
     assert mesh.status("m-b").status == S.NOT_LOADED
     assert mesh.status("m-c").status == S.LOADED
 
@@ -54,3 +54,16 @@ def test_least_recently_used_model_is_unloaded_and_comes_back(
     assert mesh.loads() == loads + 1
     assert held(mesh) == {"m-b", "m-c"}  # a was least recently used this time
     assert mesh.status("m-a").status == S.NOT_LOADED
+
+
+def test_a_backdated_registration_does_not_push_out_models_in_use(
+    two_model_mesh: MeshClients, examples: Examples
+) -> None:
+    mesh = two_model_mesh
+    predict(mesh.infer, "m-b")
+    predict(mesh.infer, "m-c")  # the pod is full of models used just now
+    reply = mesh.register("m-late", examples.tree.path, loadNow=True, sync=True)  # last use backdated 1 h
+    assert reply.status == S.NOT_LOADED
+    assert "used more recently" in reply.errors[0]
+    assert held(mesh) == {"m-b", "m-c"}
+    assert list(predict(mesh.infer, "m-late")) == list(examples.tree.expected)  # a real request does load it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aetcd
 import grpc
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.utils import InferenceServerException
 
 from mesh.records import InstanceRecord
-from mesh.store import EtcdStore
 from protos import model_mesh_pb2 as mm
 from tests.conftest import Examples, MeshClients
 from tests.support import iris_input, poll_until, predict, train_boosted
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 S = mm.ModelStatusInfo.ModelStatus
 
 
-def raw_infer(clients: MeshClients, body: bytes, metadata: list[tuple[str, str]] | None = None) -> bytes:
+def raw_infer(
+    clients: MeshClients, body: bytes, metadata: list[tuple[str, str | bytes]] | None = None
+) -> bytes:
     call = clients.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     return call(body, metadata=metadata, timeout=30)  # type: ignore[no-any-return]
 
@@ -69,6 +71,12 @@ def test_header_selects_the_model_and_response_names_the_concrete_id(
     reply = v2.ModelInferResponse.FromString(
         raw_infer(
             local_mesh, infer_request("ignored").SerializeToString(), [("mm-model-id", "iris-by-header")]
+        )
+    )
+    assert reply.model_name == "iris-by-header"
+    reply = v2.ModelInferResponse.FromString(
+        raw_infer(
+            local_mesh, infer_request("ignored").SerializeToString(), [("mm-model-id-bin", b"iris-by-header")]
         )
     )
     assert reply.model_name == "iris-by-header"
@@ -184,7 +192,7 @@ def test_ensure_loaded(local_mesh: MeshClients, examples: Examples) -> None:
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     local_mesh.register("iris-ensure-async", examples.tree.path)
     reply = local_mesh.management.ensureLoaded(mm.EnsureLoadedRequest(modelId="iris-ensure-async"))
-    assert reply.status in (S.LOADING, S.LOADED)
+    assert reply.status == S.LOADING  # answered at once, before the load is done
     poll_until(lambda: local_mesh.status("iris-ensure-async").status == S.LOADED, what="async load")
     assert runtime_holds(local_mesh, "iris-ensure-async")
     local_mesh.register("iris-ensure-sync", examples.tree.path)
@@ -251,6 +259,7 @@ def test_registrations_survive_a_pod_restart(local_mesh: MeshClients, examples: 
     assert mesh.pod is not None
     mesh.pod.process.stop()
     poll_until(lambda: not runtime_holds(local_mesh, "iris-durable"), what="stopped pod unloads its models")
+    assert mesh.pod.pod_id not in asyncio.run(instance_records(local_mesh))  # lease revoked on the way out
     mesh.start_pod(mesh.pod.pod_id)
     local_mesh.reconnect()
     status = local_mesh.status("iris-durable")
@@ -272,18 +281,38 @@ def test_deadline_passing_during_a_load_leaves_the_load_running(
     assert local_mesh.loads() == before + 1
 
 
+async def instance_records(clients: MeshClients) -> dict[str, tuple[InstanceRecord, int]]:
+    """The instance records in etcd, with the lease each is attached to."""
+    assert clients.mesh.etcd is not None
+    prefix = b"mm/modelmesh-serving/instances/"
+    async with aetcd.Client(port=int(clients.mesh.etcd.endpoint.rsplit(":", 1)[1])) as client:
+        found = await client.get_prefix(prefix)
+    return {kv.key[len(prefix) :].decode(): (InstanceRecord.from_json(kv.value), kv.lease) for kv in found}
+
+
 async def test_instance_record_is_published_on_a_lease(local_mesh: MeshClients) -> None:
     mesh = local_mesh.mesh
-    assert mesh.etcd is not None and mesh.pod is not None
-    store = EtcdStore(mesh.etcd.endpoint, "mm/modelmesh-serving/")
-    try:
-        _, items = await store.snapshot()
-    finally:
-        await store.close()
-    records = {key: value for key, value, _ in items}
-    instance = InstanceRecord.from_json(records[f"instances/{mesh.pod.pod_id}"])
+    assert mesh.pod is not None
+    instance, lease = (await instance_records(local_mesh))[mesh.pod.pod_id]
     assert instance.address == mesh.pod.address
     assert instance.capacity_bytes == mesh.capacity_bytes
+    assert lease != 0
+
+
+def test_unregister_during_a_load_leaves_nothing_loaded(local_mesh: MeshClients, examples: Examples) -> None:
+    loads, unloads = local_mesh.loads(), local_mesh.unloads()
+    local_mesh.register("iris-fleeting", examples.slow.path)
+    local_mesh.management.ensureLoaded(mm.EnsureLoadedRequest(modelId="iris-fleeting"))
+    poll_until(
+        lambda: [c.copyStatus for c in local_mesh.status("iris-fleeting").modelCopyInfos] == [S.LOADING],
+        what="the load reaches the runtime",
+    )
+    local_mesh.management.unregisterModel(mm.UnregisterModelRequest(modelId="iris-fleeting"))
+    assert local_mesh.status("iris-fleeting").status == S.NOT_FOUND
+    # the load completes in the runtime after the unregister; the pod then takes the model out again
+    poll_until(lambda: local_mesh.loads() == loads + 1, what="the runtime finishes the load")
+    poll_until(lambda: local_mesh.unloads() > unloads, what="the pod unloads the unregistered model")
+    assert not runtime_holds(local_mesh, "iris-fleeting")
 
 
 @pytest.mark.parametrize("library", ["xgboost", "lightgbm"])

@@ -35,3 +35,20 @@ def test_same_info() -> None:
     record = ModelRecord(type="a", path="b", key="c")
     assert record.same_info("a", "b", "c")
     assert not record.same_info("a", "b", "")
+
+
+def test_unknown_fields_inside_failures_are_ignored() -> None:
+    raw = json.loads(ModelRecord(type="t", failures={"p": LoadFailure(1, "m")}).to_json())
+    raw["failures"]["p"]["attempt"] = 3
+    assert ModelRecord.from_json(json.dumps(raw).encode()).failures == {"p": LoadFailure(1, "m")}
+
+
+def test_routing_table_skips_an_unreadable_record() -> None:
+    from mesh.routing import RoutingTable
+
+    table = RoutingTable()
+    table.apply_put("registry/bad", b"{not json", 5)
+    table.apply_put("registry/wrong-shape", b'{"path": "/x"}', 6)  # no type
+    table.apply_put("registry/good", ModelRecord(type="t").to_json(), 7)
+    assert table.model("bad") is None and table.model("wrong-shape") is None
+    assert table.model("good") == ModelRecord(type="t")

@@ -53,3 +53,12 @@ def test_failures_newest_first_and_expiry() -> None:
     assert info.status == S.LOADING_FAILED
     assert list(info.errors) == ["new", "old"]
     assert model_status(record, 5000, EXPIRY).status == S.NOT_LOADED  # all expired
+
+
+def test_copies_on_pods_without_an_instance_record_do_not_count() -> None:
+    record = ModelRecord(type="t", holders={"dead": 5}, loading={"alive": 6})
+    info = model_status(record, 10, EXPIRY, live_pods={"alive"})
+    assert info.status == S.LOADING
+    assert [c.location for c in info.modelCopyInfos] == ["alive"]
+    assert model_status(record, 10, EXPIRY, live_pods=set()).status == S.NOT_LOADED
+    assert model_status(record, 10, EXPIRY).status == S.LOADED  # no filter

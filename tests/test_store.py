@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,13 @@ async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
     await s.close()
 
 
+async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.02)
+
+
 @contextlib.asynccontextmanager
 async def watched(store: EtcdStore) -> AsyncIterator[RoutingTable]:
     table = RoutingTable()
@@ -47,10 +54,11 @@ async def watched(store: EtcdStore) -> AsyncIterator[RoutingTable]:
 
 
 async def test_create_is_exclusive(store: EtcdStore) -> None:
-    created, _ = await store.create_model("m", ModelRecord(type="sklearn", path="/a"))
-    assert created
-    created, _ = await store.create_model("m", ModelRecord(type="sklearn", path="/b"))
-    assert not created
+    existing, created_at = await store.create_model("m", ModelRecord(type="sklearn", path="/a"))
+    assert existing is None
+    existing, revision = await store.create_model("m", ModelRecord(type="sklearn", path="/b"))
+    assert existing is not None and existing.path == "/a"
+    assert revision == created_at
     record, _ = await store.get_model("m")
     assert record is not None and record.path == "/a"
 
@@ -100,11 +108,9 @@ async def test_watch_feeds_the_routing_table(store: EtcdStore) -> None:
         assert table.model("after-start") is None
         assert seen == [("after-start", True), ("after-start", False)]
         await store.register_instance("pod-1", InstanceRecord(address="127.0.0.1:1"), ttl_s=5)
-        await table.wait_for_revision(await store.current_revision())
-        assert table.instance("pod-1") == InstanceRecord(address="127.0.0.1:1")
+        await eventually(lambda: table.instance("pod-1") == InstanceRecord(address="127.0.0.1:1"))
         await store.revoke_lease()  # the lease takes the instance record with it
-        await table.wait_for_revision(await store.current_revision())
-        assert table.instance("pod-1") is None
+        await eventually(lambda: table.instance("pod-1") is None)
 
 
 async def test_watch_resumes_after_etcd_restart_without_missing_events(
