@@ -431,3 +431,18 @@ def test_memory_helpers_find_mlserver(mlserver: MLServerProcess) -> None:
     assert find_listening_pid(mlserver.grpc_port) == mlserver.pid
     assert process_tree_rss(mlserver.pid) > 10 << 20
     assert find_listening_pid(free_port()) is None
+
+
+async def test_size_is_the_measured_memory_not_the_file_size(adapter: AdapterHandle, tmp_path: Path) -> None:
+    # Small on disk (compressed zeros), about 160 MB once loaded: only a real RSS measurement sees that.
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=1000).fit(x, y)
+    model.ballast_ = np.ones(20_000_000)  # unpickled pages are written, so they count in RSS
+    (tmp_path / "bloated").mkdir()
+    joblib.dump(model, tmp_path / "bloated" / "model.joblib", compress=3)
+    assert files_size(tmp_path / "bloated") < 2 << 20
+    response = await adapter.stub.loadModel(load_req("bloated", tmp_path / "bloated"))
+    try:
+        assert response.sizeInBytes > 100 << 20
+    finally:
+        await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId="bloated"))
