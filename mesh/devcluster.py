@@ -316,6 +316,7 @@ class PodProcess:
     process: ChildProcess
     address: str
     pod_id: str
+    rest_address: str
 
     @classmethod
     def start(
@@ -323,11 +324,11 @@ class PodProcess:
         work_dir: Path,
         etcd: EtcdServer,
         adapter: AdapterProcess,
-        serving_address: str,
+        mlserver: MLServerProcess,
         pod_id: str,
         extra_args: list[str] | None = None,
     ) -> PodProcess:
-        port = free_port()
+        port, rest_port = free_port(), free_port()
         process = ChildProcess(
             f"pod {pod_id}",
             [
@@ -336,7 +337,9 @@ class PodProcess:
                 f"--etcd={etcd.endpoint}",
                 f"--pod-id={pod_id}",
                 f"--runtime-spi={adapter.address}",
-                f"--runtime-serving={serving_address}",
+                f"--runtime-serving={mlserver.grpc_address}",
+                f"--rest-port={rest_port}",
+                f"--runtime-rest={mlserver.host}:{mlserver.http_port}",
                 "--lease-ttl-s=5",
                 *(extra_args or []),
             ],
@@ -344,7 +347,7 @@ class PodProcess:
         )
         address = f"127.0.0.1:{port}"
         process.wait_until(lambda: grpc_serving(address), 60, "pod serving")
-        return cls(process, address, pod_id)
+        return cls(process, address, pod_id, f"127.0.0.1:{rest_port}")
 
 
 @dataclass
@@ -384,7 +387,7 @@ class LocalMesh:
     def start_pod(self, pod_id: str = "pod-a") -> PodProcess:
         assert self.etcd and self.adapter and self.mlserver
         self.pod = PodProcess.start(
-            self.work_dir, self.etcd, self.adapter, self.mlserver.grpc_address, pod_id, self.pod_args
+            self.work_dir, self.etcd, self.adapter, self.mlserver, pod_id, self.pod_args
         )
         return self.pod
 

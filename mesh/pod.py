@@ -20,10 +20,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.cache import ByteLruCache
+from mesh.dispatch import Dispatcher
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
 from mesh.proxy import InferenceProxy
 from mesh.records import InstanceRecord, ModelRecord
+from mesh.rest_gateway import RestGateway
 from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
 from mesh.settings import Settings, parse_settings
@@ -31,6 +33,7 @@ from mesh.store import EtcdStore, Unchanged
 from protos import model_mesh_pb2, model_mesh_pb2_grpc
 
 log = logging.getLogger("mesh.pod")
+SERVER_NAME = "modelmesh-py"
 VERSION = "0.1.0"
 
 
@@ -87,8 +90,10 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         )
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
-        proxy = InferenceProxy(
-            table, loader, runtime, method_infos, status.allowAnyMethod, "modelmesh-py", VERSION
+        dispatch = Dispatcher(table, loader)
+        proxy = InferenceProxy(dispatch, runtime, method_infos, status.allowAnyMethod, SERVER_NAME, VERSION)
+        gateway = RestGateway(
+            dispatch, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes
         )
 
         size_limit = settings.max_message_bytes
@@ -111,6 +116,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         server.add_generic_rpc_handlers((proxy,))
         server.add_insecure_port(settings.address)
         await server.start()
+        if settings.rest_port:
+            await gateway.start(settings.host, settings.rest_port)
         for service in ("", mesh_service, "inference.GRPCInferenceService"):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -122,11 +129,13 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         log.info(
             "mesh pod %s serving on %s (capacity %d bytes)", settings.pod_id, settings.address, cache.capacity
         )
-        print(f"mesh pod {settings.pod_id} serving on {settings.address}", file=sys.stderr, flush=True)
+        rest = f", REST on {settings.host}:{settings.rest_port}" if settings.rest_port else ""
+        print(f"mesh pod {settings.pod_id} serving on {settings.address}{rest}", file=sys.stderr, flush=True)
 
         await stop.wait()
         log.info("stopping %s", settings.pod_id)
         await health_servicer.enter_graceful_shutdown()
+        await gateway.stop()
         await server.stop(grace=5)
         keep_alive.cancel()
         await asyncio.gather(keep_alive, return_exceptions=True)

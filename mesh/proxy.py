@@ -8,19 +8,16 @@ Server-level v2 calls are answered here; ModelReady never loads.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
 from tritonclient.grpc import service_pb2 as v2
 
+from mesh.dispatch import Dispatcher
 from mesh.errors import MeshError
-from mesh.local_models import ModelLoader
-from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
-from mesh.status import live_copies
-from mesh.target import RequestTarget, TargetError, TargetKind, request_target
+from mesh.target import TargetError, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
 
 log = logging.getLogger(__name__)
@@ -43,16 +40,14 @@ def forwarded_metadata(metadata: tuple[tuple[str, str | bytes], ...]) -> list[tu
 class InferenceProxy(grpc.GenericRpcHandler):
     def __init__(
         self,
-        table: RoutingTable,
-        loader: ModelLoader,
+        dispatch: Dispatcher,
         runtime: RuntimeClient,
         method_infos: dict[str, list[int]],
         allow_any_method: bool,
         server_name: str,
         server_version: str,
     ) -> None:
-        self._table = table
-        self._loader = loader
+        self._dispatch = dispatch
         self._runtime = runtime
         self._method_infos = method_infos  # "/pkg.Service/Method" -> field path of the model id
         self._allow_any = allow_any_method or not method_infos
@@ -90,70 +85,37 @@ class InferenceProxy(grpc.GenericRpcHandler):
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
-            model_id = await self._resolve(metadata, request, context)
             try:
-                await self._ensure_loaded(model_id, context)
+                model_id = self._dispatch.model_id(request_target(metadata, request))
+                await self._dispatch.ensure_local(model_id, context.time_remaining())
                 if read_string_field(request, id_path[0]) != model_id or len(id_path) > 1:
                     request = inject_string(request, id_path, model_id)
-            except MeshError as e:
-                await context.abort(e.code, e.message)
+            except TargetError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             except WireFormatError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
-            self._loader.acquire(model_id)
-            try:
-                response: bytes = await call(
-                    request, timeout=context.time_remaining(), metadata=forwarded_metadata(metadata)
-                )
-                return response
-            except grpc.aio.AioRpcError as e:  # the runtime's own answer, passed through
-                await context.abort(e.code(), e.details() or "")
-            finally:
-                self._loader.release(model_id)
+            except MeshError as e:
+                await context.abort(e.code, e.message)
+            with self._dispatch.serving(model_id):
+                try:
+                    response: bytes = await call(
+                        request, timeout=context.time_remaining(), metadata=forwarded_metadata(metadata)
+                    )
+                    return response
+                except grpc.aio.AioRpcError as e:  # the runtime's own answer, passed through
+                    await context.abort(e.code(), e.details() or "")
             raise AssertionError("unreachable")  # abort() raises
 
         return forward
 
-    async def _resolve(
-        self, metadata: tuple[tuple[str, str | bytes], ...], request: bytes, context: grpc.aio.ServicerContext
-    ) -> str:
-        try:
-            target = request_target(metadata, request)
-        except TargetError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        model_id = self._model_id(target)
-        if model_id is None:
-            what = "vmodel" if target.kind is TargetKind.VMODEL else "model"
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{what} not found: {target.id}")
-        return model_id  # type: ignore[return-value]
-
-    def _model_id(self, target: RequestTarget) -> str | None:
-        # vmodels arrive with the multi-pod mesh; until then a vmodel id resolves to nothing.
-        if target.kind is TargetKind.VMODEL:
-            return None
-        return target.id if self._table.model(target.id) is not None else None
-
-    async def _ensure_loaded(self, model_id: str, context: grpc.aio.ServicerContext) -> None:
-        if self._loader.is_loaded(model_id):
-            return
-        try:
-            await asyncio.wait_for(self._loader.ensure_loaded(model_id), context.time_remaining())
-        except TimeoutError:
-            raise MeshError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed while {model_id} was loading"
-            ) from None
-
     # -- answered by the mesh ------------------------------------------------------------
     async def _model_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Registered and loaded somewhere; never triggers a load."""
-        metadata = context.invocation_metadata() or ()
         try:
-            target = request_target(metadata, request)
+            target = request_target(context.invocation_metadata() or (), request)
         except TargetError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        model_id = self._model_id(target)
-        record = self._table.model(model_id) if model_id is not None else None
-        ready = record is not None and bool(live_copies(record.holders, self._table.instances))
-        return v2.ModelReadyResponse(ready=ready).SerializeToString()
+        return v2.ModelReadyResponse(ready=self._dispatch.ready(target)).SerializeToString()
 
     @staticmethod
     def _constant(response: bytes) -> Behavior:

@@ -24,6 +24,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--host", "MM_SVC_GRPC_HOST", "127.0.0.1", "address the gRPC port binds to"),
     Option("--grpc-port", "MM_SVC_GRPC_PORT", "8033", "external gRPC port (management API + inference)"),
+    Option("--rest-port", "MM_SVC_REST_PORT", "8008", "KServe v2 REST port (0 = off)"),
     Option("--service-name", "MM_SERVICE_NAME", "modelmesh-serving", "mesh name; part of the etcd prefix"),
     Option("--kv-prefix", "MM_KVSTORE_PREFIX", "mm", "etcd key root"),
     Option("--etcd", "MM_ETCD_ENDPOINT", "127.0.0.1:2379", "etcd endpoint host:port"),
@@ -31,6 +32,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--pool", "MM_POOL", "default", "pool (runtime kind) this pod belongs to"),
     Option("--runtime-spi", "MM_RUNTIME_SPI_ADDRESS", "127.0.0.1:8085", "ModelRuntime adapter address"),
     Option("--runtime-serving", "MM_RUNTIME_SERVING_ADDRESS", "", "runtime's v2 gRPC address"),
+    Option("--runtime-rest", "MM_RUNTIME_REST_ADDRESS", "", "runtime's v2 REST address (for REST inference)"),
     Option("--max-message-bytes", "MM_SVC_GRPC_MAX_MSG_SIZE", str(16 * 1024 * 1024), "request size limit"),
     Option("--lease-ttl-s", "MM_INSTANCE_LEASE_TTL_S", "10", "TTL of the instance record's lease"),
     Option("--load-timeout-s", "MM_LOAD_TIMEOUT_S", "120", "default model load timeout"),
@@ -46,6 +48,7 @@ OPTIONS: tuple[Option, ...] = (
 class Settings:
     host: str = "127.0.0.1"
     grpc_port: int = 8033
+    rest_port: int = 8008
     service_name: str = "modelmesh-serving"
     kv_prefix: str = "mm"
     etcd: str = "127.0.0.1:2379"
@@ -53,6 +56,7 @@ class Settings:
     pool: str = "default"
     runtime_spi: str = "127.0.0.1:8085"
     runtime_serving: str = ""
+    runtime_rest: str = ""
     max_message_bytes: int = 16 * 1024 * 1024
     lease_ttl_s: int = 10
     load_timeout_s: float = 120.0

@@ -32,10 +32,12 @@ def _header_value(value: str | bytes) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def request_target(metadata: Iterable[tuple[str, str | bytes]], body: bytes) -> RequestTarget:
+def header_target(metadata: Iterable[tuple[str, str | bytes]]) -> RequestTarget | None:
+    """The target named by ``mm-model-id`` / ``mm-vmodel-id`` (or their -bin forms), if any."""
     model_ids: list[str] = []
     vmodel_ids: list[str] = []
     for key, value in metadata:
+        key = key.lower()
         if key in (MODEL_ID_HEADER, MODEL_ID_HEADER + "-bin"):
             model_ids.append(_header_value(value))
         elif key in (VMODEL_ID_HEADER, VMODEL_ID_HEADER + "-bin"):
@@ -44,18 +46,29 @@ def request_target(metadata: Iterable[tuple[str, str | bytes]], body: bytes) -> 
         raise TargetError(f"both {MODEL_ID_HEADER} and {VMODEL_ID_HEADER} headers given; send one")
     if len(model_ids) > 1 or len(vmodel_ids) > 1:
         raise TargetError("the model id header is given more than once")
-    if model_ids or vmodel_ids:
-        kind, header = (
-            (TargetKind.MODEL, MODEL_ID_HEADER) if model_ids else (TargetKind.VMODEL, VMODEL_ID_HEADER)
-        )
-        target_id = (model_ids or vmodel_ids)[0]
-        if not target_id:
-            raise TargetError(f"empty {header} header")
-        return RequestTarget(kind, target_id)
+    if not (model_ids or vmodel_ids):
+        return None
+    kind, header = (TargetKind.MODEL, MODEL_ID_HEADER) if model_ids else (TargetKind.VMODEL, VMODEL_ID_HEADER)
+    target_id = (model_ids or vmodel_ids)[0]
+    if not target_id:
+        raise TargetError(f"empty {header} header")
+    return RequestTarget(kind, target_id)
+
+
+def request_target(metadata: Iterable[tuple[str, str | bytes]], body: bytes) -> RequestTarget:
+    """gRPC: the headers, else field 1 (``model_name``) of the request bytes."""
+    target = header_target(metadata)
+    if target is not None:
+        return target
     try:
         name = read_string_field(body, 1)
     except WireFormatError as e:
         raise TargetError(f"no {MODEL_ID_HEADER} header and the request's field 1 is unreadable: {e}") from e
+    return name_target(name)
+
+
+def name_target(name: str | None) -> RequestTarget:
+    """The model name the request carries itself (field 1, or the REST path)."""
     if name is None:
         raise TargetError(f"no model id: send an {MODEL_ID_HEADER} header or set model_name")
     if not name:
