@@ -20,6 +20,7 @@ import grpc
 import joblib
 import numpy as np
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
@@ -72,6 +73,14 @@ def run_demo(mesh: LocalMesh, models: dict[str, Path]) -> None:
                 f"  (first call {first_ms:.0f} ms incl. load, then {warm_ms:.1f} ms)"
             )
 
+        rest = triton_http.InferenceServerClient(mesh.pod.rest_address)
+        tensor_json = triton_http.InferInput("input-0", list(SAMPLES.shape), "FP32")
+        tensor_json.set_data_from_numpy(SAMPLES, binary_data=False)
+        output = triton_http.InferRequestedOutput("predict", binary_data=False)
+        result_json = rest.infer("iris-tree", [tensor_json], outputs=[output])
+        labels = [str(species[int(i)]) for i in np.asarray(result_json.as_numpy("predict")).ravel()]
+        print(f"REST  {'iris-tree':14} -> {labels}  (POST /v2/models/iris-tree/infer)")
+
         for model_id in models:
             status = management.getModelStatus(mm.GetStatusRequest(modelId=model_id))
             copies = ", ".join(
@@ -99,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"  MLServer  {mesh.mlserver.grpc_address:22} pid {mesh.mlserver.pid}")
             print(f"  adapter   {mesh.adapter.address:22} pid {mesh.adapter.process.pid}")
             print(f"  mesh pod  {mesh.pod.address:22} pid {mesh.pod.process.pid}  <- the one endpoint")
+            print(f"            {mesh.pod.rest_address:22} (KServe v2 REST)")
             run_demo(mesh, models)
             if args.keep_running:
                 print(f"mesh endpoint {mesh.pod.address}; Ctrl-C to stop")
