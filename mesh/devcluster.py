@@ -186,10 +186,17 @@ class EtcdServer:
         process.wait_until(healthy, 30, "etcd health")
         return cls(process, work_dir, client, peer)
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports and data (an etcd outage and recovery)."""
+    def stop(self) -> None:
         self.process.stop()
+
+    def resume(self) -> None:
+        """Start again on the same ports and data, after stop()."""
         self.process = EtcdServer.start(self.work_dir, self.client_port, self.peer_port).process
+
+    def restart(self) -> None:
+        """An etcd outage and recovery."""
+        self.stop()
+        self.resume()
 
 
 @dataclass

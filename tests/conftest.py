@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aetcd
 import grpc
 import pytest
 import tritonclient.grpc as triton
 
 from mesh.devcluster import LocalMesh
+from mesh.records import InstanceRecord
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.support import ExampleModel, train_iris
@@ -74,6 +76,15 @@ class MeshClients:
         self.channel = grpc.insecure_channel(self.mesh.pod.address)
         self.management = mm_grpc.ModelMeshStub(self.channel)
         self.infer = triton.InferenceServerClient(self.mesh.pod.address)
+
+
+async def instance_records(clients: MeshClients) -> dict[str, tuple[InstanceRecord, int]]:
+    """The instance records in etcd, with the lease each is attached to."""
+    assert clients.mesh.etcd is not None
+    prefix = b"mm/modelmesh-serving/instances/"
+    async with aetcd.Client(port=int(clients.mesh.etcd.endpoint.rsplit(":", 1)[1])) as client:
+        found = await client.get_prefix(prefix)
+    return {kv.key[len(prefix) :].decode(): (InstanceRecord.from_json(kv.value), kv.lease) for kv in found}
 
 
 def open_clients(mesh: LocalMesh) -> MeshClients:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aetcd
 import grpc
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.utils import InferenceServerException
 
-from mesh.records import InstanceRecord
 from protos import model_mesh_pb2 as mm
-from tests.conftest import Examples, MeshClients
+from tests.conftest import Examples, MeshClients, instance_records
 from tests.support import iris_input, poll_until, predict, train_boosted
 
 pytestmark = pytest.mark.integration
@@ -279,15 +277,6 @@ def test_deadline_passing_during_a_load_leaves_the_load_running(
     poll_until(lambda: local_mesh.status("iris-slow").status == S.LOADED, what="abandoned load completes")
     assert list(predict(local_mesh.infer, "iris-slow")) == list(examples.slow.expected)
     assert local_mesh.loads() == before + 1
-
-
-async def instance_records(clients: MeshClients) -> dict[str, tuple[InstanceRecord, int]]:
-    """The instance records in etcd, with the lease each is attached to."""
-    assert clients.mesh.etcd is not None
-    prefix = b"mm/modelmesh-serving/instances/"
-    async with aetcd.Client(port=int(clients.mesh.etcd.endpoint.rsplit(":", 1)[1])) as client:
-        found = await client.get_prefix(prefix)
-    return {kv.key[len(prefix) :].decode(): (InstanceRecord.from_json(kv.value), kv.lease) for kv in found}
 
 
 async def test_instance_record_is_published_on_a_lease(local_mesh: MeshClients) -> None:
