@@ -56,7 +56,6 @@ class ModelLoader:
         self._unloads: dict[str, asyncio.Event] = {}  # set when the model's unload has returned
         self._loading_slots = asyncio.Semaphore(max(1, max_loading_concurrency))
         self._tasks: set[asyncio.Task[None]] = set()
-        self.load_count = 0
 
     # -- hot path ------------------------------------------------------------------
     def is_loaded(self, model_id: str) -> bool:
@@ -143,7 +142,6 @@ class ModelLoader:
             start = now_ms()
             if await self._update_registry(model_id, lambda r: _with_loading(r, self.pod_id, start)) is None:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
-            self.load_count += 1
             try:
                 async with self._loading_slots:  # the runtime's maxLoadingConcurrency
                     size = await self._runtime.load(

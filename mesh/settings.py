@@ -30,6 +30,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--etcd", "MM_ETCD_ENDPOINT", "127.0.0.1:2379", "etcd endpoint host:port"),
     Option("--pod-id", "MM_POD_ID", "", "this pod's id (default: <hostname>-<grpc port>)"),
     Option("--pool", "MM_POOL", "default", "pool (runtime kind) this pod belongs to"),
+    Option("--labels", "MM_LABELS", "", "this pod's labels for placement, key=value,..."),
     Option("--runtime-spi", "MM_RUNTIME_SPI_ADDRESS", "127.0.0.1:8085", "ModelRuntime adapter address"),
     Option("--runtime-serving", "MM_RUNTIME_SERVING_ADDRESS", "", "runtime's v2 gRPC address"),
     Option("--runtime-rest", "MM_RUNTIME_REST_ADDRESS", "", "runtime's v2 REST address (for REST inference)"),
@@ -74,8 +75,15 @@ class Settings:
         return f"{self.host}:{self.grpc_port}"
 
 
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+def parse_labels(raw: str) -> dict[str, str]:
+    """``zone=a,gpu=no`` -> {"zone": "a", "gpu": "no"}."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"label {item!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -88,7 +96,17 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
     values: dict[str, object] = {}
     for name, raw in args.items():
         kind = types[name]
-        values[name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+        try:
+            if kind == "int":
+                values[name] = int(raw)
+            elif kind == "float":
+                values[name] = float(raw)
+            elif name == "labels":
+                values[name] = parse_labels(raw)
+            else:
+                values[name] = raw
+        except ValueError as e:
+            parser.error(f"--{name.replace('_', '-')}: {e}")
     if not values["pod_id"]:
         values["pod_id"] = f"{socket.gethostname()}-{values['grpc_port']}"
     if not values["runtime_serving"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mesh.settings import parse_settings
 
 
@@ -20,3 +22,11 @@ def test_environment_uses_modelmesh_names_and_flags_win() -> None:
     s = parse_settings(["--grpc-port", "9100", "--load-failure-expiry-s", "2.5"], env=env)
     assert s.grpc_port == 9100
     assert s.load_failure_expiry_s == 2.5
+
+
+def test_labels_and_bad_values() -> None:
+    assert parse_settings(["--labels", "zone=a, gpu=no"], env={}).labels == {"zone": "a", "gpu": "no"}
+    assert parse_settings([], env={"MM_LABELS": ""}).labels == {}
+    for argv in (["--labels", "novalue"], ["--grpc-port", "eighty"]):
+        with pytest.raises(SystemExit):
+            parse_settings(argv, env={})
