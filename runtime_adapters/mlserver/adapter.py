@@ -35,8 +35,8 @@ from runtime_adapters.common.model_files import (
 
 log = logging.getLogger(__name__)
 
-# modelType (lower case) -> MLServer implementation class. Only sklearn is installed in this repo's runtime
-# venv; the others fail at load time with MLServer's own "No module named ..." message.
+# modelType (lower case) -> MLServer implementation class. deploy/local/setup.sh installs all three; a
+# runtime without one fails the load with MLServer's own "No module named ..." message.
 MODEL_TYPE_IMPLEMENTATIONS: dict[str, str] = {
     "sklearn": "mlserver_sklearn.SKLearnModel",
     "xgboost": "mlserver_xgboost.XGBoostModel",
