@@ -318,12 +318,16 @@ class AdapterProcess:
         return 0.0
 
 
+MLSERVER_MODEL_TYPES = "sklearn,xgboost,lightgbm"
+
+
 @dataclass
 class PodProcess:
     process: ChildProcess
     address: str
     pod_id: str
     rest_address: str
+    internal_address: str
 
     @classmethod
     def start(
@@ -335,40 +339,58 @@ class PodProcess:
         pod_id: str,
         extra_args: list[str] | None = None,
     ) -> PodProcess:
-        port, rest_port = free_port(), free_port()
+        port, internal_port, rest_port = free_port(), free_port(), free_port()
         process = ChildProcess(
             f"pod {pod_id}",
             [
                 str(VENV_BIN / "modelmesh-pod"),
                 f"--grpc-port={port}",
+                f"--internal-port={internal_port}",
+                f"--rest-port={rest_port}",
                 f"--etcd={etcd.endpoint}",
                 f"--pod-id={pod_id}",
                 f"--runtime-spi={adapter.address}",
                 f"--runtime-serving={mlserver.grpc_address}",
-                f"--rest-port={rest_port}",
                 f"--runtime-rest={mlserver.host}:{mlserver.http_port}",
+                f"--model-types={MLSERVER_MODEL_TYPES}",
                 "--lease-ttl-s=5",
                 *(extra_args or []),
             ],
-            work_dir / f"pod-{pod_id}.log",
+            work_dir / f"{pod_id}.log",
         )
         address = f"127.0.0.1:{port}"
         process.wait_until(lambda: grpc_serving(address), 60, "pod serving")
-        return cls(process, address, pod_id, f"127.0.0.1:{rest_port}")
+        return cls(process, address, pod_id, f"127.0.0.1:{rest_port}", f"127.0.0.1:{internal_port}")
+
+
+@dataclass
+class PodStack:
+    """One pod as Kubernetes would run it: the mesh, its adapter and its own MLServer."""
+
+    pod_id: str
+    mlserver: MLServerProcess
+    adapter: AdapterProcess
+    pod: PodProcess | None = None
+
+    def stop(self) -> None:
+        # The pod unloads through the adapter before the runtime goes.
+        if self.pod:
+            self.pod.process.stop()
+        self.adapter.process.stop()
+        self.mlserver.stop()
 
 
 @dataclass
 class LocalMesh:
-    """etcd + MLServer + adapter + one mesh pod, all on loopback under ``work_dir``."""
+    """etcd and ``pods`` pod stacks (mesh + adapter + MLServer), all on loopback under ``work_dir``."""
 
     work_dir: Path
     capacity_bytes: int = 512 * 1024 * 1024
     min_model_size_bytes: int = 0
     pod_args: list[str] = field(default_factory=list)
+    pods: int = 1
     etcd: EtcdServer | None = None
-    mlserver: MLServerProcess | None = None
-    adapter: AdapterProcess | None = None
-    pod: PodProcess | None = None
+    stacks: list[PodStack] = field(default_factory=list)
 
     def __enter__(self) -> LocalMesh:
         try:
@@ -381,30 +403,57 @@ class LocalMesh:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # the first stack, for the common one-pod case
+    @property
+    def pod(self) -> PodProcess | None:
+        return self.stacks[0].pod if self.stacks else None
+
+    @property
+    def adapter(self) -> AdapterProcess | None:
+        return self.stacks[0].adapter if self.stacks else None
+
+    @property
+    def mlserver(self) -> MLServerProcess | None:
+        return self.stacks[0].mlserver if self.stacks else None
+
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        repository = self.work_dir / "mlserver-repo"
         self.etcd = EtcdServer.start(self.work_dir)
-        self.mlserver = MLServerProcess.start(repository, work_dir=self.work_dir / "mlserver")
-        self.adapter = AdapterProcess.start(
-            self.work_dir, self.mlserver, repository, self.capacity_bytes, self.min_model_size_bytes
-        )
-        self.start_pod()
+        for index in range(self.pods):
+            self.add_pod(f"pod-{chr(ord('a') + index)}")
+
+    def add_pod(self, pod_id: str) -> PodStack:
+        """Scale up: a new pod stack joins the mesh."""
+        assert self.etcd is not None
+        directory = self.work_dir / pod_id
+        repository = directory / "mlserver-repo"
+        mlserver = MLServerProcess.start(repository, work_dir=directory)
+        try:
+            adapter = AdapterProcess.start(
+                directory, mlserver, repository, self.capacity_bytes, self.min_model_size_bytes
+            )
+        except BaseException:
+            mlserver.stop()
+            raise
+        stack = PodStack(pod_id, mlserver, adapter)
+        self.stacks.append(stack)  # from here on, stop() takes care of it
+        self.start_pod(pod_id)
+        return stack
+
+    def stack(self, pod_id: str) -> PodStack:
+        return next(s for s in self.stacks if s.pod_id == pod_id)
 
     def start_pod(self, pod_id: str = "pod-a") -> PodProcess:
-        assert self.etcd and self.adapter and self.mlserver
-        self.pod = PodProcess.start(
-            self.work_dir, self.etcd, self.adapter, self.mlserver, pod_id, self.pod_args
+        """(Re)start the mesh process of a pod stack."""
+        assert self.etcd is not None
+        stack = self.stack(pod_id)
+        stack.pod = PodProcess.start(
+            self.work_dir / pod_id, self.etcd, stack.adapter, stack.mlserver, pod_id, self.pod_args
         )
-        return self.pod
+        return stack.pod
 
     def stop(self) -> None:
-        # Reverse order: the pod unloads through the adapter before the runtime goes.
-        if self.pod:
-            self.pod.process.stop()
-        if self.adapter:
-            self.adapter.process.stop()
-        if self.mlserver:
-            self.mlserver.stop()
+        for stack in self.stacks:
+            stack.stop()
         if self.etcd:
             self.etcd.process.stop()

@@ -1,31 +1,57 @@
-"""What the gRPC proxy and the REST gateway share: from a request's target to a local, loaded model.
+"""Where a request for a model is served: here, on a holder, or on the pod placement picks to load it.
 
-Protocol-free: callers turn MeshError into a gRPC status or an HTTP answer.
+Protocol-free: the gRPC proxy, the REST gateway and the management API give it
+two callables (serve here, serve on that pod) and turn MeshError into their
+own error form. A pod that does not answer, refuses a load claimed elsewhere,
+or fails the load is tried past, within a bounded number of attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import grpc
 
-from mesh.errors import MeshError
-from mesh.local_models import ModelLoader
+from mesh.errors import MeshError, Reroute
+from mesh.local_models import LoadClaimed, ModelLoader, now_ms
+from mesh.peers import PeerPool
+from mesh.placement import choose_load_target
+from mesh.records import InstanceRecord, ModelRecord
 from mesh.routing import RoutingTable
-from mesh.status import live_copies
+from mesh.status import live_copies, unexpired_failures
 from mesh.target import RequestTarget, TargetKind
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-class Dispatcher:
-    def __init__(self, table: RoutingTable, loader: ModelLoader) -> None:
+
+class Router:
+    def __init__(
+        self,
+        pod_id: str,
+        table: RoutingTable,
+        loader: ModelLoader,
+        peers: PeerPool,
+        failure_expiry_s: float,
+        max_load_failures: int,
+        max_attempts: int = 3,
+    ) -> None:
+        self.pod_id = pod_id
         self._table = table
         self._loader = loader
+        self._peers = peers
+        self._expiry_ms = int(failure_expiry_s * 1000)
+        self._max_failures = max_load_failures
+        self._max_attempts = max_attempts
 
+    # -- resolution -------------------------------------------------------------------
     def model_id(self, target: RequestTarget) -> str:
         """The concrete model id for a request target, or NOT_FOUND."""
-        # vmodels arrive with the multi-pod mesh; until then a vmodel id resolves to nothing.
+        # vmodels arrive later; until then a vmodel id resolves to nothing.
         if target.kind is not TargetKind.VMODEL and self._table.model(target.id) is not None:
             return target.id
         what = "vmodel" if target.kind is TargetKind.VMODEL else "model"
@@ -39,12 +65,105 @@ class Dispatcher:
             return False
         return record is not None and bool(live_copies(record.holders, self._table.instances))
 
-    async def ensure_local(self, model_id: str, timeout_s: float | None) -> None:
+    def instance(self, pod_id: str) -> InstanceRecord:
+        instance = self._table.instance(pod_id)
+        if instance is None:
+            raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} is gone"))
+        return instance
+
+    # -- choice ------------------------------------------------------------------------
+    def choose(self, model_id: str, excluded: set[str], preferred: str | None = None) -> str:
+        """The pod to serve ``model_id``: this one (``self.pod_id``) or a peer. Raises when none can."""
+        if self.pod_id not in excluded and (
+            self._loader.is_loaded(model_id) or self._loader.is_loading(model_id)
+        ):
+            return self.pod_id
+        record = self._table.model(model_id)
+        if record is None:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
+        live = self._table.instances
+        if preferred is not None and preferred in live and preferred not in excluded:
+            return preferred
+        holders = [p for p in live_copies(record.holders, live) if p not in excluded]
+        if holders:
+            return self.pod_id if self.pod_id in holders else min(holders, key=self._load_of)
+        loading = [p for p in live_copies(record.loading, live) if p not in excluded]
+        if loading:
+            return loading[0]
+        return self._placement(model_id, record, excluded)
+
+    def _load_of(self, pod_id: str) -> int:
+        instance = self._table.instance(pod_id)
+        return self._peers.inflight(instance.internal_address) if instance else 0
+
+    def _placement(self, model_id: str, record: ModelRecord, excluded: set[str]) -> str:
+        failures = unexpired_failures(record, now_ms(), self._expiry_ms)
+        newest = max(failures.values(), key=lambda f: f.time_ms, default=None)
+        if newest is not None and len(failures) >= self._max_failures:
+            raise MeshError(grpc.StatusCode[newest.code], newest.message)
+        live = {p: r.record for p, r in self._table.instances.items()}
+        target = choose_load_target(model_id, record.type, live, excluded | set(failures))
+        if target is not None:
+            return target
+        if newest is not None:
+            raise MeshError(grpc.StatusCode[newest.code], newest.message)
+        if any(True for p in live if p not in excluded):
+            raise MeshError(grpc.StatusCode.FAILED_PRECONDITION, f"no pod serves model type '{record.type}'")
+        raise MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
+
+    # -- serving -----------------------------------------------------------------------
+    async def route(
+        self,
+        model_id: str,
+        timeout_s: float | None,
+        here: Callable[[], Awaitable[T]],
+        there: Callable[[str], Awaitable[T]],
+        last_used_ms: int | None = None,
+    ) -> T:
+        """Serve with ``here()`` on this pod (loading first if needed) or ``there(pod_id)`` on a peer."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        excluded: set[str] = set()
+        preferred: str | None = None
+        error: MeshError | None = None
+        for _ in range(self._max_attempts):
+            try:
+                pod = self.choose(model_id, excluded, preferred)
+            except MeshError:
+                if error is not None:  # nowhere left to try: the last failure says most
+                    raise error from None
+                raise
+            preferred = None
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                if pod != self.pod_id:
+                    return await there(pod)
+                await self.ensure_local(model_id, remaining, last_used_ms)
+                with self.serving(model_id):
+                    return await here()
+            except LoadClaimed as claimed:
+                preferred = claimed.holder
+            except Reroute as reroute:
+                error = reroute.error
+                preferred = reroute.prefer
+                if reroute.exclude:
+                    excluded.add(pod)
+            except MeshError as e:
+                if pod != self.pod_id or e.code != grpc.StatusCode.INTERNAL:
+                    raise
+                error = e  # a load that failed here may succeed on another pod
+                excluded.add(pod)
+            log.info("retrying %s elsewhere: %s", model_id, error.message if error else "redirected")
+        raise error or MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
+
+    async def ensure_local(
+        self, model_id: str, timeout_s: float | None, last_used_ms: int | None = None
+    ) -> None:
         """Load the model here if needed, within the caller's deadline (the load itself goes on)."""
         if self._loader.is_loaded(model_id):
             return
         try:
-            await asyncio.wait_for(self._loader.ensure_loaded(model_id), timeout_s)
+            await asyncio.wait_for(self._loader.ensure_loaded(model_id, last_used_ms), timeout_s)
         except TimeoutError:
             raise MeshError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed while {model_id} was loading"

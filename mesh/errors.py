@@ -9,6 +9,8 @@ timeout), as ModelMesh does. The message is the failure's own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
 
@@ -27,3 +29,12 @@ def load_failure_code(adapter_code: grpc.StatusCode | None) -> grpc.StatusCode:
     if adapter_code in REJECTED_BY_ADAPTER:
         return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INTERNAL
+
+
+@dataclass
+class Reroute(Exception):
+    """What a serve-there callable raises when another pod should be tried."""
+
+    error: MeshError
+    exclude: bool = True  # the pod failed: do not try it again for this request
+    prefer: str | None = None  # the pod to try next (it has claimed the load)

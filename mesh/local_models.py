@@ -32,6 +32,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class LoadClaimed(MeshError):
+    """Another live pod holds or is loading the model: send the request there instead."""
+
+    def __init__(self, model_id: str, holder: str) -> None:
+        super().__init__(grpc.StatusCode.ABORTED, f"{model_id} is held or being loaded by {holder}")
+        self.holder = holder
+
+
 class ModelLoader:
     def __init__(
         self,
@@ -56,11 +64,15 @@ class ModelLoader:
         self._unloads: dict[str, asyncio.Event] = {}  # set when the model's unload has returned
         self._loading_slots = asyncio.Semaphore(max(1, max_loading_concurrency))
         self._tasks: set[asyncio.Task[None]] = set()
+        self.changed = asyncio.Event()  # set when the models held change: the instance record is republished
 
     # -- hot path ------------------------------------------------------------------
     def is_loaded(self, model_id: str) -> bool:
         entry = self.cache.entry(model_id)
         return entry is not None and not entry.loading
+
+    def is_loading(self, model_id: str) -> bool:
+        return model_id in self._loads
 
     def acquire(self, model_id: str) -> None:
         self._inflight[model_id] += 1
@@ -134,14 +146,14 @@ class ModelLoader:
                 f"model {model_id} needs {predicted} bytes, more than the capacity of {self.pod_id} "
                 f"({self.cache.capacity} bytes)",
             )
+        start = now_ms()
+        # The claim: a CAS that names this pod as loading, unless a live peer already holds or loads it.
+        if await self._update_registry(model_id, lambda r: self._claim(model_id, r, start)) is None:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
         # Reserve the bytes first, so concurrent loads plan their evictions around each other.
         self.cache.start_load(model_id, predicted, last_used_ms or now_ms())
-        loaded = False
         try:
             await self._make_room(model_id, used_before_ms=last_used_ms)
-            start = now_ms()
-            if await self._update_registry(model_id, lambda r: _with_loading(r, self.pod_id, start)) is None:
-                raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             try:
                 async with self._loading_slots:  # the runtime's maxLoadingConcurrency
                     size = await self._runtime.load(
@@ -150,31 +162,38 @@ class ModelLoader:
             except grpc.aio.AioRpcError as e:
                 code = load_failure_code(e.code())
                 await self._fail(model_id, code, f"load of {model_id} failed on {self.pod_id}: {e.details()}")
-            loaded = True
             self.cache.finish_load(model_id, size)
             log.info("loaded %s on %s (%d bytes) in %d ms", model_id, self.pod_id, size, now_ms() - start)
-            if (
-                await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
-                is None
-            ):
+            written = await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
+            if written is None:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
         except BaseException:
-            # Failed, cancelled or unregistered: give the bytes back and make sure the runtime
-            # does not keep the model (a cancelled load may still complete in the runtime).
+            # Failed, cancelled or unregistered: give the bytes back, make sure the runtime does not
+            # keep the model (a cancelled load may still complete there), and clear this pod's claim.
             self._begin_unload(model_id)
             await self._unload_from_runtime(model_id)
-            if loaded:
-                await self._drop_from_registry(model_id)
+            await self._drop_from_registry(model_id)
             raise
+        self.changed.set()
         if size > predicted:
             await self._make_room(model_id)  # the measurement exceeded the prediction: others make way
 
+    def _claim(self, model_id: str, record: ModelRecord, at_ms: int) -> ModelRecord:
+        for pod in (*record.holders, *record.loading):
+            if pod != self.pod_id and pod in self._table.instances:
+                raise LoadClaimed(model_id, pod)
+        return _with_loading(record, self.pod_id, at_ms)
+
     async def _fail(self, model_id: str, code: grpc.StatusCode, message: str) -> None:
+        await self.record_failure(model_id, code, message)
+        raise MeshError(code, message)
+
+    async def record_failure(self, model_id: str, code: grpc.StatusCode, message: str) -> None:
+        """Record a failed load here: the status shows it, requests get it until it expires."""
         failure = LoadFailure(time_ms=now_ms(), message=message, code=code.name)
         log.warning("%s", message)
         with contextlib.suppress(MeshError):  # etcd down: the caller still gets the load failure
             await self._update_registry(model_id, lambda r: _with_failure(r, self.pod_id, failure))
-        raise MeshError(code, message)
 
     async def _update_registry(
         self, model_id: str, mutate: Callable[[ModelRecord], ModelRecord]
@@ -227,6 +246,7 @@ class ModelLoader:
         """Stop routing to this copy, then unload it; its bytes stay reserved until the unload returns."""
         await self._drop_from_registry(model_id)
         await self._unload_from_runtime(model_id)
+        self.changed.set()
 
     async def _drop_from_registry(self, model_id: str) -> None:
         try:

@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from mesh.dispatch import Router
 from mesh.errors import MeshError
-from mesh.local_models import ModelLoader, now_ms
+from mesh.local_models import now_ms
+from mesh.peers import LOAD_METHOD, Passthrough, PeerPool, peer_outcome
 from mesh.records import ModelRecord
 from mesh.routing import RoutingTable
 from mesh.status import model_status
@@ -62,20 +64,41 @@ def _required(value: str, what: str) -> str:
 
 class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     def __init__(
-        self, store: EtcdStore, table: RoutingTable, loader: ModelLoader, failure_expiry_s: float
+        self, store: EtcdStore, table: RoutingTable, router: Router, peers: PeerPool, failure_expiry_s: float
     ) -> None:
         self._store = store
         self._table = table
-        self._loader = loader
+        self._router = router
+        self._peers = peers
         self._expiry_ms = int(failure_expiry_s * 1000)
         self._background: set[asyncio.Task[None]] = set()
 
     def _status(self, model_id: str) -> mm.ModelStatusInfo:
         return model_status(self._table.model(model_id), now_ms(), self._expiry_ms, self._table.instances)
 
+    async def _load_somewhere(self, model_id: str, last_used_ms: int | None) -> None:
+        """Load on the pod the router picks (this one or a peer), as a first request would."""
+
+        async def here() -> None:
+            return None
+
+        async def there(pod_id: str) -> None:
+            address = self._router.instance(pod_id).internal_address
+            try:
+                await self._peers.call(address, LOAD_METHOD, b"", model_id, (), None)
+            except grpc.aio.AioRpcError as e:
+                outcome = peer_outcome(e)
+                if isinstance(outcome, Passthrough):
+                    raise MeshError(outcome.code, outcome.details) from e
+                raise outcome from e
+
+        await self._router.route(model_id, None, here, there, last_used_ms)
+        # the loading pod has seen its own write; make sure this pod's view has too
+        await self._table.wait_until(lambda: bool(self._status(model_id).status == Status.LOADED))
+
     async def _load(self, model_id: str, last_used_ms: int | None, sync: bool) -> mm.ModelStatusInfo:
-        """Start (or join) a load on this pod; with ``sync`` wait for its outcome."""
-        load = asyncio.ensure_future(self._loader.ensure_loaded(model_id, last_used_ms))
+        """Start (or join) a load; with ``sync`` wait for its outcome."""
+        load = asyncio.ensure_future(self._load_somewhere(model_id, last_used_ms))
         if sync:
             try:
                 await load

@@ -20,10 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.cache import ByteLruCache
-from mesh.dispatch import Dispatcher
+from mesh.dispatch import Router
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
-from mesh.proxy import InferenceProxy
+from mesh.peers import PeerPool
+from mesh.proxy import InferenceProxy, MethodTable, PeerHandler
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.rest_gateway import RestGateway
 from mesh.routing import RoutingTable
@@ -39,14 +40,27 @@ VERSION = "0.1.0"
 
 def instance_record(settings: Settings, cache: ByteLruCache, start_ms: int) -> InstanceRecord:
     return InstanceRecord(
-        address=settings.address,
+        address=settings.advertised(settings.grpc_port),
+        internal_address=settings.advertised(settings.internal_port),
+        rest_address=settings.advertised(settings.rest_port) if settings.rest_port else "",
         pool=settings.pool,
+        runtime_types=settings.model_types,
         labels=settings.labels,
         capacity_bytes=cache.capacity,
         used_bytes=cache.used,
         model_count=len(cache),
         oldest_lru_ms=cache.oldest_last_used_ms() or 0,
         start_ms=start_ms,
+    )
+
+
+def grpc_server(max_message_bytes: int) -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+        ]
     )
 
 
@@ -90,31 +104,31 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         )
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
-        dispatch = Dispatcher(table, loader)
-        proxy = InferenceProxy(dispatch, runtime, method_infos, status.allowAnyMethod, SERVER_NAME, VERSION)
-        gateway = RestGateway(
-            dispatch, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes
+        methods = MethodTable(method_infos, status.allowAnyMethod)
+        peers = PeerPool(settings.max_message_bytes)
+        router = Router(
+            settings.pod_id, table, loader, peers, settings.load_failure_expiry_s, settings.max_load_failures
         )
+        gateway = RestGateway(router, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes)
 
-        size_limit = settings.max_message_bytes
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", size_limit),
-                ("grpc.max_send_message_length", size_limit),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(
-            ModelMeshServicer(store, table, loader, settings.load_failure_expiry_s), server
-        )
+        server = grpc_server(settings.max_message_bytes)
+        servicer = ModelMeshServicer(store, table, router, peers, settings.load_failure_expiry_s)
+        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         mesh_service = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
         reflection.enable_server_reflection(
             (mesh_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        server.add_generic_rpc_handlers((proxy,))
+        server.add_generic_rpc_handlers(
+            (InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION),)
+        )
         server.add_insecure_port(settings.address)
+        # Peers reach this pod on a port of its own: what arrives there is served here, never forwarded.
+        internal = grpc_server(settings.max_message_bytes)
+        internal.add_generic_rpc_handlers((PeerHandler(router, runtime, methods),))
+        internal.add_insecure_port(f"{settings.host}:{settings.internal_port}")
+        await internal.start()
         await server.start()
         if settings.rest_port:
             await gateway.start(settings.host, settings.rest_port)
@@ -125,7 +139,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             return instance_record(settings, cache, start_ms)
 
         await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
-        keep_alive = asyncio.create_task(store.keep_alive(settings.pod_id, record, settings.lease_ttl_s))
+        keep_alive = asyncio.create_task(
+            store.keep_alive(settings.pod_id, record, settings.lease_ttl_s, loader.changed)
+        )
         log.info(
             "mesh pod %s serving on %s (capacity %d bytes)", settings.pod_id, settings.address, cache.capacity
         )
@@ -137,11 +153,13 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await health_servicer.enter_graceful_shutdown()
         await gateway.stop()
         await server.stop(grace=5)
+        await internal.stop(grace=5)
         keep_alive.cancel()
         await asyncio.gather(keep_alive, return_exceptions=True)
         # Unload what this pod holds (and drop it from the registry) before cancelling what is left.
         await asyncio.gather(*(loader.unload(m) for m in cache.model_ids()), return_exceptions=True)
         await loader.close()
+        await peers.close()
         await store.revoke_lease()
     finally:
         watch.cancel()

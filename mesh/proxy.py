@@ -1,21 +1,35 @@
-"""The inference proxy: any unary method on the external port, forwarded as raw bytes.
+"""The gRPC inference proxy: any unary method, forwarded as raw bytes.
 
 The hot path, top to bottom: receive bytes -> resolve the model (headers or
-field 1) -> make sure this pod holds it (loading it at most once) -> write the
-concrete id into field 1 -> forward the bytes to the runtime -> return its bytes.
-Server-level v2 calls are answered here; ModelReady never loads.
+field 1) -> pick the pod (this one if it holds the model) -> write the concrete
+id into field 1 -> forward the bytes to the runtime, or to the peer that holds
+or will load the model -> return the bytes that come back.
+
+Two handlers: ``InferenceProxy`` on the external port (also answers the
+server-level v2 calls; ModelReady never loads) and ``PeerHandler`` on the
+internal port, which serves forwarded requests here and never forwards again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from tritonclient.grpc import service_pb2 as v2
 
-from mesh.dispatch import Dispatcher
-from mesh.errors import MeshError
+from mesh.dispatch import Router
+from mesh.errors import MeshError, Reroute
+from mesh.local_models import LoadClaimed
+from mesh.peers import (
+    INTERNAL_MODEL_HEADER,
+    LOAD_FAILED_TRAILER,
+    LOAD_METHOD,
+    REDIRECT_TRAILER,
+    Passthrough,
+    PeerPool,
+    peer_outcome,
+)
 from mesh.runtime_client import RuntimeClient
 from mesh.target import TargetError, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
@@ -27,107 +41,217 @@ STREAMING_METHODS = frozenset({V2_SERVICE + "ModelStreamInfer"})
 # Headers that are ours or the transport's; everything else reaches the runtime.
 _DROP_HEADER_PREFIXES = ("mm-", ":", "grpc-")
 _DROP_HEADERS = frozenset({"user-agent", "content-type", "te"})
-
 MAX_CACHED_METHODS = 256
 
+Metadata = Sequence[tuple[str, str | bytes]]
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
-def forwarded_metadata(metadata: tuple[tuple[str, str | bytes], ...]) -> list[tuple[str, str | bytes]]:
+def forwarded_metadata(metadata: Metadata) -> list[tuple[str, str | bytes]]:
     return [(k, v) for k, v in metadata if not k.startswith(_DROP_HEADER_PREFIXES) and k not in _DROP_HEADERS]
+
+
+class MethodTable:
+    """The runtime's methodInfos: which methods are forwarded, and where the model id goes in each."""
+
+    def __init__(self, method_infos: dict[str, list[int]], allow_any_method: bool) -> None:
+        self._infos = method_infos  # "/pkg.Service/Method" -> field path of the model id
+        self._allow_any = allow_any_method or not method_infos
+
+    def refusal(self, method: str) -> str | None:
+        if method in STREAMING_METHODS:
+            return f"{method} (streaming) is not proxied yet"
+        if not self._allow_any and method not in self._infos:
+            return f"method {method} is not served by the runtime"
+        return None
+
+    def id_path(self, method: str) -> list[int]:
+        return self._infos.get(method, [1])
+
+
+class _HandlerCache:
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def get(self, method: str, make: Callable[[], Behavior]) -> grpc.RpcMethodHandler:
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = grpc.unary_unary_rpc_method_handler(make())  # no (de)serializers: raw bytes
+            if len(self._handlers) < MAX_CACHED_METHODS:  # clients choose method names: bound the cache
+                self._handlers[method] = handler
+        return handler
+
+
+async def call_runtime(
+    runtime: RuntimeClient,
+    method: str,
+    id_path: list[int],
+    request: bytes,
+    model_id: str,
+    metadata: Metadata,
+    timeout_s: float | None,
+) -> bytes:
+    """Write the concrete id into the request and send it to this pod's runtime."""
+    if len(id_path) > 1 or read_string_field(request, id_path[0]) != model_id:
+        request = inject_string(request, id_path, model_id)
+    try:
+        response: bytes = await runtime.method(method)(request, timeout=timeout_s, metadata=metadata)
+        return response
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.UNAVAILABLE:  # the runtime is down: another pod may serve it
+            raise Reroute(MeshError(e.code(), f"runtime unavailable: {e.details()}")) from e
+        raise Passthrough(e) from e
 
 
 class InferenceProxy(grpc.GenericRpcHandler):
     def __init__(
         self,
-        dispatch: Dispatcher,
+        router: Router,
+        peers: PeerPool,
         runtime: RuntimeClient,
-        method_infos: dict[str, list[int]],
-        allow_any_method: bool,
+        methods: MethodTable,
         server_name: str,
         server_version: str,
     ) -> None:
-        self._dispatch = dispatch
+        self._router = router
+        self._peers = peers
         self._runtime = runtime
-        self._method_infos = method_infos  # "/pkg.Service/Method" -> field path of the model id
-        self._allow_any = allow_any_method or not method_infos
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._methods = methods
+        self._cache = _HandlerCache()
         metadata = v2.ServerMetadataResponse(name=server_name, version=server_version).SerializeToString()
         self._local: dict[str, Behavior] = {
-            V2_SERVICE + "ServerLive": self._constant(v2.ServerLiveResponse(live=True).SerializeToString()),
-            V2_SERVICE + "ServerReady": self._constant(
-                v2.ServerReadyResponse(ready=True).SerializeToString()
-            ),
-            V2_SERVICE + "ServerMetadata": self._constant(metadata),
+            V2_SERVICE + "ServerLive": _constant(v2.ServerLiveResponse(live=True).SerializeToString()),
+            V2_SERVICE + "ServerReady": _constant(v2.ServerReadyResponse(ready=True).SerializeToString()),
+            V2_SERVICE + "ServerMetadata": _constant(metadata),
             V2_SERVICE + "ModelReady": self._model_ready,
         }
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            behavior = self._local.get(method) or self._forwarder(method)
-            handler = grpc.unary_unary_rpc_method_handler(behavior)  # no (de)serializers: raw bytes
-            if len(self._handlers) < MAX_CACHED_METHODS:  # clients choose method names: bound the cache
-                self._handlers[method] = handler
-        return handler
+        return self._cache.get(method, lambda: self._local.get(method) or self._forwarder(method))
 
-    # -- forwarding --------------------------------------------------------------------
     def _forwarder(self, method: str) -> Behavior:
-        if method in STREAMING_METHODS:
-            return self._refuse(grpc.StatusCode.UNIMPLEMENTED, f"{method} (streaming) is not proxied yet")
-        if not self._allow_any and method not in self._method_infos:
-            return self._refuse(
-                grpc.StatusCode.UNIMPLEMENTED, f"method {method} is not served by the runtime"
-            )
-        id_path = self._method_infos.get(method, [1])
-        call = self._runtime.method(method)
+        refusal = self._methods.refusal(method)
+        if refusal is not None:
+            return _refuse(grpc.StatusCode.UNIMPLEMENTED, refusal)
+        id_path = self._methods.id_path(method)
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
             try:
-                model_id = self._dispatch.model_id(request_target(metadata, request))
-                await self._dispatch.ensure_local(model_id, context.time_remaining())
-                if read_string_field(request, id_path[0]) != model_id or len(id_path) > 1:
-                    request = inject_string(request, id_path, model_id)
+                model_id = self._router.model_id(request_target(metadata, request))
+                outgoing = forwarded_metadata(metadata)
+
+                async def here() -> bytes:
+                    return await call_runtime(
+                        self._runtime, method, id_path, request, model_id, outgoing, context.time_remaining()
+                    )
+
+                async def there(pod_id: str) -> bytes:
+                    address = self._router.instance(pod_id).internal_address
+                    try:
+                        return await self._peers.call(
+                            address, method, request, model_id, outgoing, context.time_remaining()
+                        )
+                    except grpc.aio.AioRpcError as e:
+                        raise peer_outcome(e) from e
+
+                return await self._router.route(model_id, context.time_remaining(), here, there)
             except TargetError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             except WireFormatError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
             except MeshError as e:
                 await context.abort(e.code, e.message)
-            with self._dispatch.serving(model_id):
-                try:
-                    response: bytes = await call(
-                        request, timeout=context.time_remaining(), metadata=forwarded_metadata(metadata)
-                    )
-                    return response
-                except grpc.aio.AioRpcError as e:  # the runtime's own answer, passed through
-                    await context.abort(e.code(), e.details() or "")
+            except Passthrough as e:
+                await context.abort(e.code, e.details)
             raise AssertionError("unreachable")  # abort() raises
 
         return forward
 
-    # -- answered by the mesh ------------------------------------------------------------
     async def _model_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Registered and loaded somewhere; never triggers a load."""
         try:
             target = request_target(context.invocation_metadata() or (), request)
         except TargetError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        return v2.ModelReadyResponse(ready=self._dispatch.ready(target)).SerializeToString()
+        return v2.ModelReadyResponse(ready=self._router.ready(target)).SerializeToString()
 
-    @staticmethod
-    def _constant(response: bytes) -> Behavior:
-        async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return response
 
-        return answer
+class PeerHandler(grpc.GenericRpcHandler):
+    """The internal port: requests forwarded by peers, for a model already resolved, served here."""
 
-    @staticmethod
-    def _refuse(code: grpc.StatusCode, message: str) -> Behavior:
-        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            await context.abort(code, message)
+    def __init__(self, router: Router, runtime: RuntimeClient, methods: MethodTable) -> None:
+        self._router = router
+        self._runtime = runtime
+        self._methods = methods
+        self._cache = _HandlerCache()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        return self._cache.get(method, lambda: self._server(method))
+
+    def _server(self, method: str) -> Behavior:
+        if method == LOAD_METHOD:
+            return self._load
+        refusal = self._methods.refusal(method)
+        if refusal is not None:
+            return _refuse(grpc.StatusCode.UNIMPLEMENTED, refusal)
+        id_path = self._methods.id_path(method)
+
+        async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = context.invocation_metadata() or ()
+            model_id = await self._loaded_here(metadata, context)
+            try:
+                with self._router.serving(model_id):
+                    return await call_runtime(
+                        self._runtime,
+                        method,
+                        id_path,
+                        request,
+                        model_id,
+                        forwarded_metadata(metadata),
+                        context.time_remaining(),
+                    )
+            except WireFormatError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
+            except Reroute as e:
+                await context.abort(e.error.code, e.error.message)
+            except Passthrough as e:
+                await context.abort(e.code, e.details)
             raise AssertionError("unreachable")
 
-        return refuse
+        return serve
+
+    async def _load(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await self._loaded_here(context.invocation_metadata() or (), context)
+        return b""
+
+    async def _loaded_here(self, metadata: Metadata, context: grpc.aio.ServicerContext) -> str:
+        """The forwarded model, loaded on this pod; otherwise abort with what the sender needs to know."""
+        model_id = next((str(v) for k, v in metadata if k == INTERNAL_MODEL_HEADER), "")
+        if not model_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"internal call without {INTERNAL_MODEL_HEADER}"
+            )
+        try:
+            await self._router.ensure_local(model_id, context.time_remaining())
+        except LoadClaimed as e:
+            await context.abort(e.code, e.message, trailing_metadata=((REDIRECT_TRAILER, e.holder),))
+        except MeshError as e:
+            await context.abort(e.code, e.message, trailing_metadata=((LOAD_FAILED_TRAILER, "1"),))
+        return model_id
+
+
+def _constant(response: bytes) -> Behavior:
+    async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return response
+
+    return answer
+
+
+def _refuse(code: grpc.StatusCode, message: str) -> Behavior:
+    async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(code, message)
+        raise AssertionError("unreachable")
+
+    return refuse

@@ -58,7 +58,9 @@ class ModelRecord:
 
 @dataclass
 class InstanceRecord:
-    address: str  # host:port of the pod's gRPC endpoint
+    address: str  # host:port of the pod's external gRPC endpoint
+    internal_address: str = ""  # host:port other pods forward requests to
+    rest_address: str = ""  # host:port of its REST gateway, if any
     pool: str = "default"
     runtime_types: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)

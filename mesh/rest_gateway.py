@@ -14,8 +14,10 @@ import aiohttp
 import grpc
 from aiohttp import web
 
-from mesh.dispatch import Dispatcher
-from mesh.errors import MeshError
+from mesh.dispatch import Router
+from mesh.errors import MeshError, Reroute
+from mesh.local_models import LoadClaimed
+from mesh.peers import INTERNAL_MODEL_HEADER, LOAD_FAILED_TRAILER, REDIRECT_TRAILER
 from mesh.target import RequestTarget, TargetError, header_target, name_target
 
 log = logging.getLogger(__name__)
@@ -32,20 +34,21 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 # Headers of this hop or ours; the rest reach the runtime.
+_KEPT_RESPONSE_HEADERS = frozenset({"content-type", REDIRECT_TRAILER, LOAD_FAILED_TRAILER})
 _DROPPED = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"}
 )
 
 
-def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 class RestGateway:
     def __init__(
-        self, dispatch: Dispatcher, runtime_rest: str, server_name: str, version: str, max_body_bytes: int
+        self, router: Router, runtime_rest: str, server_name: str, version: str, max_body_bytes: int
     ) -> None:
-        self._dispatch = dispatch
+        self._router = router
         self._runtime_base = f"http://{runtime_rest}" if runtime_rest else ""
         self._metadata = {"name": server_name, "version": version, "extensions": []}
         self._session: aiohttp.ClientSession | None = None
@@ -95,19 +98,49 @@ class RestGateway:
             target = self._target(request)
         except TargetError as e:
             return error(400, str(e))
-        ready = self._dispatch.ready(target)
+        ready = self._router.ready(target)
         return web.json_response({"name": target.id, "ready": ready}, status=200 if ready else 400)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         if self._session is None or not self._runtime_base:
             return error(501, "REST inference needs the runtime's REST address (--runtime-rest)")
+        body = await request.read()
+        forwarded_for = request.headers.get(INTERNAL_MODEL_HEADER)
+        if forwarded_for:  # a peer resolved and routed it already: serve it here
+            return await self._serve_forwarded(request, forwarded_for, body)
         try:
-            model_id = self._dispatch.model_id(self._target(request))
-            await self._dispatch.ensure_local(model_id, None)
+            model_id = self._router.model_id(self._target(request))
+
+            async def here() -> web.Response:
+                return await self._call(self._runtime_base, request, model_id, body, internal=False)
+
+            async def there(pod_id: str) -> web.Response:
+                rest_address = self._router.instance(pod_id).rest_address
+                if not rest_address:
+                    raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} serves no REST"))
+                return peer_outcome(await self._call(f"http://{rest_address}", request, model_id, body, True))
+
+            return await self._router.route(model_id, None, here, there)
         except TargetError as e:
             return error(400, str(e))
         except MeshError as e:
             return error(HTTP_STATUS.get(e.code, 500), e.message)
+
+    async def _serve_forwarded(self, request: web.Request, model_id: str, body: bytes) -> web.Response:
+        try:
+            await self._router.ensure_local(model_id, None)
+        except LoadClaimed as e:
+            return error(409, e.message, {REDIRECT_TRAILER: e.holder})
+        except MeshError as e:
+            return error(HTTP_STATUS.get(e.code, 500), e.message, {LOAD_FAILED_TRAILER: "1"})
+        with self._router.serving(model_id):
+            return await self._call(self._runtime_base, request, model_id, body, internal=False)
+
+    async def _call(
+        self, base: str, request: web.Request, model_id: str, body: bytes, internal: bool
+    ) -> web.Response:
+        """Send the request to a runtime or a peer gateway, with the concrete id in the path."""
+        assert self._session is not None
         path = f"/v2/models/{quote(model_id, safe='')}"
         if "version" in request.match_info:
             path += f"/versions/{quote(request.match_info['version'], safe='')}"
@@ -118,21 +151,33 @@ class RestGateway:
             for k, v in request.headers.items()
             if k.lower() not in _DROPPED and not k.lower().startswith("mm-")
         }
-        body = await request.read()
-        with self._dispatch.serving(model_id):
-            try:
-                async with self._session.request(
-                    request.method,
-                    self._runtime_base + path,
-                    data=body,
-                    headers=headers,
-                    params=request.query,
-                    skip_auto_headers=("Content-Type",),  # pass the client's content type, or none
-                ) as upstream:
-                    payload = await upstream.read()
-                    content_type = upstream.headers.get("Content-Type", "application/json")
-                    return web.Response(
-                        status=upstream.status, body=payload, headers={"Content-Type": content_type}
-                    )
-            except aiohttp.ClientError as e:
-                return error(503, f"runtime unreachable: {e}")
+        if internal:
+            headers[INTERNAL_MODEL_HEADER] = model_id
+        try:
+            async with self._session.request(
+                request.method,
+                base + path,
+                data=body,
+                headers=headers,
+                params=request.query,
+                skip_auto_headers=("Content-Type",),  # pass the client's content type, or none
+            ) as upstream:
+                payload = await upstream.read()
+                kept = {k: v for k, v in upstream.headers.items() if k.lower() in _KEPT_RESPONSE_HEADERS}
+                return web.Response(status=upstream.status, body=payload, headers=kept)
+        except aiohttp.ClientError as e:
+            raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"unreachable: {e}")) from e
+
+
+def peer_outcome(response: web.Response) -> web.Response:
+    """A peer gateway's answer: returned as it is, unless another pod should be tried."""
+    message = response.text or ""
+    if response.status == 409 and REDIRECT_TRAILER in response.headers:
+        raise Reroute(
+            MeshError(grpc.StatusCode.ABORTED, message),
+            exclude=False,
+            prefer=response.headers[REDIRECT_TRAILER],
+        )
+    if response.status == 503 or (response.status == 500 and LOAD_FAILED_TRAILER in response.headers):
+        raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, message))
+    return response

@@ -53,6 +53,11 @@ class RoutingTable:
         async with asyncio.timeout(timeout_s), self._revision_changed:
             await self._revision_changed.wait_for(lambda: self.revision >= revision)
 
+    async def wait_until(self, condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        """Wait until the view satisfies ``condition`` (checked after every revision it applies)."""
+        async with asyncio.timeout(timeout_s), self._revision_changed:
+            await self._revision_changed.wait_for(condition)
+
     # -- writes: the watch loop only ------------------------------------------
     def apply_put(self, relative_key: str, value: bytes, mod_revision: int) -> None:
         try:

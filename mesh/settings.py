@@ -24,12 +24,17 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--host", "MM_SVC_GRPC_HOST", "127.0.0.1", "address the gRPC port binds to"),
     Option("--grpc-port", "MM_SVC_GRPC_PORT", "8033", "external gRPC port (management API + inference)"),
+    Option("--internal-port", "MM_INTERNAL_GRPC_PORT", "8034", "gRPC port for requests forwarded by peers"),
+    Option("--advertise-host", "MM_ADVERTISE_HOST", "", "address peers reach this pod at (default: --host)"),
     Option("--rest-port", "MM_SVC_REST_PORT", "8008", "KServe v2 REST port (0 = off)"),
     Option("--service-name", "MM_SERVICE_NAME", "modelmesh-serving", "mesh name; part of the etcd prefix"),
     Option("--kv-prefix", "MM_KVSTORE_PREFIX", "mm", "etcd key root"),
     Option("--etcd", "MM_ETCD_ENDPOINT", "127.0.0.1:2379", "etcd endpoint host:port"),
     Option("--pod-id", "MM_POD_ID", "", "this pod's id (default: <hostname>-<grpc port>)"),
     Option("--pool", "MM_POOL", "default", "pool (runtime kind) this pod belongs to"),
+    Option(
+        "--model-types", "MM_MODEL_TYPES", "", "model types this pod's runtime serves, a,b,... (empty: any)"
+    ),
     Option("--labels", "MM_LABELS", "", "this pod's labels for placement, key=value,..."),
     Option("--runtime-spi", "MM_RUNTIME_SPI_ADDRESS", "127.0.0.1:8085", "ModelRuntime adapter address"),
     Option("--runtime-serving", "MM_RUNTIME_SERVING_ADDRESS", "", "runtime's v2 gRPC address"),
@@ -37,6 +42,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-message-bytes", "MM_SVC_GRPC_MAX_MSG_SIZE", str(16 * 1024 * 1024), "request size limit"),
     Option("--lease-ttl-s", "MM_INSTANCE_LEASE_TTL_S", "10", "TTL of the instance record's lease"),
     Option("--load-timeout-s", "MM_LOAD_TIMEOUT_S", "120", "default model load timeout"),
+    Option("--max-load-failures", "MM_MAX_LOAD_FAILURES", "3", "stop after this many unexpired failures"),
     Option(
         "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
     ),
@@ -49,6 +55,8 @@ OPTIONS: tuple[Option, ...] = (
 class Settings:
     host: str = "127.0.0.1"
     grpc_port: int = 8033
+    internal_port: int = 8034
+    advertise_host: str = ""
     rest_port: int = 8008
     service_name: str = "modelmesh-serving"
     kv_prefix: str = "mm"
@@ -62,9 +70,11 @@ class Settings:
     lease_ttl_s: int = 10
     load_timeout_s: float = 120.0
     load_failure_expiry_s: float = 900.0
+    max_load_failures: int = 3
     runtime_ready_timeout_s: float = 120.0
     log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
+    model_types: list[str] = field(default_factory=list)
 
     @property
     def etcd_prefix(self) -> str:
@@ -73,6 +83,9 @@ class Settings:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    def advertised(self, port: int) -> str:
+        return f"{self.advertise_host or self.host}:{port}"
 
 
 def parse_labels(raw: str) -> dict[str, str]:
@@ -103,6 +116,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
                 values[name] = float(raw)
             elif name == "labels":
                 values[name] = parse_labels(raw)
+            elif name == "model_types":
+                values[name] = [t.strip().lower() for t in raw.split(",") if t.strip()]
             else:
                 values[name] = raw
         except ValueError as e:

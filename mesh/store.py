@@ -7,6 +7,7 @@ overwrite each other. The watch loop is the only writer of the RoutingTable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -165,17 +166,30 @@ class EtcdStore:
         await self._client.put(self._key(INSTANCES + pod_id), value, lease=self._lease)
         self._instance_written = value
 
-    async def keep_alive(self, pod_id: str, record: Callable[[], InstanceRecord], ttl_s: int) -> None:
-        """Refresh the lease every third of its TTL; a lost lease (etcd was down) is re-granted."""
+    async def keep_alive(
+        self, pod_id: str, record: Callable[[], InstanceRecord], ttl_s: int, changed: asyncio.Event
+    ) -> None:
+        """Refresh the lease every third of its TTL, and publish the record when it changes (``changed``).
+
+        A lost lease (etcd was down longer than the TTL) is granted again.
+        """
+        next_refresh = asyncio.get_running_loop().time()
         while True:
-            await asyncio.sleep(ttl_s / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    changed.wait(), max(0.0, next_refresh - asyncio.get_running_loop().time())
+                )
+            changed.clear()
             try:
                 assert self._lease is not None
-                reply = await self._lease.refresh()
-                if reply is None or reply.TTL <= 0:
-                    log.warning("lease expired; registering the instance again")
-                    await self.register_instance(pod_id, record(), ttl_s)
-                elif (latest := record()).to_json() != self._instance_written:
+                if asyncio.get_running_loop().time() >= next_refresh:
+                    next_refresh = asyncio.get_running_loop().time() + ttl_s / 3
+                    reply = await self._lease.refresh()
+                    if reply is None or reply.TTL <= 0:
+                        log.warning("lease expired; registering the instance again")
+                        await self.register_instance(pod_id, record(), ttl_s)
+                        continue
+                if (latest := record()).to_json() != self._instance_written:
                     await self.put_instance(pod_id, latest)
             except asyncio.CancelledError:
                 raise

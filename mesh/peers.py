@@ -1,0 +1,101 @@
+"""Raw-bytes calls to other pods' internal ports.
+
+The internal protocol is the external one plus a few ``mm-internal-*`` headers:
+the concrete model id is already resolved, so the receiving pod serves it
+itself (loading it if needed) and never forwards again. One channel per peer,
+made on first use inside the event loop; in-flight counts pick the least busy copy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import grpc
+
+from mesh.errors import MeshError, Reroute
+
+# The concrete model id a forwarded request is for.
+INTERNAL_MODEL_HEADER = "mm-internal-model"
+# Set by a pod that would not load a model because another pod has claimed the load: that pod's id.
+REDIRECT_TRAILER = "mm-internal-redirect"
+# Set on errors that are a failed load (so the sender may try another pod), not the runtime's answer.
+LOAD_FAILED_TRAILER = "mm-internal-load-failed"
+# Internal-only method: make sure the model is loaded on the receiving pod (management ensureLoaded).
+LOAD_METHOD = "/mmesh.internal.Peer/ensureLoaded"
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class Passthrough(Exception):
+    """A final answer from a runtime or a peer, returned to the client as it came."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details())
+        self.code = error.code()
+        self.details = error.details() or ""
+
+
+def peer_outcome(error: grpc.aio.AioRpcError) -> Exception:
+    """What a peer's error means for the request: try another pod (Reroute), or return it (Passthrough)."""
+    redirect = trailer(error, REDIRECT_TRAILER)
+    if error.code() == grpc.StatusCode.ABORTED and redirect:
+        return Reroute(MeshError(error.code(), error.details() or ""), exclude=False, prefer=redirect)
+    if error.code() == grpc.StatusCode.UNAVAILABLE or (
+        error.code() == grpc.StatusCode.INTERNAL and trailer(error, LOAD_FAILED_TRAILER)
+    ):
+        return Reroute(MeshError(error.code(), error.details() or ""))
+    return Passthrough(error)
+
+
+def trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
+    for k, v in error.trailing_metadata() or ():
+        if k == key:
+            return v.decode() if isinstance(v, bytes) else str(v)
+    return None
+
+
+class PeerPool:
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._inflight: Counter[str] = Counter()
+
+    def inflight(self, address: str) -> int:
+        return self._inflight[address]
+
+    async def call(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        model_id: str,
+        metadata: Metadata,
+        timeout_s: float | None,
+    ) -> bytes:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        call = channel.unary_unary(method)
+        self._inflight[address] += 1
+        try:
+            response: bytes = await call(
+                body, timeout=timeout_s, metadata=(*metadata, (INTERNAL_MODEL_HEADER, model_id))
+            )
+            return response
+        finally:
+            self._inflight[address] -= 1
+
+    async def forget(self, address: str) -> None:
+        """A peer went away: close its channel."""
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        for address in list(self._channels):
+            await self.forget(address)
