@@ -18,7 +18,7 @@ import grpc
 
 from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed, ModelLoader, now_ms
-from mesh.peers import PeerPool
+from mesh.peers import PeerHealth, PeerPool
 from mesh.placement import choose_load_target
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.routing import RoutingTable
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class NoPlacement(MeshError):
+    """No live pod's runtime serves the model's type: nothing changes until an operator acts."""
+
+
 class Router:
     def __init__(
         self,
@@ -36,6 +40,7 @@ class Router:
         table: RoutingTable,
         loader: ModelLoader,
         peers: PeerPool,
+        health: PeerHealth,
         failure_expiry_s: float,
         max_load_failures: int,
         max_attempts: int = 3,
@@ -44,6 +49,7 @@ class Router:
         self._table = table
         self._loader = loader
         self._peers = peers
+        self._health = health
         self._expiry_ms = int(failure_expiry_s * 1000)
         self._max_failures = max_load_failures
         self._max_attempts = max_attempts
@@ -63,7 +69,7 @@ class Router:
             record = self._table.model(self.model_id(target))
         except MeshError:
             return False
-        return record is not None and bool(live_copies(record.holders, self._table.instances))
+        return record is not None and bool(live_copies(record.holders, self._health.live_instances()))
 
     def instance(self, pod_id: str) -> InstanceRecord:
         instance = self._table.instance(pod_id)
@@ -81,7 +87,7 @@ class Router:
         record = self._table.model(model_id)
         if record is None:
             raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
-        live = self._table.instances
+        live = self._health.live_instances()
         if preferred is not None and preferred in live and preferred not in excluded:
             return preferred
         holders = [p for p in live_copies(record.holders, live) if p not in excluded]
@@ -101,14 +107,16 @@ class Router:
         newest = max(failures.values(), key=lambda f: f.time_ms, default=None)
         if newest is not None and len(failures) >= self._max_failures:
             raise MeshError(grpc.StatusCode[newest.code], newest.message)
-        live = {p: r.record for p, r in self._table.instances.items()}
+        live = self._health.live_instances()
         target = choose_load_target(model_id, record.type, live, excluded | set(failures))
         if target is not None:
             return target
         if newest is not None:
             raise MeshError(grpc.StatusCode[newest.code], newest.message)
         if any(True for p in live if p not in excluded):
-            raise MeshError(grpc.StatusCode.FAILED_PRECONDITION, f"no pod serves model type '{record.type}'")
+            raise NoPlacement(
+                grpc.StatusCode.FAILED_PRECONDITION, f"no pod serves model type '{record.type}'"
+            )
         raise MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
 
     # -- serving -----------------------------------------------------------------------
@@ -129,6 +137,9 @@ class Router:
         for _ in range(self._max_attempts):
             try:
                 pod = self.choose(model_id, excluded, preferred)
+            except NoPlacement as e:  # recorded, so the model's status says why it is not loaded
+                await self._loader.record_failure(model_id, e.code, e.message)
+                raise
             except MeshError:
                 if error is not None:  # nowhere left to try: the last failure says most
                     raise error from None
@@ -148,6 +159,8 @@ class Router:
                 preferred = reroute.prefer
                 if reroute.exclude:
                     excluded.add(pod)
+                if error.code == grpc.StatusCode.UNAVAILABLE and pod != self.pod_id:
+                    self._health.unreachable(pod)
             except MeshError as e:
                 if pod != self.pod_id or e.code != grpc.StatusCode.INTERNAL:
                     raise

@@ -51,10 +51,13 @@ class ModelLoader:
         load_timeout_s: float,
         failure_expiry_s: float,
         max_loading_concurrency: int = 1,
+        alive: Callable[[str], bool] | None = None,
     ) -> None:
         self.pod_id = pod_id
         self._store = store
         self._table = table
+        # Whether another pod's claim on a load still counts (it has an instance record and answers).
+        self._alive = alive or (lambda pod_id: pod_id in table.instances)
         self._runtime = runtime
         self.cache = cache
         self._load_timeout_s = load_timeout_s
@@ -180,7 +183,7 @@ class ModelLoader:
 
     def _claim(self, model_id: str, record: ModelRecord, at_ms: int) -> ModelRecord:
         for pod in (*record.holders, *record.loading):
-            if pod != self.pod_id and pod in self._table.instances:
+            if pod != self.pod_id and self._alive(pod):
                 raise LoadClaimed(model_id, pod)
         return _with_loading(record, self.pod_id, at_ms)
 

@@ -8,12 +8,15 @@ made on first use inside the event loop; in-flight counts pick the least busy co
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 
 import grpc
 
 from mesh.errors import MeshError, Reroute
+from mesh.records import InstanceRecord
+from mesh.routing import RoutingTable
 
 # The concrete model id a forwarded request is for.
 INTERNAL_MODEL_HEADER = "mm-internal-model"
@@ -53,6 +56,36 @@ def trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
         if k == key:
             return v.decode() if isinstance(v, bytes) else str(v)
     return None
+
+
+class PeerHealth:
+    """Which pods count as alive: an instance record in etcd, and no recent failure to answer.
+
+    A pod that stops answering keeps its instance record until its lease runs
+    out; meanwhile requests must not keep trying it, nor wait for its loads.
+    """
+
+    def __init__(self, table: RoutingTable, suspect_s: float) -> None:
+        self._table = table
+        self._suspect_s = suspect_s
+        self._down_until: dict[str, float] = {}
+
+    def alive(self, pod_id: str) -> bool:
+        if pod_id not in self._table.instances:
+            return False
+        until = self._down_until.get(pod_id)
+        if until is None:
+            return True
+        if time.monotonic() >= until:
+            del self._down_until[pod_id]
+            return True
+        return False
+
+    def unreachable(self, pod_id: str) -> None:
+        self._down_until[pod_id] = time.monotonic() + self._suspect_s
+
+    def live_instances(self) -> dict[str, InstanceRecord]:
+        return {p: v.record for p, v in self._table.instances.items() if self.alive(p)}
 
 
 class PeerPool:

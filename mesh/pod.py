@@ -23,7 +23,7 @@ from mesh.cache import ByteLruCache
 from mesh.dispatch import Router
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
-from mesh.peers import PeerPool
+from mesh.peers import PeerHealth, PeerPool
 from mesh.proxy import InferenceProxy, MethodTable, PeerHandler
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.rest_gateway import RestGateway
@@ -92,6 +92,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await _forget_stale_copies(store, table, settings.pod_id)
         cache = ByteLruCache(status.capacityInBytes)
         load_timeout_s = status.modelLoadingTimeoutMs / 1000 or settings.load_timeout_s
+        peer_health = PeerHealth(table, suspect_s=settings.lease_ttl_s)
         loader = ModelLoader(
             settings.pod_id,
             store,
@@ -101,13 +102,20 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             load_timeout_s,
             settings.load_failure_expiry_s,
             max_loading_concurrency=status.maxLoadingConcurrency,
+            alive=peer_health.alive,
         )
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
         methods = MethodTable(method_infos, status.allowAnyMethod)
         peers = PeerPool(settings.max_message_bytes)
         router = Router(
-            settings.pod_id, table, loader, peers, settings.load_failure_expiry_s, settings.max_load_failures
+            settings.pod_id,
+            table,
+            loader,
+            peers,
+            peer_health,
+            settings.load_failure_expiry_s,
+            settings.max_load_failures,
         )
         gateway = RestGateway(router, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes)
 

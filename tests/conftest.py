@@ -78,11 +78,11 @@ class MeshClients:
         self.infer = triton.InferenceServerClient(self.mesh.pod.address)
 
 
-async def instance_records(clients: MeshClients) -> dict[str, tuple[InstanceRecord, int]]:
+async def instance_records(mesh: LocalMesh) -> dict[str, tuple[InstanceRecord, int]]:
     """The instance records in etcd, with the lease each is attached to."""
-    assert clients.mesh.etcd is not None
+    assert mesh.etcd is not None
     prefix = b"mm/modelmesh-serving/instances/"
-    async with aetcd.Client(port=int(clients.mesh.etcd.endpoint.rsplit(":", 1)[1])) as client:
+    async with aetcd.Client(port=mesh.etcd.client_port) as client:
         found = await client.get_prefix(prefix)
     return {kv.key[len(prefix) :].decode(): (InstanceRecord.from_json(kv.value), kv.lease) for kv in found}
 

@@ -52,7 +52,8 @@ def test_inference_survives_an_etcd_outage(outage_mesh: MeshClients, examples: E
     from tests.test_mesh_pod import instance_records
 
     poll_until(
-        lambda: mesh.mesh.pod.pod_id in asyncio.run(instance_records(mesh)), what="instance re-registered"
+        lambda: mesh.mesh.pod.pod_id in asyncio.run(instance_records(mesh.mesh)),
+        what="instance re-registered",
     )  # type: ignore[union-attr]
 
 

@@ -257,7 +257,9 @@ def test_registrations_survive_a_pod_restart(local_mesh: MeshClients, examples: 
     assert mesh.pod is not None
     mesh.pod.process.stop()
     poll_until(lambda: not runtime_holds(local_mesh, "iris-durable"), what="stopped pod unloads its models")
-    assert mesh.pod.pod_id not in asyncio.run(instance_records(local_mesh))  # lease revoked on the way out
+    assert mesh.pod.pod_id not in asyncio.run(
+        instance_records(local_mesh.mesh)
+    )  # lease revoked on the way out
     mesh.start_pod(mesh.pod.pod_id)
     local_mesh.reconnect()
     status = local_mesh.status("iris-durable")
@@ -282,7 +284,7 @@ def test_deadline_passing_during_a_load_leaves_the_load_running(
 async def test_instance_record_is_published_on_a_lease(local_mesh: MeshClients) -> None:
     mesh = local_mesh.mesh
     assert mesh.pod is not None
-    instance, lease = (await instance_records(local_mesh))[mesh.pod.pod_id]
+    instance, lease = (await instance_records(local_mesh.mesh))[mesh.pod.pod_id]
     assert instance.address == mesh.pod.address
     assert instance.capacity_bytes == mesh.capacity_bytes
     assert lease != 0

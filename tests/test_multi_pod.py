@@ -1,0 +1,143 @@
+"""Three pods, each with its own MLServer and adapter, sharing one etcd: any pod serves any model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from mesh.devcluster import LocalMesh
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.conftest import Examples, instance_records
+from tests.support import iris_input, poll_until, predict
+
+pytestmark = pytest.mark.integration
+S = mm.ModelStatusInfo.ModelStatus
+LOADS = "modelmesh_adapter_load_requests_total"
+
+
+@dataclass
+class Cluster:
+    mesh: LocalMesh
+    channels: dict[str, grpc.Channel]
+
+    def management(self, pod_id: str) -> mm_grpc.ModelMeshStub:
+        return mm_grpc.ModelMeshStub(self.channels[pod_id])
+
+    def infer(self, pod_id: str) -> triton.InferenceServerClient:
+        return triton.InferenceServerClient(self.mesh.stack(pod_id).pod.address)  # type: ignore[union-attr]
+
+    def register(
+        self, pod_id: str, model_id: str, path: object, type_: str = "sklearn"
+    ) -> mm.ModelStatusInfo:
+        info = mm.ModelInfo(type=type_, path=str(path))
+        return self.management(pod_id).registerModel(
+            mm.RegisterModelRequest(modelId=model_id, modelInfo=info)
+        )
+
+    def status(self, model_id: str, via: str = "pod-a") -> mm.ModelStatusInfo:
+        return self.management(via).getModelStatus(mm.GetStatusRequest(modelId=model_id))
+
+    def loads(self, result: str = "success", pods: list[str] | None = None) -> float:
+        stacks = [s for s in self.mesh.stacks if pods is None or s.pod_id in pods]
+        return sum(s.adapter.metric(LOADS, f'result="{result}"') for s in stacks)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with LocalMesh(tmp_path_factory.mktemp("three"), pods=3) as mesh:
+        channels = {s.pod_id: grpc.insecure_channel(s.pod.address) for s in mesh.stacks}  # type: ignore[union-attr]
+        poll_until(lambda: len(asyncio.run(instance_records(mesh))) == 3, what="three instance records")
+        yield Cluster(mesh, channels)
+        for channel in channels.values():
+            channel.close()
+
+
+PODS = ["pod-a", "pod-b", "pod-c"]
+
+
+def test_registered_through_one_pod_served_through_all_loaded_once(
+    cluster: Cluster, examples: Examples
+) -> None:
+    before = cluster.loads()
+    cluster.register("pod-a", "shared-iris", examples.logistic.path)
+    for pod in ("pod-b", "pod-c", "pod-a"):
+        assert list(predict(cluster.infer(pod), "shared-iris")) == list(examples.logistic.expected)
+    assert cluster.loads() == before + 1
+    status = cluster.status("shared-iris", via="pod-c")
+    assert status.status == S.LOADED
+    assert len(status.modelCopyInfos) == 1 and status.modelCopyInfos[0].location in PODS
+
+
+async def test_concurrent_first_requests_through_every_pod_load_once(
+    cluster: Cluster, examples: Examples
+) -> None:
+    cluster.register("pod-b", "burst-everywhere", examples.tree.path)
+    before = cluster.loads()
+    clients = [triton_aio.InferenceServerClient(s.pod.address) for s in cluster.mesh.stacks]  # type: ignore[union-attr]
+    try:
+        results = await asyncio.gather(
+            *(client.infer("burst-everywhere", [iris_input()]) for client in clients for _ in range(8))
+        )
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
+    for result in results:
+        assert list(np.asarray(result.as_numpy("predict")).ravel()) == list(examples.tree.expected)
+    assert cluster.loads() == before + 1
+
+
+def test_a_type_no_pod_serves_is_a_clear_error(cluster: Cluster, examples: Examples) -> None:
+    cluster.register("pod-a", "onnx-nowhere", examples.logistic.path, type_="onnx")
+    with pytest.raises(InferenceServerException) as e:
+        predict(cluster.infer("pod-b"), "onnx-nowhere")
+    assert e.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert "onnx" in str(e.value.message())
+    status = cluster.status("onnx-nowhere", via="pod-c")
+    assert status.status == S.LOADING_FAILED
+    assert "onnx" in status.errors[0]
+
+
+def test_a_failing_load_is_tried_on_other_pods_then_stops(cluster: Cluster, examples: Examples) -> None:
+    cluster.register("pod-a", "broken-everywhere", examples.corrupt)
+    failures = cluster.loads("failure")
+    with pytest.raises(InferenceServerException) as e:
+        predict(cluster.infer("pod-a"), "broken-everywhere")
+    assert e.value.status() == "StatusCode.INTERNAL"
+    assert cluster.loads("failure") == failures + 3  # one try on each pod (MM_MAX_LOAD_FAILURES = 3)
+    status = cluster.status("broken-everywhere")
+    assert status.status == S.LOADING_FAILED
+    assert sorted(c.location for c in status.modelCopyInfos) == PODS
+    assert all(c.copyStatus == S.LOADING_FAILED for c in status.modelCopyInfos)
+    # three unexpired failures: no pod tries again until they expire
+    with pytest.raises(InferenceServerException):
+        predict(cluster.infer("pod-b"), "broken-everywhere")
+    assert cluster.loads("failure") == failures + 3
+
+
+def test_a_killed_pod_costs_one_reload(cluster: Cluster, examples: Examples) -> None:
+    cluster.register("pod-a", "survivor", examples.tree.path)
+    predict(cluster.infer("pod-a"), "survivor")
+    holder = cluster.status("survivor").modelCopyInfos[0].location
+    others = [p for p in PODS if p != holder]
+    victim = cluster.mesh.stack(holder)
+    # the whole pod dies at once: mesh, adapter and runtime (SIGKILL, no goodbye)
+    victim.pod.process.kill()  # type: ignore[union-attr]
+    victim.adapter.process.kill()
+    victim.mlserver.process.kill()
+    before = cluster.loads(pods=others)
+    assert list(predict(cluster.infer(others[0]), "survivor")) == list(examples.tree.expected)
+    assert list(predict(cluster.infer(others[1]), "survivor")) == list(examples.tree.expected)
+    assert cluster.loads(pods=others) == before + 1
+    # once its lease expires the dead pod is gone from every view
+    poll_until(
+        lambda: {c.location for c in cluster.status("survivor", via=others[0]).modelCopyInfos} <= set(others),
+        what="the dead pod's copy disappears",
+    )
