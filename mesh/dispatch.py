@@ -53,6 +53,7 @@ class Router:
         self._expiry_ms = int(failure_expiry_s * 1000)
         self._max_failures = max_load_failures
         self._max_attempts = max_attempts
+        self._turn = 0
 
     # -- resolution -------------------------------------------------------------------
     def model_id(self, target: RequestTarget) -> str:
@@ -90,15 +91,27 @@ class Router:
         live = self._health.live_instances()
         if preferred is not None and preferred in live and preferred not in excluded:
             return preferred
-        holders = [p for p in live_copies(record.holders, live) if p not in excluded]
+        holders = sorted(p for p in live_copies(record.holders, live) if p not in excluded)
         if holders:
-            return self.pod_id if self.pod_id in holders else min(holders, key=self._load_of)
+            return self._least_busy(model_id, holders)
         loading = [p for p in live_copies(record.loading, live) if p not in excluded]
         if loading:
             return loading[0]
         return self._placement(model_id, record, excluded)
 
-    def _load_of(self, pod_id: str) -> int:
+    def _least_busy(self, model_id: str, holders: list[str]) -> str:
+        """Fewest requests in flight from here; ties rotate, so sequential traffic spreads too."""
+        self._turn += 1
+        start = self._turn % len(holders)
+        ordered = holders[start:] + holders[:start]
+        if self.pod_id in holders:  # this pod's copy wins ties: no hop
+            ordered.remove(self.pod_id)
+            ordered.insert(0, self.pod_id)
+        return min(ordered, key=lambda p: self._in_flight(model_id, p))
+
+    def _in_flight(self, model_id: str, pod_id: str) -> int:
+        if pod_id == self.pod_id:
+            return self._loader.inflight(model_id)
         instance = self._table.instance(pod_id)
         return self._peers.inflight(instance.internal_address) if instance else 0
 
@@ -170,13 +183,17 @@ class Router:
         raise error or MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
 
     async def ensure_local(
-        self, model_id: str, timeout_s: float | None, last_used_ms: int | None = None
+        self,
+        model_id: str,
+        timeout_s: float | None,
+        last_used_ms: int | None = None,
+        extra_copy: bool = False,
     ) -> None:
         """Load the model here if needed, within the caller's deadline (the load itself goes on)."""
         if self._loader.is_loaded(model_id):
             return
         try:
-            await asyncio.wait_for(self._loader.ensure_loaded(model_id, last_used_ms), timeout_s)
+            await asyncio.wait_for(self._loader.ensure_loaded(model_id, last_used_ms, extra_copy), timeout_s)
         except TimeoutError:
             raise MeshError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed while {model_id} was loading"

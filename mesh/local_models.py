@@ -20,6 +20,7 @@ import grpc
 
 from mesh.cache import ByteLruCache
 from mesh.errors import MeshError, load_failure_code
+from mesh.rates import RateTracker
 from mesh.records import LoadFailure, ModelRecord
 from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
@@ -52,10 +53,12 @@ class ModelLoader:
         failure_expiry_s: float,
         max_loading_concurrency: int = 1,
         alive: Callable[[str], bool] | None = None,
+        rates: RateTracker | None = None,
     ) -> None:
         self.pod_id = pod_id
         self._store = store
         self._table = table
+        self.rates = rates or RateTracker(interval_s=10, window=6)  # requests served by this pod's copies
         # Whether another pod's claim on a load still counts (it has an instance record and answers).
         self._alive = alive or (lambda pod_id: pod_id in table.instances)
         self._runtime = runtime
@@ -77,7 +80,11 @@ class ModelLoader:
     def is_loading(self, model_id: str) -> bool:
         return model_id in self._loads
 
+    def inflight(self, model_id: str) -> int:
+        return self._inflight[model_id]
+
     def acquire(self, model_id: str) -> None:
+        self.rates.record(model_id)
         self._inflight[model_id] += 1
         self.cache.touch(model_id, now_ms())
 
@@ -87,12 +94,15 @@ class ModelLoader:
             del self._inflight[model_id]
 
     # -- loading -------------------------------------------------------------------
-    async def ensure_loaded(self, model_id: str, last_used_ms: int | None = None) -> None:
+    async def ensure_loaded(
+        self, model_id: str, last_used_ms: int | None = None, extra_copy: bool = False
+    ) -> None:
         """Return once this pod holds the model; raise MeshError if it cannot.
 
         Concurrent callers share one load. Cancelling a caller does not cancel the load.
         ``last_used_ms`` in the past (a backdated registration) loads the model only
-        into room that models used before that time can give up.
+        into room that models used before that time can give up. ``extra_copy`` loads
+        even though other pods hold the model (scale-up by request rate).
         """
         if self.is_loaded(model_id):
             return
@@ -106,7 +116,7 @@ class ModelLoader:
                 raise MeshError(grpc.StatusCode[failure.code], failure.message)
             pending = asyncio.get_running_loop().create_future()
             self._loads[model_id] = pending
-            self._spawn(self._load(model_id, record, last_used_ms, pending))
+            self._spawn(self._load(model_id, record, last_used_ms, extra_copy, pending))
         await asyncio.shield(pending)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -115,10 +125,15 @@ class ModelLoader:
         task.add_done_callback(self._tasks.discard)
 
     async def _load(
-        self, model_id: str, record: ModelRecord, last_used_ms: int | None, done: asyncio.Future[None]
+        self,
+        model_id: str,
+        record: ModelRecord,
+        last_used_ms: int | None,
+        extra_copy: bool,
+        done: asyncio.Future[None],
     ) -> None:
         try:
-            await self._load_steps(model_id, record, last_used_ms)
+            await self._load_steps(model_id, record, last_used_ms, extra_copy)
             done.set_result(None)
         except MeshError as e:
             done.set_exception(e)
@@ -134,7 +149,9 @@ class ModelLoader:
             if self._table.model(model_id) is None and model_id in self.cache:
                 self._spawn(self.unload(model_id))
 
-    async def _load_steps(self, model_id: str, record: ModelRecord, last_used_ms: int | None) -> None:
+    async def _load_steps(
+        self, model_id: str, record: ModelRecord, last_used_ms: int | None, extra_copy: bool
+    ) -> None:
         unloading = self._unloads.get(model_id)
         if unloading is not None:  # an eviction of this model is still running: load after it
             await unloading.wait()
@@ -151,7 +168,10 @@ class ModelLoader:
             )
         start = now_ms()
         # The claim: a CAS that names this pod as loading, unless a live peer already holds or loads it.
-        if await self._update_registry(model_id, lambda r: self._claim(model_id, r, start)) is None:
+        if (
+            await self._update_registry(model_id, lambda r: self._claim(model_id, r, start, extra_copy))
+            is None
+        ):
             raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
         # Reserve the bytes first, so concurrent loads plan their evictions around each other.
         self.cache.start_load(model_id, predicted, last_used_ms or now_ms())
@@ -181,8 +201,8 @@ class ModelLoader:
         if size > predicted:
             await self._make_room(model_id)  # the measurement exceeded the prediction: others make way
 
-    def _claim(self, model_id: str, record: ModelRecord, at_ms: int) -> ModelRecord:
-        for pod in (*record.holders, *record.loading):
+    def _claim(self, model_id: str, record: ModelRecord, at_ms: int, extra_copy: bool) -> ModelRecord:
+        for pod in () if extra_copy else (*record.holders, *record.loading):
             if pod != self.pod_id and self._alive(pod):
                 raise LoadClaimed(model_id, pod)
         return _with_loading(record, self.pod_id, at_ms)

@@ -24,6 +24,8 @@ INTERNAL_MODEL_HEADER = "mm-internal-model"
 REDIRECT_TRAILER = "mm-internal-redirect"
 # Set on errors that are a failed load (so the sender may try another pod), not the runtime's answer.
 LOAD_FAILED_TRAILER = "mm-internal-load-failed"
+# On LOAD_METHOD: load an extra copy even though other pods hold the model (scale-up by request rate).
+COPY_HEADER = "mm-internal-copy"
 # Internal-only method: make sure the model is loaded on the receiving pod (management ensureLoaded).
 LOAD_METHOD = "/mmesh.internal.Peer/ensureLoaded"
 

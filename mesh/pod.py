@@ -25,20 +25,24 @@ from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
 from mesh.peers import PeerHealth, PeerPool
 from mesh.proxy import InferenceProxy, MethodTable, PeerHandler
+from mesh.rates import RateTracker
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.rest_gateway import RestGateway
 from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
+from mesh.scaler import CopyScaler
 from mesh.settings import Settings, parse_settings
 from mesh.store import EtcdStore, Unchanged
 from protos import model_mesh_pb2, model_mesh_pb2_grpc
 
 log = logging.getLogger("mesh.pod")
 SERVER_NAME = "modelmesh-py"
+RATE_WINDOW = 6  # intervals in a request rate (10 s intervals: one minute)
 VERSION = "0.1.0"
 
 
-def instance_record(settings: Settings, cache: ByteLruCache, start_ms: int) -> InstanceRecord:
+def instance_record(settings: Settings, loader: ModelLoader, start_ms: int) -> InstanceRecord:
+    cache = loader.cache
     return InstanceRecord(
         address=settings.advertised(settings.grpc_port),
         internal_address=settings.advertised(settings.internal_port),
@@ -50,6 +54,7 @@ def instance_record(settings: Settings, cache: ByteLruCache, start_ms: int) -> I
         used_bytes=cache.used,
         model_count=len(cache),
         oldest_lru_ms=cache.oldest_last_used_ms() or 0,
+        requests_per_min=round(loader.rates.total_per_minute()),
         start_ms=start_ms,
     )
 
@@ -103,6 +108,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             settings.load_failure_expiry_s,
             max_loading_concurrency=status.maxLoadingConcurrency,
             alive=peer_health.alive,
+            rates=RateTracker(settings.rate_interval_s, window=RATE_WINDOW),
         )
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
@@ -144,9 +150,13 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
         def record() -> InstanceRecord:
-            return instance_record(settings, cache, start_ms)
+            return instance_record(settings, loader, start_ms)
 
         await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
+        scaler = CopyScaler(
+            settings.pod_id, table, loader, loader.rates, peers, peer_health, settings.scaleup_rpm_threshold
+        )
+        scaling = asyncio.create_task(scaler.run())
         keep_alive = asyncio.create_task(
             store.keep_alive(settings.pod_id, record, settings.lease_ttl_s, loader.changed)
         )
@@ -162,8 +172,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await gateway.stop()
         await server.stop(grace=5)
         await internal.stop(grace=5)
-        keep_alive.cancel()
-        await asyncio.gather(keep_alive, return_exceptions=True)
+        for task in (keep_alive, scaling):
+            task.cancel()
+        await asyncio.gather(keep_alive, scaling, return_exceptions=True)
         # Unload what this pod holds (and drop it from the registry) before cancelling what is left.
         await asyncio.gather(*(loader.unload(m) for m in cache.model_ids()), return_exceptions=True)
         await loader.close()

@@ -22,6 +22,7 @@ from mesh.dispatch import Router
 from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed
 from mesh.peers import (
+    COPY_HEADER,
     INTERNAL_MODEL_HEADER,
     LOAD_FAILED_TRAILER,
     LOAD_METHOD,
@@ -223,10 +224,13 @@ class PeerHandler(grpc.GenericRpcHandler):
         return serve
 
     async def _load(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        await self._loaded_here(context.invocation_metadata() or (), context)
+        metadata = context.invocation_metadata() or ()
+        await self._loaded_here(metadata, context, extra_copy=any(k == COPY_HEADER for k, _ in metadata))
         return b""
 
-    async def _loaded_here(self, metadata: Metadata, context: grpc.aio.ServicerContext) -> str:
+    async def _loaded_here(
+        self, metadata: Metadata, context: grpc.aio.ServicerContext, extra_copy: bool = False
+    ) -> str:
         """The forwarded model, loaded on this pod; otherwise abort with what the sender needs to know."""
         model_id = next((str(v) for k, v in metadata if k == INTERNAL_MODEL_HEADER), "")
         if not model_id:
@@ -234,7 +238,7 @@ class PeerHandler(grpc.GenericRpcHandler):
                 grpc.StatusCode.INVALID_ARGUMENT, f"internal call without {INTERNAL_MODEL_HEADER}"
             )
         try:
-            await self._router.ensure_local(model_id, context.time_remaining())
+            await self._router.ensure_local(model_id, context.time_remaining(), extra_copy=extra_copy)
         except LoadClaimed as e:
             await context.abort(e.code, e.message, trailing_metadata=((REDIRECT_TRAILER, e.holder),))
         except MeshError as e:

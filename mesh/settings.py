@@ -42,6 +42,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-message-bytes", "MM_SVC_GRPC_MAX_MSG_SIZE", str(16 * 1024 * 1024), "request size limit"),
     Option("--lease-ttl-s", "MM_INSTANCE_LEASE_TTL_S", "10", "TTL of the instance record's lease"),
     Option("--load-timeout-s", "MM_LOAD_TIMEOUT_S", "120", "default model load timeout"),
+    Option(
+        "--scaleup-rpm-threshold", "MM_SCALEUP_RPM_THRESHOLD", "2000", "requests/min per copy that add a copy"
+    ),
+    Option("--rate-interval-s", "MM_RATE_INTERVAL_S", "10", "how often copy counts are checked"),
     Option("--max-load-failures", "MM_MAX_LOAD_FAILURES", "3", "stop after this many unexpired failures"),
     Option(
         "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
@@ -71,6 +75,8 @@ class Settings:
     load_timeout_s: float = 120.0
     load_failure_expiry_s: float = 900.0
     max_load_failures: int = 3
+    scaleup_rpm_threshold: float = 2000.0
+    rate_interval_s: float = 10.0
     runtime_ready_timeout_s: float = 120.0
     log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
