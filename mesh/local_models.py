@@ -70,6 +70,8 @@ class ModelLoader:
         self._unloads: dict[str, asyncio.Event] = {}  # set when the model's unload has returned
         self._loading_slots = asyncio.Semaphore(max(1, max_loading_concurrency))
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False  # set at shutdown: no new loads here
+        self._request_done = asyncio.Event()  # a model's last request in flight finished
         self.changed = asyncio.Event()  # set when the models held change: the instance record is republished
 
     # -- hot path ------------------------------------------------------------------
@@ -92,6 +94,7 @@ class ModelLoader:
         self._inflight[model_id] -= 1
         if self._inflight[model_id] <= 0:
             del self._inflight[model_id]
+            self._request_done.set()
 
     # -- loading -------------------------------------------------------------------
     async def ensure_loaded(
@@ -107,6 +110,8 @@ class ModelLoader:
         if self.is_loaded(model_id):
             return
         pending = self._loads.get(model_id)
+        if pending is None and self.stopping:
+            raise MeshError(grpc.StatusCode.UNAVAILABLE, f"{self.pod_id} is shutting down")
         if pending is None:
             record = self._table.model(model_id)
             if record is None:
@@ -291,6 +296,20 @@ class ModelLoader:
             done = self._unloads.pop(model_id, None)
             if done is not None:
                 done.set()
+
+    async def unload_all(self, drain_s: float) -> None:
+        """Stop serving here: leave the registry first, let requests in flight finish, then unload."""
+        models = [m for m in self.cache.model_ids() if self.is_loaded(m)]
+        for model_id in models:
+            self._begin_unload(model_id)
+        await asyncio.gather(*(self._drop_from_registry(m) for m in models))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_s):
+                while any(self._inflight[m] for m in models):
+                    self._request_done.clear()
+                    await self._request_done.wait()
+        await asyncio.gather(*(self._unload_from_runtime(m) for m in models))
+        self.changed.set()
 
     def on_model_changed(self, model_id: str, record: ModelRecord | None) -> None:
         """Routing-table listener: an unregistered model is unloaded here."""

@@ -9,6 +9,7 @@ cleanly: stop serving, unload, drop its copies from the registry, revoke the lea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -55,6 +56,7 @@ def instance_record(settings: Settings, loader: ModelLoader, start_ms: int) -> I
         model_count=len(cache),
         oldest_lru_ms=cache.oldest_last_used_ms() or 0,
         requests_per_min=round(loader.rates.total_per_minute()),
+        shutting_down=loader.stopping,
         start_ms=start_ms,
     )
 
@@ -167,7 +169,14 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         print(f"mesh pod {settings.pod_id} serving on {settings.address}{rest}", file=sys.stderr, flush=True)
 
         await stop.wait()
-        log.info("stopping %s", settings.pod_id)
+        log.info("stopping %s: handing its models over", settings.pod_id)
+        # No new loads here, and peers stop placing models here once they see shutting_down.
+        loader.stopping = True
+        loader.changed.set()
+        with contextlib.suppress(TimeoutError):
+            await table.wait_until(lambda: bool((me := table.instance(settings.pod_id)) and me.shutting_down))
+        await scaler.hand_over(timeout_s=load_timeout_s)
+        await loader.unload_all(drain_s=5)
         await health_servicer.enter_graceful_shutdown()
         await gateway.stop()
         await server.stop(grace=5)
@@ -175,8 +184,6 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         for task in (keep_alive, scaling):
             task.cancel()
         await asyncio.gather(keep_alive, scaling, return_exceptions=True)
-        # Unload what this pod holds (and drop it from the registry) before cancelling what is left.
-        await asyncio.gather(*(loader.unload(m) for m in cache.model_ids()), return_exceptions=True)
         await loader.close()
         await peers.close()
         await store.revoke_lease()

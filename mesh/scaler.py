@@ -9,6 +9,7 @@ loaded it later than the first holder, so the last copy is never dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -76,6 +77,22 @@ class CopyScaler:
                 log.info("dropping the idle extra copy of %s", model_id)
                 await self._loader.unload(model_id)
                 self._rates.forget(model_id)
+
+    async def hand_over(self, timeout_s: float) -> None:
+        """Before this pod stops: every model it holds without another copy gets one elsewhere."""
+        live = {p: r for p, r in self._health.live_instances().items() if p != self._pod_id}
+        moves = []
+        for model_id in self._loader.cache.model_ids():
+            record = self._table.model(model_id)
+            if record is None or not self._loader.is_loaded(model_id) or live_copies(record.holders, live):
+                continue
+            target = choose_load_target(model_id, record.type, live)
+            if target is not None:
+                log.info("handing %s over to %s", model_id, target)
+                moves.append(self._add_copy(model_id, live[target].internal_address))
+        if moves:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*moves), timeout_s)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

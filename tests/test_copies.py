@@ -66,8 +66,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
         yield local
 
 
+def any_pod(mesh: LocalMesh) -> str:
+    """The address of a pod that is still running."""
+    return next(s.pod.address for s in mesh.stacks if s.pod and s.pod.process.alive())
+
+
 def status(mesh: LocalMesh, model_id: str) -> mm.ModelStatusInfo:
-    with grpc.insecure_channel(mesh.stacks[0].pod.address) as channel:  # type: ignore[union-attr]
+    with grpc.insecure_channel(any_pod(mesh)) as channel:
         return mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId=model_id))
 
 
@@ -76,8 +81,8 @@ def holders(mesh: LocalMesh, model_id: str) -> set[str]:
 
 
 def register_and_load(mesh: LocalMesh, model_id: str, examples: Examples) -> str:
-    """Register, load through pod-a, and return the one pod that holds it."""
-    with grpc.insecure_channel(mesh.stacks[0].pod.address) as channel:  # type: ignore[union-attr]
+    """Register, load, and return the one pod that holds it."""
+    with grpc.insecure_channel(any_pod(mesh)) as channel:
         info = mm.ModelInfo(type="sklearn", path=str(examples.tree.path))
         request = mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=True, sync=True)
         assert mm_grpc.ModelMeshStub(channel).registerModel(request).status == S.LOADED
@@ -87,7 +92,8 @@ def register_and_load(mesh: LocalMesh, model_id: str, examples: Examples) -> str
 
 def entry_pod(mesh: LocalMesh, model_id: str) -> str:
     """A pod that does not hold the model: its requests are forwarded, so they can spread."""
-    return next(s.pod_id for s in mesh.stacks if s.pod_id not in holders(mesh, model_id))
+    held = holders(mesh, model_id)
+    return next(s.pod_id for s in mesh.stacks if s.pod and s.pod.process.alive() and s.pod_id not in held)
 
 
 def rpm(mesh: LocalMesh, pod_id: str) -> int:
@@ -124,3 +130,20 @@ def test_killing_a_holder_of_a_two_copy_model_under_traffic_loses_nothing(
         stack.mlserver.process.kill()
         poll_until(lambda: traffic.outcomes["ok"] > served_before + 50, timeout_s=30, what="traffic goes on")
     assert set(traffic.outcomes) == {"ok"}, traffic.outcomes
+
+
+def test_graceful_removal_under_traffic_loses_nothing(mesh: LocalMesh, examples: Examples) -> None:
+    holder = register_and_load(mesh, "moving", examples)
+    alive = [s.pod_id for s in mesh.stacks if s.pod and s.pod.process.alive()]
+    entry = next(p for p in alive if p != holder)
+    with Traffic(mesh.stack(entry).pod.address, "moving") as traffic:  # type: ignore[union-attr]
+        poll_until(lambda: traffic.outcomes["ok"] > 20, what="traffic flows")
+        leaving = mesh.stack(holder)
+        leaving.pod.process.stop()  # type: ignore[union-attr]  # SIGTERM: hand over, drain, exit
+        leaving.adapter.process.stop()
+        leaving.mlserver.stop()
+        served = traffic.outcomes["ok"]
+        poll_until(lambda: traffic.outcomes["ok"] > served + 50, timeout_s=30, what="traffic goes on")
+    assert set(traffic.outcomes) == {"ok"}, traffic.outcomes
+    assert holder not in holders(mesh, "moving") and holders(mesh, "moving")
+    assert holder not in asyncio.run(instance_records(mesh))
