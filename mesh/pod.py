@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh.cache import ByteLruCache
 from mesh.dispatch import Router
+from mesh.leader import LeaderTasks
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
 from mesh.peers import PeerHealth, PeerPool
@@ -159,6 +160,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             settings.pod_id, table, loader, loader.rates, peers, peer_health, settings.scaleup_rpm_threshold
         )
         scaling = asyncio.create_task(scaler.run())
+        leader = asyncio.create_task(
+            LeaderTasks(settings.pod_id, store, table, interval_s=settings.lease_ttl_s / 2).run()
+        )
         keep_alive = asyncio.create_task(
             store.keep_alive(settings.pod_id, record, settings.lease_ttl_s, loader.changed)
         )
@@ -181,9 +185,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await gateway.stop()
         await server.stop(grace=5)
         await internal.stop(grace=5)
-        for task in (keep_alive, scaling):
+        for task in (keep_alive, scaling, leader):
             task.cancel()
-        await asyncio.gather(keep_alive, scaling, return_exceptions=True)
+        await asyncio.gather(keep_alive, scaling, leader, return_exceptions=True)
         await loader.close()
         await peers.close()
         await store.revoke_lease()

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY = "registry/"
 INSTANCES = "instances/"
+LEADER = "leader"
 
 
 T = TypeVar("T")
@@ -36,6 +37,7 @@ class RoutingTable:
         self.models: dict[str, Versioned[ModelRecord]] = {}
         self.instances: dict[str, Versioned[InstanceRecord]] = {}
         self.revision = 0
+        self.leader: str | None = None  # the pod running cluster-wide tasks
         self._revision_changed = asyncio.Condition()
         # Called after a model record changes or goes away (model id, new record or None).
         self.model_listeners: list[Callable[[str, ModelRecord | None], None]] = []
@@ -71,6 +73,8 @@ class RoutingTable:
             record = ModelRecord.from_json(value)
             self.models[model_id] = Versioned(record, mod_revision)
             self._notify_model(model_id, record)
+        elif relative_key == LEADER:
+            self.leader = value.decode()
         elif relative_key.startswith(INSTANCES):
             self.instances[relative_key[len(INSTANCES) :]] = Versioned(
                 InstanceRecord.from_json(value), mod_revision
@@ -81,6 +85,8 @@ class RoutingTable:
             model_id = relative_key[len(REGISTRY) :]
             if self.models.pop(model_id, None) is not None:
                 self._notify_model(model_id, None)
+        elif relative_key == LEADER:
+            self.leader = None
         elif relative_key.startswith(INSTANCES):
             self.instances.pop(relative_key[len(INSTANCES) :], None)
 
@@ -89,6 +95,7 @@ class RoutingTable:
         old_models = set(self.models)
         self.models.clear()
         self.instances.clear()
+        self.leader = None
         for key, value, mod_revision in items:
             self.apply_put(key, value, mod_revision)
         for gone in old_models - set(self.models):

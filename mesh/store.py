@@ -18,7 +18,7 @@ import grpc
 from aetcd import rpc
 
 from mesh.records import InstanceRecord, ModelRecord
-from mesh.routing import INSTANCES, REGISTRY, RoutingTable
+from mesh.routing import INSTANCES, LEADER, REGISTRY, RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,21 @@ class EtcdStore:
                 raise
             except Exception as e:
                 log.warning("lease keep-alive failed: %s", e)
+
+    async def campaign(self, pod_id: str) -> bool:
+        """Become the leader if nobody is: the key lives on this pod's lease, so it goes when the pod does."""
+        assert self._lease is not None, "register_instance first"
+        key = self._key(LEADER)
+        response = await self._txn(
+            compare=[self._client.transactions.create(key) == 0],
+            success=[
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(key=key, value=pod_id.encode(), lease=self._lease.id)
+                )
+            ],
+            failure=[],
+        )
+        return bool(response.succeeded)
 
     async def revoke_lease(self) -> None:
         if self._lease is not None:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import aetcd
 import grpc
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from mesh.devcluster import LocalMesh
+from mesh.records import ModelRecord
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, instance_records
@@ -62,6 +64,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 PODS = ["pod-a", "pod-b", "pod-c"]
+
+
+async def registry_record(mesh: LocalMesh, model_id: str) -> ModelRecord:
+    assert mesh.etcd is not None
+    async with aetcd.Client(port=mesh.etcd.client_port) as client:
+        got = await client.get(f"mm/modelmesh-serving/registry/{model_id}".encode())
+    assert got is not None
+    return ModelRecord.from_json(got.value)
+
+
+async def leader_of(mesh: LocalMesh) -> str | None:
+    assert mesh.etcd is not None
+    async with aetcd.Client(port=mesh.etcd.client_port) as client:
+        got = await client.get(b"mm/modelmesh-serving/leader")
+    return got.value.decode() if got is not None else None
 
 
 def test_registered_through_one_pod_served_through_all_loaded_once(
@@ -136,8 +153,11 @@ def test_a_killed_pod_costs_one_reload(cluster: Cluster, examples: Examples) -> 
     assert list(predict(cluster.infer(others[0]), "survivor")) == list(examples.tree.expected)
     assert list(predict(cluster.infer(others[1]), "survivor")) == list(examples.tree.expected)
     assert cluster.loads(pods=others) == before + 1
-    # once its lease expires the dead pod is gone from every view
+    # once its lease expires the dead pod is gone from every view, and the leader prunes its entries
+    poll_until(lambda: holder not in asyncio.run(instance_records(cluster.mesh)), what="the lease expires")
     poll_until(
-        lambda: {c.location for c in cluster.status("survivor", via=others[0]).modelCopyInfos} <= set(others),
-        what="the dead pod's copy disappears",
+        lambda: holder not in asyncio.run(registry_record(cluster.mesh, "survivor")).holders,
+        what="the leader prunes the dead pod from the record",
     )
+    leader = asyncio.run(leader_of(cluster.mesh))
+    assert leader in others

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from mesh.leader import without_dead_pods
 from mesh.records import InstanceRecord, LoadFailure, ModelRecord
+from mesh.store import Unchanged
 
 
 def test_model_record_round_trip() -> None:
@@ -52,3 +56,11 @@ def test_routing_table_skips_an_unreadable_record() -> None:
     table.apply_put("registry/good", ModelRecord(type="t").to_json(), 7)
     assert table.model("bad") is None and table.model("wrong-shape") is None
     assert table.model("good") == ModelRecord(type="t")
+
+
+def test_without_dead_pods() -> None:
+    record = ModelRecord(type="t", holders={"a": 1, "dead": 2}, loading={"gone": 3, "b": 4})
+    pruned = without_dead_pods(record, {"a", "b"})
+    assert pruned.holders == {"a": 1} and pruned.loading == {"b": 4}
+    with pytest.raises(Unchanged):
+        without_dead_pods(ModelRecord(type="t", holders={"a": 1}), {"a"})
