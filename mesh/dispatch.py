@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ import grpc
 
 from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed, ModelLoader, now_ms
-from mesh.peers import PeerHealth, PeerPool
+from mesh.peers import LOAD_METHOD, Passthrough, PeerHealth, PeerPool, peer_outcome
 from mesh.placement import choose_load_target
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.routing import RoutingTable
@@ -57,12 +57,19 @@ class Router:
 
     # -- resolution -------------------------------------------------------------------
     def model_id(self, target: RequestTarget) -> str:
-        """The concrete model id for a request target, or NOT_FOUND."""
-        # vmodels arrive later; until then a vmodel id resolves to nothing.
-        if target.kind is not TargetKind.VMODEL and self._table.model(target.id) is not None:
+        """The concrete model id for a request target, or NOT_FOUND.
+
+        A vmodel resolves to its active model; a bare name is a vmodel id first, then a model id.
+        """
+        if target.kind is not TargetKind.MODEL:
+            vmodel = self._table.vmodel(target.id)
+            if vmodel is not None:
+                return vmodel.active
+            if target.kind is TargetKind.VMODEL:
+                raise MeshError(grpc.StatusCode.NOT_FOUND, f"vmodel not found: {target.id}")
+        if self._table.model(target.id) is not None:
             return target.id
-        what = "vmodel" if target.kind is TargetKind.VMODEL else "model"
-        raise MeshError(grpc.StatusCode.NOT_FOUND, f"{what} not found: {target.id}")
+        raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {target.id}")
 
     def ready(self, target: RequestTarget) -> bool:
         """Registered and loaded on a live pod; never triggers a load."""
@@ -138,13 +145,17 @@ class Router:
         model_id: str,
         timeout_s: float | None,
         here: Callable[[], Awaitable[T]],
-        there: Callable[[str], Awaitable[T]],
+        there: Callable[[str, frozenset[str]], Awaitable[T]],
         last_used_ms: int | None = None,
     ) -> T:
-        """Serve with ``here()`` on this pod (loading first if needed) or ``there(pod_id)`` on a peer."""
+        """Serve with ``here()`` on this pod (loading first if needed) or ``there(pod_id, avoid)`` on a peer.
+
+        ``avoid`` names pods this request found unreachable: the peer must not wait for their claims either.
+        """
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         excluded: set[str] = set()
+        unreachable: set[str] = set()
         preferred: str | None = None
         error: MeshError | None = None
         for _ in range(self._max_attempts):
@@ -161,7 +172,7 @@ class Router:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:
                 if pod != self.pod_id:
-                    return await there(pod)
+                    return await there(pod, frozenset(unreachable))
                 await self.ensure_local(model_id, remaining, last_used_ms)
                 with self.serving(model_id):
                     return await here()
@@ -170,10 +181,11 @@ class Router:
             except Reroute as reroute:
                 error = reroute.error
                 preferred = reroute.prefer
-                if reroute.exclude:
+                if reroute.exclude or preferred in excluded:  # no ping-pong towards a pod that failed
                     excluded.add(pod)
                 if error.code == grpc.StatusCode.UNAVAILABLE and pod != self.pod_id:
                     self._health.unreachable(pod)
+                    unreachable.add(pod)
             except MeshError as e:
                 if pod != self.pod_id or e.code != grpc.StatusCode.INTERNAL:
                     raise
@@ -181,6 +193,36 @@ class Router:
                 excluded.add(pod)
             log.info("retrying %s elsewhere: %s", model_id, error.message if error else "redirected")
         raise error or MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
+
+    async def load_somewhere(self, model_id: str, last_used_ms: int | None = None) -> None:
+        """Load on the pod a first request would load it on (this one or a peer); return when loaded."""
+
+        async def here() -> None:
+            return None
+
+        async def there(pod_id: str, avoid: frozenset[str]) -> None:
+            address = self.instance(pod_id).internal_address
+            try:
+                await self._peers.call(address, LOAD_METHOD, b"", model_id, (), None, avoid)
+            except grpc.aio.AioRpcError as e:
+                outcome = peer_outcome(e)
+                if isinstance(outcome, Passthrough):
+                    raise MeshError(outcome.code, outcome.details) from e
+                raise outcome from e
+
+        await self.route(model_id, None, here, there, last_used_ms)
+        # the loading pod has seen its own write; make sure this pod's view has too
+        await self._table.wait_until(lambda: self.loaded_somewhere(model_id))
+
+    def heard_unreachable(self, pods: Iterable[str]) -> None:
+        """A peer's request found these pods unreachable: do not wait for them here either."""
+        for pod in pods:
+            if pod != self.pod_id:
+                self._health.unreachable(pod)
+
+    def loaded_somewhere(self, model_id: str) -> bool:
+        record = self._table.model(model_id)
+        return record is not None and bool(live_copies(record.holders, self._health.live_instances()))
 
     async def ensure_local(
         self,

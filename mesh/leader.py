@@ -1,8 +1,9 @@
 """Cluster-wide tasks, run by one pod at a time: the holder of the ``leader`` key (on its lease).
 
 Prunes registry entries that name pods without an instance record (a pod that
-died mid-load or before it could leave the registry); routing already ignores
-them, this keeps the records and statuses honest.
+died mid-load or before it could leave the registry; routing already ignores
+them, this keeps the records and statuses honest), and drives every vmodel
+transition still under way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from mesh.records import ModelRecord
 from mesh.routing import RoutingTable
 from mesh.store import EtcdStore, StoreError, Unchanged
+from mesh.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,13 @@ def without_dead_pods(record: ModelRecord, live: set[str]) -> ModelRecord:
 
 
 class LeaderTasks:
-    def __init__(self, pod_id: str, store: EtcdStore, table: RoutingTable, interval_s: float) -> None:
+    def __init__(
+        self, pod_id: str, store: EtcdStore, table: RoutingTable, transitions: Transitions, interval_s: float
+    ) -> None:
         self._pod_id = pod_id
         self._store = store
         self._table = table
+        self._transitions = transitions
         self._interval_s = interval_s
 
     @property
@@ -47,6 +52,7 @@ class LeaderTasks:
                     log.info("%s is the leader", self._pod_id)
                 if self.leading:
                     await self.prune()
+                    self._transitions.sweep()
             except (StoreError, TimeoutError) as e:
                 log.warning("leader tasks skipped: %s", e)
 

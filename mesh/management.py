@@ -7,6 +7,7 @@ it has caught up with the write, so a caller always sees its own change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -17,17 +18,20 @@ import grpc
 from mesh.dispatch import Router
 from mesh.errors import MeshError
 from mesh.local_models import now_ms
-from mesh.peers import LOAD_METHOD, Passthrough, PeerPool, peer_outcome
 from mesh.records import ModelRecord
 from mesh.routing import RoutingTable
 from mesh.status import model_status
 from mesh.store import EtcdStore, StoreError, Unchanged
+from mesh.transitions import Transitions
+from mesh.vmodels import SetVModel, delete_vmodel, needed_models, set_vmodel
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
 log = logging.getLogger(__name__)
 
 Status = mm.ModelStatusInfo.ModelStatus
+VStatus = mm.VModelStatusInfo.VModelStatus
+SYNC_TRANSITION_TIMEOUT_S = 240  # setVModel(sync) waits this long for a transition, as ModelMesh
 HOUR_MS = 3600 * 1000
 # A new model must not push out models in recent use: ModelMesh backdates its last use.
 BACKDATE_LOAD_NOW_MS = HOUR_MS
@@ -64,41 +68,26 @@ def _required(value: str, what: str) -> str:
 
 class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     def __init__(
-        self, store: EtcdStore, table: RoutingTable, router: Router, peers: PeerPool, failure_expiry_s: float
+        self,
+        store: EtcdStore,
+        table: RoutingTable,
+        router: Router,
+        transitions: Transitions,
+        failure_expiry_s: float,
     ) -> None:
         self._store = store
         self._table = table
         self._router = router
-        self._peers = peers
+        self._transitions = transitions
         self._expiry_ms = int(failure_expiry_s * 1000)
         self._background: set[asyncio.Task[None]] = set()
 
     def _status(self, model_id: str) -> mm.ModelStatusInfo:
         return model_status(self._table.model(model_id), now_ms(), self._expiry_ms, self._table.instances)
 
-    async def _load_somewhere(self, model_id: str, last_used_ms: int | None) -> None:
-        """Load on the pod the router picks (this one or a peer), as a first request would."""
-
-        async def here() -> None:
-            return None
-
-        async def there(pod_id: str) -> None:
-            address = self._router.instance(pod_id).internal_address
-            try:
-                await self._peers.call(address, LOAD_METHOD, b"", model_id, (), None)
-            except grpc.aio.AioRpcError as e:
-                outcome = peer_outcome(e)
-                if isinstance(outcome, Passthrough):
-                    raise MeshError(outcome.code, outcome.details) from e
-                raise outcome from e
-
-        await self._router.route(model_id, None, here, there, last_used_ms)
-        # the loading pod has seen its own write; make sure this pod's view has too
-        await self._table.wait_until(lambda: bool(self._status(model_id).status == Status.LOADED))
-
     async def _load(self, model_id: str, last_used_ms: int | None, sync: bool) -> mm.ModelStatusInfo:
         """Start (or join) a load; with ``sync`` wait for its outcome."""
-        load = asyncio.ensure_future(self._load_somewhere(model_id, last_used_ms))
+        load = asyncio.ensure_future(self._router.load_somewhere(model_id, last_used_ms))
         if sync:
             try:
                 await load
@@ -182,20 +171,80 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
         return await self._load(model_id, request.lastUsedTime or None, request.sync)
 
+    # -- vmodels ----------------------------------------------------------------------------
+    def _vmodel_status(self, vmodel_id: str, owner: str = "") -> mm.VModelStatusInfo:
+        vmodel = self._table.vmodel(vmodel_id)
+        if vmodel is None or (owner and vmodel.owner != owner):
+            return mm.VModelStatusInfo(status=VStatus.NOT_FOUND)
+        if not vmodel.in_transition:
+            status = VStatus.DEFINED
+        else:
+            status = VStatus.TRANSITION_FAILED if vmodel.failed else VStatus.TRANSITIONING
+        return mm.VModelStatusInfo(
+            status=status,
+            activeModelId=vmodel.active,
+            targetModelId=vmodel.target,
+            activeModelStatus=self._status(vmodel.active),
+            targetModelStatus=self._status(vmodel.target) if vmodel.in_transition else None,
+            owner=vmodel.owner,
+        )
+
+    @_grpc_errors
     async def setVModel(
         self, request: mm.SetVModelRequest, context: grpc.aio.ServicerContext
     ) -> mm.VModelStatusInfo:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vmodels are not implemented yet")
-        raise AssertionError("unreachable")
+        vmodel_id = _required(request.vModelId, "vModelId")
+        target = _required(request.targetModelId, "targetModelId")
+        new_target = None
+        if request.HasField("modelInfo"):
+            info = request.modelInfo
+            _required(info.type, "modelInfo.type")
+            backdate = BACKDATE_LOAD_NOW_MS if request.loadNow else BACKDATE_NOT_LOADED_MS
+            new_target = ModelRecord(
+                type=info.type,
+                path=info.path,
+                key=info.key,
+                last_used_ms=now_ms() - backdate,
+                auto_delete=request.autoDeleteTargetModel,
+            )
+        change = SetVModel(
+            vmodel_id,
+            target,
+            owner=request.owner,
+            update_only=request.updateOnly,
+            expected_target=request.expectedTargetModelId,
+            force=request.force,
+            new_target=new_target,
+        )
+        loaded = self._router.loaded_somewhere
+        revision = await self._store.update_records(
+            [vmodel_id], needed_models(vmodel_id, target), lambda rs: set_vmodel(rs, change, loaded, loaded)
+        )
+        await self._table.wait_for_revision(revision)
+        vmodel = self._table.vmodel(vmodel_id)
+        if vmodel is not None and vmodel.in_transition:
+            transition = self._transitions.drive(vmodel_id, vmodel.target)
+            if request.sync:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(transition), SYNC_TRANSITION_TIMEOUT_S)
+        elif request.loadNow:
+            await self._load(target, None, request.sync)
+        log.info("vmodel %s -> %s", vmodel_id, target)
+        return self._vmodel_status(vmodel_id)
 
+    @_grpc_errors
     async def deleteVModel(
         self, request: mm.DeleteVModelRequest, context: grpc.aio.ServicerContext
     ) -> mm.DeleteVModelResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vmodels are not implemented yet")
-        raise AssertionError("unreachable")
+        vmodel_id = _required(request.vModelId, "vModelId")
+        revision = await self._store.update_records(
+            [vmodel_id], needed_models(vmodel_id, ""), lambda rs: delete_vmodel(rs, vmodel_id, request.owner)
+        )
+        await self._table.wait_for_revision(revision)
+        return mm.DeleteVModelResponse()
 
+    @_grpc_errors
     async def getVModelStatus(
         self, request: mm.GetVModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> mm.VModelStatusInfo:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vmodels are not implemented yet")
-        raise AssertionError("unreachable")
+        return self._vmodel_status(_required(request.vModelId, "vModelId"), request.owner)

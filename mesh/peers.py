@@ -26,6 +26,8 @@ REDIRECT_TRAILER = "mm-internal-redirect"
 LOAD_FAILED_TRAILER = "mm-internal-load-failed"
 # On LOAD_METHOD: load an extra copy even though other pods hold the model (scale-up by request rate).
 COPY_HEADER = "mm-internal-copy"
+# Pods the sender found unreachable for this request, comma-separated.
+AVOID_HEADER = "mm-internal-avoid"
 # Internal-only method: make sure the model is loaded on the receiving pod (management ensureLoaded).
 LOAD_METHOD = "/mmesh.internal.Peer/ensureLoaded"
 
@@ -110,6 +112,7 @@ class PeerPool:
         model_id: str,
         metadata: Metadata,
         timeout_s: float | None,
+        avoid: frozenset[str] = frozenset(),
     ) -> bytes:
         channel = self._channels.get(address)
         if channel is None:
@@ -118,9 +121,10 @@ class PeerPool:
         call = channel.unary_unary(method)
         self._inflight[address] += 1
         try:
-            response: bytes = await call(
-                body, timeout=timeout_s, metadata=(*metadata, (INTERNAL_MODEL_HEADER, model_id))
-            )
+            headers = [*metadata, (INTERNAL_MODEL_HEADER, model_id)]
+            if avoid:
+                headers.append((AVOID_HEADER, ",".join(sorted(avoid))))
+            response: bytes = await call(body, timeout=timeout_s, metadata=headers)
             return response
         finally:
             self._inflight[address] -= 1

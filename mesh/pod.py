@@ -35,6 +35,7 @@ from mesh.runtime_client import RuntimeClient
 from mesh.scaler import CopyScaler
 from mesh.settings import Settings, parse_settings
 from mesh.store import EtcdStore, Unchanged
+from mesh.transitions import Transitions
 from protos import model_mesh_pb2, model_mesh_pb2_grpc
 
 log = logging.getLogger("mesh.pod")
@@ -129,7 +130,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         gateway = RestGateway(router, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes)
 
         server = grpc_server(settings.max_message_bytes)
-        servicer = ModelMeshServicer(store, table, router, peers, settings.load_failure_expiry_s)
+        transitions = Transitions(store, table, router)
+        servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -161,7 +163,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         )
         scaling = asyncio.create_task(scaler.run())
         leader = asyncio.create_task(
-            LeaderTasks(settings.pod_id, store, table, interval_s=settings.lease_ttl_s / 2).run()
+            LeaderTasks(settings.pod_id, store, table, transitions, interval_s=settings.lease_ttl_s / 2).run()
         )
         keep_alive = asyncio.create_task(
             store.keep_alive(settings.pod_id, record, settings.lease_ttl_s, loader.changed)
@@ -188,6 +190,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         for task in (keep_alive, scaling, leader):
             task.cancel()
         await asyncio.gather(keep_alive, scaling, leader, return_exceptions=True)
+        await transitions.close()
         await loader.close()
         await peers.close()
         await store.revoke_lease()

@@ -22,6 +22,7 @@ from mesh.dispatch import Router
 from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed
 from mesh.peers import (
+    AVOID_HEADER,
     COPY_HEADER,
     INTERNAL_MODEL_HEADER,
     LOAD_FAILED_TRAILER,
@@ -148,11 +149,11 @@ class InferenceProxy(grpc.GenericRpcHandler):
                         self._runtime, method, id_path, request, model_id, outgoing, context.time_remaining()
                     )
 
-                async def there(pod_id: str) -> bytes:
+                async def there(pod_id: str, avoid: frozenset[str]) -> bytes:
                     address = self._router.instance(pod_id).internal_address
                     try:
                         return await self._peers.call(
-                            address, method, request, model_id, outgoing, context.time_remaining()
+                            address, method, request, model_id, outgoing, context.time_remaining(), avoid
                         )
                     except grpc.aio.AioRpcError as e:
                         raise peer_outcome(e) from e
@@ -233,6 +234,8 @@ class PeerHandler(grpc.GenericRpcHandler):
     ) -> str:
         """The forwarded model, loaded on this pod; otherwise abort with what the sender needs to know."""
         model_id = next((str(v) for k, v in metadata if k == INTERNAL_MODEL_HEADER), "")
+        avoid = next((str(v) for k, v in metadata if k == AVOID_HEADER), "")
+        self._router.heard_unreachable(p for p in avoid.split(",") if p)
         if not model_id:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"internal call without {INTERNAL_MODEL_HEADER}"

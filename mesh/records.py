@@ -2,6 +2,7 @@
 
 Keys under ``<root>/<service>/``:
   registry/<modelId>   ModelRecord      (no lease)
+  vmodels/<vModelId>   VModelRecord     (no lease)
   instances/<podId>    InstanceRecord   (the pod's lease)
 """
 
@@ -78,4 +79,25 @@ class InstanceRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> InstanceRecord:
+        return cls(**_known_fields(cls, json.loads(raw)))
+
+
+@dataclass
+class VModelRecord:
+    """An alias: requests go to ``active``; when ``target`` differs, a transition is under way."""
+
+    active: str
+    target: str
+    owner: str = ""
+    failed: bool = False  # the target's load failed; the transition is retried later
+
+    @property
+    def in_transition(self) -> bool:
+        return self.active != self.target
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> VModelRecord:
         return cls(**_known_fields(cls, json.loads(raw)))

@@ -17,7 +17,7 @@ from aiohttp import web
 from mesh.dispatch import Router
 from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed
-from mesh.peers import INTERNAL_MODEL_HEADER, LOAD_FAILED_TRAILER, REDIRECT_TRAILER
+from mesh.peers import AVOID_HEADER, INTERNAL_MODEL_HEADER, LOAD_FAILED_TRAILER, REDIRECT_TRAILER
 from mesh.target import RequestTarget, TargetError, header_target, name_target
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,14 @@ class RestGateway:
             async def here() -> web.Response:
                 return await self._call(self._runtime_base, request, model_id, body, internal=False)
 
-            async def there(pod_id: str) -> web.Response:
+            async def there(pod_id: str, avoid: frozenset[str]) -> web.Response:
                 rest_address = self._router.instance(pod_id).rest_address
                 if not rest_address:
                     raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} serves no REST"))
-                return peer_outcome(await self._call(f"http://{rest_address}", request, model_id, body, True))
+                base = f"http://{rest_address}"
+                return peer_outcome(
+                    await self._call(base, request, model_id, body, internal=True, avoid=avoid)
+                )
 
             return await self._router.route(model_id, None, here, there)
         except TargetError as e:
@@ -127,6 +130,8 @@ class RestGateway:
             return error(HTTP_STATUS.get(e.code, 500), e.message)
 
     async def _serve_forwarded(self, request: web.Request, model_id: str, body: bytes) -> web.Response:
+        avoid = request.headers.get(AVOID_HEADER, "")
+        self._router.heard_unreachable(p for p in avoid.split(",") if p)
         try:
             await self._router.ensure_local(model_id, None)
         except LoadClaimed as e:
@@ -137,7 +142,13 @@ class RestGateway:
             return await self._call(self._runtime_base, request, model_id, body, internal=False)
 
     async def _call(
-        self, base: str, request: web.Request, model_id: str, body: bytes, internal: bool
+        self,
+        base: str,
+        request: web.Request,
+        model_id: str,
+        body: bytes,
+        internal: bool,
+        avoid: frozenset[str] = frozenset(),
     ) -> web.Response:
         """Send the request to a runtime or a peer gateway, with the concrete id in the path."""
         assert self._session is not None
@@ -153,6 +164,8 @@ class RestGateway:
         }
         if internal:
             headers[INTERNAL_MODEL_HEADER] = model_id
+            if avoid:
+                headers[AVOID_HEADER] = ",".join(sorted(avoid))
         try:
             async with self._session.request(
                 request.method,

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from mesh.records import InstanceRecord, ModelRecord
+from mesh.records import InstanceRecord, ModelRecord, VModelRecord
 
 log = logging.getLogger(__name__)
 
 REGISTRY = "registry/"
 INSTANCES = "instances/"
+VMODELS = "vmodels/"
 LEADER = "leader"
 
 
@@ -36,6 +37,7 @@ class RoutingTable:
     def __init__(self) -> None:
         self.models: dict[str, Versioned[ModelRecord]] = {}
         self.instances: dict[str, Versioned[InstanceRecord]] = {}
+        self.vmodels: dict[str, Versioned[VModelRecord]] = {}
         self.revision = 0
         self.leader: str | None = None  # the pod running cluster-wide tasks
         self._revision_changed = asyncio.Condition()
@@ -45,6 +47,10 @@ class RoutingTable:
     # -- reads ---------------------------------------------------------------
     def model(self, model_id: str) -> ModelRecord | None:
         entry = self.models.get(model_id)
+        return entry.record if entry is not None else None
+
+    def vmodel(self, vmodel_id: str) -> VModelRecord | None:
+        entry = self.vmodels.get(vmodel_id)
         return entry.record if entry is not None else None
 
     def instance(self, pod_id: str) -> InstanceRecord | None:
@@ -73,6 +79,10 @@ class RoutingTable:
             record = ModelRecord.from_json(value)
             self.models[model_id] = Versioned(record, mod_revision)
             self._notify_model(model_id, record)
+        elif relative_key.startswith(VMODELS):
+            self.vmodels[relative_key[len(VMODELS) :]] = Versioned(
+                VModelRecord.from_json(value), mod_revision
+            )
         elif relative_key == LEADER:
             self.leader = value.decode()
         elif relative_key.startswith(INSTANCES):
@@ -85,6 +95,8 @@ class RoutingTable:
             model_id = relative_key[len(REGISTRY) :]
             if self.models.pop(model_id, None) is not None:
                 self._notify_model(model_id, None)
+        elif relative_key.startswith(VMODELS):
+            self.vmodels.pop(relative_key[len(VMODELS) :], None)
         elif relative_key == LEADER:
             self.leader = None
         elif relative_key.startswith(INSTANCES):
@@ -95,6 +107,7 @@ class RoutingTable:
         old_models = set(self.models)
         self.models.clear()
         self.instances.clear()
+        self.vmodels.clear()
         self.leader = None
         for key, value, mod_revision in items:
             self.apply_put(key, value, mod_revision)

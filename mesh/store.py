@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aetcd
@@ -17,8 +18,8 @@ import aetcd.exceptions
 import grpc
 from aetcd import rpc
 
-from mesh.records import InstanceRecord, ModelRecord
-from mesh.routing import INSTANCES, LEADER, REGISTRY, RoutingTable
+from mesh.records import InstanceRecord, ModelRecord, VModelRecord
+from mesh.routing import INSTANCES, LEADER, REGISTRY, VMODELS, RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,22 @@ Mutation = Callable[[ModelRecord | None], ModelRecord | None]
 
 class Unchanged(Exception):
     """Raised by a Mutation that has nothing to write."""
+
+
+@dataclass
+class RecordSet:
+    """Model and vmodel records read for one transaction; a mutation edits them in place (None deletes)."""
+
+    models: dict[str, ModelRecord | None]
+    vmodels: dict[str, VModelRecord | None]
+
+    def encoded(self) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for model_id, model in self.models.items():
+            out[REGISTRY + model_id] = model.to_json() if model is not None else None
+        for vmodel_id, vmodel in self.vmodels.items():
+            out[VMODELS + vmodel_id] = vmodel.to_json() if vmodel is not None else None
+        return out
 
 
 class EtcdStore:
@@ -153,6 +170,52 @@ class EtcdStore:
             response = await self._txn([self._client.transactions.mod(key) == mod_revision], [op], [])
             if response.succeeded:
                 return new, response.header.revision
+
+    async def update_records(
+        self,
+        vmodel_ids: Iterable[str],
+        models_needed: Callable[[dict[str, VModelRecord | None]], Iterable[str]],
+        mutate: Callable[[RecordSet], None],
+    ) -> int:
+        """One CAS transaction over vmodel and model records, retried on conflict.
+
+        The vmodels are read first; ``models_needed`` names the model records to
+        read with them. ``mutate`` edits the RecordSet in place (None deletes;
+        raising Unchanged writes nothing). Returns the revision of the write.
+        """
+        while True:
+            vmodels: dict[str, VModelRecord | None] = {}
+            revisions: dict[bytes, int] = {}
+            for vmodel_id in vmodel_ids:
+                got = await self._client.get(self._key(VMODELS + vmodel_id))
+                vmodels[vmodel_id] = VModelRecord.from_json(got.value) if got else None
+                revisions[self._key(VMODELS + vmodel_id)] = got.mod_revision if got else 0
+            models: dict[str, ModelRecord | None] = {}
+            for model_id in set(models_needed(vmodels)):
+                models[model_id], revisions[self._key(REGISTRY + model_id)] = await self.get_model(model_id)
+            records = RecordSet(models=models, vmodels=vmodels)
+            before = records.encoded()
+            try:
+                mutate(records)
+            except Unchanged:
+                return max(revisions.values(), default=0)
+            ops = []
+            for relative, value in records.encoded().items():
+                if value == before.get(relative):
+                    continue
+                key = self._key(relative)
+                ops.append(
+                    rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+                    if value is not None
+                    else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+                )
+                revisions.setdefault(key, 0)  # a record the mutation added: it must still be absent
+            if not ops:
+                return max(revisions.values(), default=0)
+            compare = [self._client.transactions.mod(key) == rev for key, rev in revisions.items()]
+            response = await self._txn(compare, ops, [])
+            if response.succeeded:
+                return int(response.header.revision)
 
     # -- instance record on the pod's lease -----------------------------------------
     async def register_instance(self, pod_id: str, record: InstanceRecord, ttl_s: int) -> None:

@@ -23,6 +23,7 @@ class Examples:
     logistic: ExampleModel
     tree: ExampleModel
     slow: ExampleModel  # large enough that loading it takes far longer than 20 ms
+    flipped: ExampleModel  # predicts other labels than logistic for the same input
     missing: Path
     corrupt: Path
 
@@ -37,6 +38,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
         logistic=train_iris(root / "logistic", "logistic"),
         tree=train_iris(root / "tree", "tree"),
         slow=train_iris(root / "slow", "neighbours"),
+        flipped=train_iris(root / "flipped", "flipped"),
         missing=root / "does-not-exist",
         corrupt=corrupt,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import joblib
@@ -15,6 +17,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.tree import DecisionTreeClassifier
+from tritonclient.utils import InferenceServerException
 
 IRIS_X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float32)
 
@@ -30,6 +33,9 @@ def train_iris(directory: Path, kind: str) -> ExampleModel:
     model: ClassifierMixin
     if kind == "logistic":
         model = LogisticRegression(max_iter=500)
+    elif kind == "flipped":  # labels reversed: predictions differ from every other example model
+        model = LogisticRegression(max_iter=500)
+        y = 2 - y
     elif kind == "tree":
         model = DecisionTreeClassifier(random_state=0)
     else:  # nearest neighbours keep their training set: iris repeated to ~40 MB makes a slow load
@@ -77,3 +83,38 @@ def train_boosted(directory: Path, library: str) -> ExampleModel:
     )
     booster.save_model(str(directory / "model.bst"))
     return ExampleModel(directory, booster.predict(IRIS_X).argmax(axis=1))
+
+
+@dataclass
+class Traffic:
+    """Background clients sending requests through one pod until stopped; counts outcomes."""
+
+    address: str
+    model_id: str
+    threads: int = 3
+    outcomes: Counter[str] = field(default_factory=Counter)
+    answers: list[tuple[int, ...]] = field(default_factory=list)  # predictions, in the order they came
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Traffic:
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._run, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(30)
+
+    def _run(self) -> None:
+        client = triton.InferenceServerClient(self.address)
+        while not self._stop.is_set():
+            try:
+                answer = tuple(int(v) for v in predict(client, self.model_id, client_timeout=20))
+                self.answers.append(answer)
+                self.outcomes["ok"] += 1
+            except InferenceServerException as e:
+                self.outcomes[str(e.status())] += 1

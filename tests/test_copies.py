@@ -4,59 +4,21 @@ and killing a holder under traffic loses no request."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import grpc
 import pytest
-import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
 
 from mesh.devcluster import LocalMesh
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, instance_records
-from tests.support import poll_until, predict
+from tests.support import Traffic, poll_until
 
 pytestmark = pytest.mark.integration
 S = mm.ModelStatusInfo.ModelStatus
 # Low threshold and short intervals so a test's traffic makes a model hot within seconds.
 POD_ARGS = ["--scaleup-rpm-threshold=120", "--rate-interval-s=1"]
-
-
-@dataclass
-class Traffic:
-    """Background clients sending requests through one pod until stopped; counts outcomes."""
-
-    address: str
-    model_id: str
-    threads: int = 3
-    outcomes: Counter[str] = field(default_factory=Counter)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Traffic:
-        for _ in range(self.threads):
-            worker = threading.Thread(target=self._run, daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(30)
-
-    def _run(self) -> None:
-        client = triton.InferenceServerClient(self.address)
-        while not self._stop.is_set():
-            try:
-                predict(client, self.model_id, client_timeout=20)
-                self.outcomes["ok"] += 1
-            except InferenceServerException as e:
-                self.outcomes[str(e.status())] += 1
 
 
 @pytest.fixture(scope="module")

@@ -229,9 +229,6 @@ def test_methods_outside_the_runtimes_method_infos_are_unimplemented(local_mesh:
     with pytest.raises(grpc.RpcError) as e:
         call(v2.RepositoryModelLoadRequest(model_name="x").SerializeToString(), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.RpcError) as e:
-        local_mesh.management.setVModel(mm.SetVModelRequest(vModelId="v", targetModelId="m"))
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_oversized_request_is_resource_exhausted(local_mesh: MeshClients) -> None:

@@ -19,10 +19,11 @@ from mesh.records import ModelRecord
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, instance_records
-from tests.support import iris_input, poll_until, predict
+from tests.support import Traffic, iris_input, poll_until, predict
 
 pytestmark = pytest.mark.integration
 S = mm.ModelStatusInfo.ModelStatus
+V = mm.VModelStatusInfo.VModelStatus
 LOADS = "modelmesh_adapter_load_requests_total"
 
 
@@ -137,6 +138,38 @@ def test_a_failing_load_is_tried_on_other_pods_then_stops(cluster: Cluster, exam
     with pytest.raises(InferenceServerException):
         predict(cluster.infer("pod-b"), "broken-everywhere")
     assert cluster.loads("failure") == failures + 3
+
+
+def test_vmodel_transition_under_traffic_switches_with_no_failed_request(
+    cluster: Cluster, examples: Examples
+) -> None:
+    management = cluster.management("pod-a")
+    info = mm.ModelInfo(type="sklearn", path=str(examples.logistic.path))
+    management.setVModel(
+        mm.SetVModelRequest(vModelId="live", targetModelId="live-v1", modelInfo=info, loadNow=True, sync=True)
+    )
+    old, new = tuple(examples.logistic.expected), tuple(examples.flipped.expected)
+    assert old != new
+    with Traffic(cluster.mesh.stack("pod-c").pod.address, "live", threads=2) as traffic:  # type: ignore[union-attr]
+        poll_until(lambda: len(traffic.answers) > 20, what="traffic on the old model")
+        info = mm.ModelInfo(type="sklearn", path=str(examples.flipped.path))
+        reply = management.setVModel(
+            mm.SetVModelRequest(vModelId="live", targetModelId="live-v2", modelInfo=info)
+        )
+        assert reply.status in (V.TRANSITIONING, V.DEFINED)
+        poll_until(
+            lambda: (
+                cluster.management("pod-b").getVModelStatus(mm.GetVModelStatusRequest(vModelId="live")).status
+                == V.DEFINED
+            ),
+            what="the transition completes",
+        )
+        seen = len(traffic.answers)
+        poll_until(lambda: len(traffic.answers) > seen + 20, what="traffic on the new model")
+    assert set(traffic.outcomes) == {"ok"}, traffic.outcomes
+    assert set(traffic.answers) == {old, new}
+    switch = traffic.answers.index(new)
+    assert new in traffic.answers[-5:] and old not in traffic.answers[switch + 10 :]  # switched, and stayed
 
 
 def test_a_killed_pod_costs_one_reload(cluster: Cluster, examples: Examples) -> None:
