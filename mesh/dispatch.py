@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# A load here that failed with these codes may still succeed on another pod (UNAVAILABLE: etcd or the
+# runtime is down here, or this pod is shutting down).
+RETRY_ELSEWHERE = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE})
+
+
 class NoPlacement(MeshError):
     """No live pod's runtime serves the model's type: nothing changes until an operator acts."""
 
@@ -88,9 +93,8 @@ class Router:
     # -- choice ------------------------------------------------------------------------
     def choose(self, model_id: str, excluded: set[str], preferred: str | None = None) -> str:
         """The pod to serve ``model_id``: this one (``self.pod_id``) or a peer. Raises when none can."""
-        if self.pod_id not in excluded and (
-            self._loader.is_loaded(model_id) or self._loader.is_loading(model_id)
-        ):
+        here_ok = self.pod_id not in excluded
+        if here_ok and self._loader.is_loaded(model_id):
             return self.pod_id
         record = self._table.model(model_id)
         if record is None:
@@ -99,8 +103,10 @@ class Router:
         if preferred is not None and preferred in live and preferred not in excluded:
             return preferred
         holders = sorted(p for p in live_copies(record.holders, live) if p not in excluded)
-        if holders:
+        if holders:  # a loaded copy elsewhere beats waiting for one being loaded here (an extra copy)
             return self._least_busy(model_id, holders)
+        if here_ok and self._loader.is_loading(model_id):
+            return self.pod_id
         loading = [p for p in live_copies(record.loading, live) if p not in excluded]
         if loading:
             return loading[0]
@@ -187,7 +193,7 @@ class Router:
                     self._health.unreachable(pod)
                     unreachable.add(pod)
             except MeshError as e:
-                if pod != self.pod_id or e.code != grpc.StatusCode.INTERNAL:
+                if pod != self.pod_id or e.code not in RETRY_ELSEWHERE:
                     raise
                 error = e  # a load that failed here may succeed on another pod
                 excluded.add(pod)

@@ -1,4 +1,5 @@
-"""etcd down: loaded models keep serving, management calls fail fast with UNAVAILABLE, all resumes after."""
+"""etcd down for 10 s: loaded models keep serving (also through a pod that forwards), management calls
+fail fast with UNAVAILABLE, and everything resumes by itself when etcd returns."""
 
 from __future__ import annotations
 
@@ -11,50 +12,21 @@ import pytest
 
 from mesh.devcluster import LocalMesh
 from protos import model_mesh_pb2 as mm
-from tests.conftest import Examples, MeshClients, open_clients
-from tests.support import poll_until, predict
+from tests.conftest import Examples, MeshClients, instance_records, open_clients
+from tests.support import Traffic, poll_until, predict
 
 pytestmark = pytest.mark.integration
 S = mm.ModelStatusInfo.ModelStatus
+OUTAGE_S = 10  # twice the pods' 5 s lease TTL
 
 
 @pytest.fixture(scope="module")
 def outage_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshClients]:
-    with LocalMesh(tmp_path_factory.mktemp("outage")) as mesh:
-        clients = open_clients(mesh)
+    with LocalMesh(tmp_path_factory.mktemp("outage"), pods=2) as mesh:
+        poll_until(lambda: len(asyncio.run(instance_records(mesh))) == 2, what="both pods registered")
+        clients = open_clients(mesh)  # pod-a
         yield clients
         clients.channel.close()
-
-
-def test_inference_survives_an_etcd_outage(outage_mesh: MeshClients, examples: Examples) -> None:
-    mesh = outage_mesh
-    assert mesh.mesh.etcd is not None
-    mesh.register("outage-iris", examples.logistic.path)
-    expected = list(predict(mesh.infer, "outage-iris"))
-    mesh.mesh.etcd.stop()
-    try:
-        deadline = time.monotonic() + 8  # longer than the pod's 5 s lease
-        while time.monotonic() < deadline:
-            assert list(predict(mesh.infer, "outage-iris")) == expected
-        with pytest.raises(grpc.RpcError) as e:
-            mesh.register("outage-new", examples.tree.path)
-        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "etcd" in (e.value.details() or "")
-    finally:
-        mesh.mesh.etcd.resume()
-    poll_until(
-        lambda: _registered(mesh, "outage-new", examples), timeout_s=30, what="registration works again"
-    )
-    assert list(predict(mesh.infer, "outage-new")) == list(examples.tree.expected)
-    assert list(predict(mesh.infer, "outage-iris")) == expected
-    # the pod's instance record comes back on a new lease
-
-    from tests.test_mesh_pod import instance_records
-
-    poll_until(
-        lambda: mesh.mesh.pod.pod_id in asyncio.run(instance_records(mesh.mesh)),
-        what="instance re-registered",
-    )  # type: ignore[union-attr]
 
 
 def _registered(mesh: MeshClients, model_id: str, examples: Examples) -> bool:
@@ -65,3 +37,34 @@ def _registered(mesh: MeshClients, model_id: str, examples: Examples) -> bool:
         if e.code() != grpc.StatusCode.UNAVAILABLE:
             raise
         return False
+
+
+def test_inference_survives_an_etcd_outage(outage_mesh: MeshClients, examples: Examples) -> None:
+    mesh = outage_mesh
+    etcd = mesh.mesh.etcd
+    assert etcd is not None
+    status = mesh.register("outage-iris", examples.logistic.path, loadNow=True, sync=True)
+    (holder,) = [c.location for c in status.modelCopyInfos]
+    forwarder = next(s for s in mesh.mesh.stacks if s.pod_id != holder)
+    expected = tuple(int(v) for v in examples.logistic.expected)
+    with Traffic(forwarder.pod.address, "outage-iris", threads=2) as traffic:  # type: ignore[union-attr]
+        poll_until(lambda: traffic.outcomes["ok"] > 10, what="traffic flows")
+        etcd.stop()
+        try:
+            outage_ends = time.monotonic() + OUTAGE_S
+            with pytest.raises(grpc.RpcError) as e:
+                mesh.register("outage-new", examples.tree.path)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "etcd" in (e.value.details() or "")
+            served = traffic.outcomes["ok"]
+            poll_until(lambda: time.monotonic() > outage_ends, timeout_s=OUTAGE_S + 5, what="the outage")
+            assert traffic.outcomes["ok"] > served  # requests kept being served during the outage
+        finally:
+            etcd.resume()
+    assert set(traffic.outcomes) == {"ok"}, traffic.outcomes
+    assert set(traffic.answers) == {expected}
+    poll_until(
+        lambda: _registered(mesh, "outage-new", examples), timeout_s=30, what="registration works again"
+    )
+    assert list(predict(mesh.infer, "outage-new")) == list(examples.tree.expected)
+    poll_until(lambda: len(asyncio.run(instance_records(mesh.mesh))) == 2, what="both pods registered again")
