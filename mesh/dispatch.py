@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -22,7 +23,7 @@ from mesh.peers import LOAD_METHOD, Passthrough, PeerHealth, PeerPool, peer_outc
 from mesh.placement import choose_load_target
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.routing import RoutingTable
-from mesh.status import live_copies, unexpired_failures
+from mesh.status import PoolStats, live_copies, pool_stats, unexpired_failures
 from mesh.target import RequestTarget, TargetKind
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Router:
         self._max_failures = max_load_failures
         self._max_attempts = max_attempts
         self._turn = 0
+        self._unplaced: dict[str, float] = {}  # model -> when no pod could take it
 
     # -- resolution -------------------------------------------------------------------
     def model_id(self, target: RequestTarget) -> str:
@@ -168,6 +170,8 @@ class Router:
             try:
                 pod = self.choose(model_id, excluded, preferred)
             except NoPlacement as e:  # recorded, so the model's status says why it is not loaded
+                self._unplaced[model_id] = time.monotonic()
+                self._loader.changed.set()  # republish the instance record with the count
                 await self._loader.record_failure(model_id, e.code, e.message)
                 raise
             except MeshError:
@@ -219,6 +223,15 @@ class Router:
         await self.route(model_id, None, here, there, last_used_ms)
         # the loading pod has seen its own write; make sure this pod's view has too
         await self._table.wait_until(lambda: self.loaded_somewhere(model_id))
+
+    def unplaced_count(self, window_s: float = 300.0) -> int:
+        """Models this pod found no pod for in the last ``window_s`` (an autoscaler's signal)."""
+        cutoff = time.monotonic() - window_s
+        self._unplaced = {m: t for m, t in self._unplaced.items() if t >= cutoff}
+        return len(self._unplaced)
+
+    def pool_stats(self) -> dict[str, PoolStats]:
+        return pool_stats(self._health.live_instances())
 
     def heard_unreachable(self, pods: Iterable[str]) -> None:
         """A peer's request found these pods unreachable: do not wait for them here either."""

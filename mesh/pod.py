@@ -44,7 +44,7 @@ RATE_WINDOW = 6  # intervals in a request rate (10 s intervals: one minute)
 VERSION = "0.1.0"
 
 
-def instance_record(settings: Settings, loader: ModelLoader, start_ms: int) -> InstanceRecord:
+def instance_record(settings: Settings, loader: ModelLoader, router: Router, start_ms: int) -> InstanceRecord:
     cache = loader.cache
     return InstanceRecord(
         address=settings.advertised(settings.grpc_port),
@@ -59,6 +59,7 @@ def instance_record(settings: Settings, loader: ModelLoader, start_ms: int) -> I
         oldest_lru_ms=cache.oldest_last_used_ms() or 0,
         requests_per_min=round(loader.rates.total_per_minute()),
         shutting_down=loader.stopping,
+        unplaced_models=router.unplaced_count(),
         start_ms=start_ms,
     )
 
@@ -155,7 +156,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
         def record() -> InstanceRecord:
-            return instance_record(settings, loader, start_ms)
+            return instance_record(settings, loader, router, start_ms)
 
         await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
         scaler = CopyScaler(

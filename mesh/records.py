@@ -71,6 +71,7 @@ class InstanceRecord:
     oldest_lru_ms: int = 0
     loading_count: int = 0
     requests_per_min: int = 0
+    unplaced_models: int = 0  # models this pod recently found no pod to load on (type or room)
     shutting_down: bool = False
     start_ms: int = 0
 

@@ -8,6 +8,7 @@ parsed. Server-level paths and model readiness are answered by the mesh.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from urllib.parse import quote
 
 import aiohttp
@@ -61,6 +62,7 @@ class RestGateway:
                 web.get("/v2/health/live", self._live),
                 web.get("/v2/health/ready", self._live),
                 web.get("/v2", self._server_metadata),
+                web.get("/mesh/pools", self._pools),
                 web.get(model + "/ready", self._model_ready),
                 web.get(versioned + "/ready", self._model_ready),
                 web.get(model, self._forward),
@@ -87,6 +89,10 @@ class RestGateway:
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(self._metadata)
+
+    async def _pools(self, request: web.Request) -> web.Response:
+        """Per pool: pods, capacity and use, request rate, models that could not be placed."""
+        return web.json_response({pool: asdict(stats) for pool, stats in self._router.pool_stats().items()})
 
     @staticmethod
     def _target(request: web.Request) -> RequestTarget:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from mesh.records import LoadFailure, ModelRecord
+from mesh.records import InstanceRecord, LoadFailure, ModelRecord
 from protos import model_mesh_pb2 as mm
 
 Status = mm.ModelStatusInfo.ModelStatus
@@ -64,3 +64,30 @@ def model_status(
             for c in copies
         ],
     )
+
+
+@dataclass
+class PoolStats:
+    """What an autoscaler needs to know about one pool."""
+
+    pods: int = 0
+    capacity_bytes: int = 0
+    used_bytes: int = 0
+    loaded_models: int = 0
+    requests_per_min: int = 0
+    unplaced_models: int = 0
+    shutting_down: int = 0
+
+
+def pool_stats(instances: Mapping[str, InstanceRecord]) -> dict[str, PoolStats]:
+    pools: dict[str, PoolStats] = {}
+    for instance in instances.values():
+        stats = pools.setdefault(instance.pool, PoolStats())
+        stats.pods += 1
+        stats.capacity_bytes += instance.capacity_bytes
+        stats.used_bytes += instance.used_bytes
+        stats.loaded_models += instance.model_count
+        stats.requests_per_min += instance.requests_per_min
+        stats.unplaced_models += instance.unplaced_models
+        stats.shutting_down += int(instance.shutting_down)
+    return pools

@@ -109,3 +109,10 @@ def test_graceful_removal_under_traffic_loses_nothing(mesh: LocalMesh, examples:
     assert set(traffic.outcomes) == {"ok"}, traffic.outcomes
     assert holder not in holders(mesh, "moving") and holders(mesh, "moving")
     assert holder not in asyncio.run(instance_records(mesh))
+
+
+def test_a_pod_added_to_the_pool_takes_new_loads(mesh: LocalMesh, examples: Examples) -> None:
+    mesh.add_pod("pod-d")
+    poll_until(lambda: "pod-d" in asyncio.run(instance_records(mesh)), what="the new pod registers")
+    # the others already hold models; the empty newcomer is the preferred target
+    assert register_and_load(mesh, "fresh", examples) == "pod-d"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -121,6 +123,17 @@ def test_a_type_no_pod_serves_is_a_clear_error(cluster: Cluster, examples: Examp
     status = cluster.status("onnx-nowhere", via="pod-c")
     assert status.status == S.LOADING_FAILED
     assert "onnx" in status.errors[0]
+    # an autoscaler sees it: the pool reports a model it could not place
+    rest = cluster.mesh.stack("pod-a").pod.rest_address  # type: ignore[union-attr]
+
+    def pools() -> dict[str, dict[str, int]]:
+        with urllib.request.urlopen(f"http://{rest}/mesh/pools", timeout=10) as reply:
+            return json.loads(reply.read())  # type: ignore[no-any-return]
+
+    poll_until(lambda: pools()["default"]["unplaced_models"] >= 1, what="the pool reports the unplaced model")
+    default = pools()["default"]
+    assert default["pods"] == 3
+    assert default["capacity_bytes"] == 3 * cluster.mesh.capacity_bytes
 
 
 def test_a_failing_load_is_tried_on_other_pods_then_stops(cluster: Cluster, examples: Examples) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mesh.records import LoadFailure, ModelRecord
-from mesh.status import model_status
+from mesh.records import InstanceRecord, LoadFailure, ModelRecord
+from mesh.status import PoolStats, model_status, pool_stats
 from protos import model_mesh_pb2 as mm
 
 S = mm.ModelStatusInfo.ModelStatus
@@ -62,3 +62,33 @@ def test_copies_on_pods_without_an_instance_record_do_not_count() -> None:
     assert [c.location for c in info.modelCopyInfos] == ["alive"]
     assert model_status(record, 10, EXPIRY, live_pods=set()).status == S.NOT_LOADED
     assert model_status(record, 10, EXPIRY).status == S.LOADED  # no filter
+
+
+def test_pool_stats_add_up_per_pool() -> None:
+    instances = {
+        "a": InstanceRecord(
+            address="a",
+            pool="mlserver",
+            capacity_bytes=10,
+            used_bytes=4,
+            model_count=2,
+            requests_per_min=30,
+            unplaced_models=1,
+        ),
+        "b": InstanceRecord(
+            address="b", pool="mlserver", capacity_bytes=10, used_bytes=1, model_count=1, shutting_down=True
+        ),
+        "c": InstanceRecord(address="c", pool="triton", capacity_bytes=7),
+    }
+    assert pool_stats(instances) == {
+        "mlserver": PoolStats(
+            pods=2,
+            capacity_bytes=20,
+            used_bytes=5,
+            loaded_models=3,
+            requests_per_min=30,
+            unplaced_models=1,
+            shutting_down=1,
+        ),
+        "triton": PoolStats(pods=1, capacity_bytes=7),
+    }
