@@ -1,6 +1,6 @@
 """The quick start: a local mesh on built-in defaults, two example models, inference through the mesh.
 
-Starts etcd, MLServer, the MLServer adapter and one mesh pod on loopback,
+Starts etcd and a pool of pods (each: mesh, MLServer adapter, MLServer) on loopback,
 trains and saves two iris classifiers, registers them through the ModelMesh
 API, sends KServe v2 inference through the mesh with tritonclient, prints the
 results and stops everything (or keeps it up with --keep-running).
@@ -57,7 +57,10 @@ def run_demo(mesh: LocalMesh, models: dict[str, Path]) -> None:
             status = management.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
             print(f"registered {model_id:14} -> {mm.ModelStatusInfo.ModelStatus.Name(status.status)}")
 
-        client = triton.InferenceServerClient(mesh.pod.address)
+        # every pod is the endpoint: ask the last pod, which forwards to wherever the model loads
+        entry = mesh.stacks[-1].pod
+        assert entry is not None
+        client = triton.InferenceServerClient(entry.address)
         for model_id in models:
             tensor = triton.InferInput("input-0", list(SAMPLES.shape), "FP32")
             tensor.set_data_from_numpy(SAMPLES)
@@ -73,7 +76,7 @@ def run_demo(mesh: LocalMesh, models: dict[str, Path]) -> None:
                 f"  (first call {first_ms:.0f} ms incl. load, then {warm_ms:.1f} ms)"
             )
 
-        rest = triton_http.InferenceServerClient(mesh.pod.rest_address)
+        rest = triton_http.InferenceServerClient(entry.rest_address)
         tensor_json = triton_http.InferInput("input-0", list(SAMPLES.shape), "FP32")
         tensor_json.set_data_from_numpy(SAMPLES, binary_data=False)
         output = triton_http.InferRequestedOutput("predict", binary_data=False)
@@ -95,23 +98,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--work-dir", type=Path, help="where processes keep data and logs (default: a temp dir)"
     )
+    parser.add_argument(
+        "--pods", type=int, default=2, help="pod stacks (mesh + adapter + MLServer), default 2"
+    )
     parser.add_argument("--keep-running", action="store_true", help="leave the mesh up until Ctrl-C")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="modelmesh-demo-") as tmp:
         work_dir = args.work_dir or Path(tmp)
         models = train_examples(work_dir / "models")
-        print(f"starting etcd, MLServer, the MLServer adapter and a mesh pod under {work_dir} ...")
-        with LocalMesh(work_dir / "mesh") as mesh:
-            assert mesh.etcd and mesh.mlserver and mesh.adapter and mesh.pod
-            print(f"  etcd      {mesh.etcd.endpoint:22} pid {mesh.etcd.process.pid}")
-            print(f"  MLServer  {mesh.mlserver.grpc_address:22} pid {mesh.mlserver.pid}")
-            print(f"  adapter   {mesh.adapter.address:22} pid {mesh.adapter.process.pid}")
-            print(f"  mesh pod  {mesh.pod.address:22} pid {mesh.pod.process.pid}  <- the one endpoint")
-            print(f"            {mesh.pod.rest_address:22} (KServe v2 REST)")
+        print(f"starting etcd and {args.pods} pods (mesh + MLServer adapter + MLServer) under {work_dir} ...")
+        with LocalMesh(work_dir / "mesh", pods=args.pods) as mesh:
+            assert mesh.etcd is not None
+            print(f"  etcd        {mesh.etcd.endpoint:22} pid {mesh.etcd.process.pid}")
+            for stack in mesh.stacks:
+                assert stack.pod is not None
+                print(
+                    f"  {stack.pod_id:10}  {stack.pod.address:22} pid {stack.pod.process.pid}"
+                    f"  (REST {stack.pod.rest_address}; adapter pid {stack.adapter.process.pid},"
+                    f" MLServer pid {stack.mlserver.pid})"
+                )
             run_demo(mesh, models)
             if args.keep_running:
-                print(f"mesh endpoint {mesh.pod.address}; Ctrl-C to stop")
+                endpoints = ", ".join(s.pod.address for s in mesh.stacks if s.pod)
+                print(f"mesh endpoints (any of them): {endpoints}; Ctrl-C to stop")
                 stop = threading.Event()
                 signal.signal(signal.SIGINT, lambda *_: stop.set())
                 signal.signal(signal.SIGTERM, lambda *_: stop.set())
