@@ -49,6 +49,7 @@ class Router:
         health: PeerHealth,
         failure_expiry_s: float,
         max_load_failures: int,
+        load_timeout_s: float = 120.0,
         max_attempts: int = 3,
     ) -> None:
         self.pod_id = pod_id
@@ -59,6 +60,7 @@ class Router:
         self._expiry_ms = int(failure_expiry_s * 1000)
         self._max_failures = max_load_failures
         self._max_attempts = max_attempts
+        self._load_timeout_s = load_timeout_s
         self._turn = 0
         self._unplaced: dict[str, float] = {}  # model -> when no pod could take it
 
@@ -96,9 +98,9 @@ class Router:
     def choose(self, model_id: str, excluded: set[str], preferred: str | None = None) -> str:
         """The pod to serve ``model_id``: this one (``self.pod_id``) or a peer. Raises when none can."""
         here_ok = self.pod_id not in excluded
-        if here_ok and self._loader.is_loaded(model_id):
-            return self.pod_id
         record = self._table.model(model_id)
+        if here_ok and self._loader.is_loaded(model_id) and (record is None or len(record.holders) < 2):
+            return self.pod_id  # the common case: the only copy is here
         if record is None:
             raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
         live = self._health.live_instances()
@@ -115,13 +117,10 @@ class Router:
         return self._placement(model_id, record, excluded)
 
     def _least_busy(self, model_id: str, holders: list[str]) -> str:
-        """Fewest requests in flight from here; ties rotate, so sequential traffic spreads too."""
+        """Fewest requests in flight from here; ties rotate, so even sequential traffic uses every copy."""
         self._turn += 1
         start = self._turn % len(holders)
         ordered = holders[start:] + holders[:start]
-        if self.pod_id in holders:  # this pod's copy wins ties: no hop
-            ordered.remove(self.pod_id)
-            ordered.insert(0, self.pod_id)
         return min(ordered, key=lambda p: self._in_flight(model_id, p))
 
     def _in_flight(self, model_id: str, pod_id: str) -> int:
@@ -191,9 +190,14 @@ class Router:
             except Reroute as reroute:
                 error = reroute.error
                 preferred = reroute.prefer
-                if reroute.exclude or preferred in excluded:  # no ping-pong towards a pod that failed
+                if preferred is not None and (preferred in excluded or not self._health.alive(preferred)):
+                    # redirected to a pod this one has seen fail: say so, so the next pod ignores its claim
+                    unreachable.add(preferred)
+                    excluded.add(preferred)
+                    preferred = None
+                if reroute.exclude:
                     excluded.add(pod)
-                if error.code == grpc.StatusCode.UNAVAILABLE and pod != self.pod_id:
+                if reroute.unreachable and pod != self.pod_id:
                     self._health.unreachable(pod)
                     unreachable.add(pod)
             except MeshError as e:
@@ -213,7 +217,7 @@ class Router:
         async def there(pod_id: str, avoid: frozenset[str]) -> None:
             address = self.instance(pod_id).internal_address
             try:
-                await self._peers.call(address, LOAD_METHOD, b"", model_id, (), None, avoid)
+                await self._peers.call(address, LOAD_METHOD, b"", model_id, (), self._load_timeout_s, avoid)
             except grpc.aio.AioRpcError as e:
                 outcome = peer_outcome(e)
                 if isinstance(outcome, Passthrough):
@@ -238,6 +242,9 @@ class Router:
         for pod in pods:
             if pod != self.pod_id:
                 self._health.unreachable(pod)
+
+    def alive(self, pod_id: str) -> bool:
+        return self._health.alive(pod_id)
 
     def loaded_somewhere(self, model_id: str) -> bool:
         record = self._table.model(model_id)

@@ -38,3 +38,4 @@ class Reroute(Exception):
     error: MeshError
     exclude: bool = True  # the pod failed: do not try it again for this request
     prefer: str | None = None  # the pod to try next (it has claimed the load)
+    unreachable: bool = False  # the pod did not answer at all (not: answered that it cannot serve)

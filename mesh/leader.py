@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 from mesh.records import ModelRecord
 from mesh.routing import RoutingTable
@@ -19,9 +20,13 @@ from mesh.transitions import Transitions
 log = logging.getLogger(__name__)
 
 
-def without_dead_pods(record: ModelRecord, live: set[str]) -> ModelRecord:
-    """The record without holder or loading entries of dead pods (pure); Unchanged if there are none."""
-    dead = [p for p in (*record.holders, *record.loading) if p not in live]
+def without_dead_pods(record: ModelRecord, live: Collection[str], seen: Collection[str]) -> ModelRecord:
+    """The record without holder or loading entries of dead pods (pure); Unchanged if there are none.
+
+    Only pods in ``seen`` (named when the prune was decided) are candidates: an entry written since,
+    by a pod that joined after the leader's view was taken, is left alone.
+    """
+    dead = [p for p in (*record.holders, *record.loading) if p not in live and p in seen]
     if not dead:
         raise Unchanged
     for pod in dead:
@@ -57,12 +62,16 @@ class LeaderTasks:
                 log.warning("leader tasks skipped: %s", e)
 
     async def prune(self) -> None:
-        live = set(self._table.instances)
         for model_id, entry in list(self._table.models.items()):
-            record = entry.record
-            if all(p in live for p in (*record.holders, *record.loading)):
+            named = {*entry.record.holders, *entry.record.loading}
+            dead = {p for p in named if p not in self._table.instances}
+            if not dead:
                 continue
-            log.info("pruning dead pods from %s", model_id)
-            await self._store.update_model(
-                model_id, lambda r: without_dead_pods(r, live) if r is not None else None
-            )
+            log.info("pruning dead pods %s from %s", sorted(dead), model_id)
+
+            def prune(record: ModelRecord | None, dead: set[str] = dead) -> ModelRecord | None:
+                if record is None:
+                    raise Unchanged
+                return without_dead_pods(record, self._table.instances, dead)
+
+            await self._store.update_model(model_id, prune)

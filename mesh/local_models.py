@@ -191,6 +191,7 @@ class ModelLoader:
                 code = load_failure_code(e.code())
                 await self._fail(model_id, code, f"load of {model_id} failed on {self.pod_id}: {e.details()}")
             self.cache.finish_load(model_id, size)
+            self.rates.track(model_id)
             log.info("loaded %s on %s (%d bytes) in %d ms", model_id, self.pod_id, size, now_ms() - start)
             written = await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
             if written is None:
@@ -299,6 +300,7 @@ class ModelLoader:
 
     async def unload_all(self, drain_s: float) -> None:
         """Stop serving here: leave the registry first, let requests in flight finish, then unload."""
+        await asyncio.gather(*self._loads.values(), return_exceptions=True)  # loads under way finish first
         models = [m for m in self.cache.model_ids() if self.is_loaded(m)]
         for model_id in models:
             self._begin_unload(model_id)
@@ -310,6 +312,15 @@ class ModelLoader:
                     await self._request_done.wait()
         await asyncio.gather(*(self._unload_from_runtime(m) for m in models))
         self.changed.set()
+
+    async def reassert_copies(self) -> None:
+        """After a new lease (etcd was away longer than the TTL) the leader may have pruned this pod's
+        copies from the registry: name this pod as a holder again of every model it still holds."""
+        for model_id in [m for m in self.cache.model_ids() if self.is_loaded(m)]:
+            try:
+                await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
+            except MeshError as e:
+                log.warning("could not re-announce %s: %s", model_id, e.message)
 
     def on_model_changed(self, model_id: str, record: ModelRecord | None) -> None:
         """Routing-table listener: an unregistered model is unloaded here."""

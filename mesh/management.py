@@ -216,9 +216,9 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             force=request.force,
             new_target=new_target,
         )
-        loaded = self._router.loaded_somewhere
+        alive = self._router.alive
         revision = await self._store.update_records(
-            [vmodel_id], needed_models(vmodel_id, target), lambda rs: set_vmodel(rs, change, loaded, loaded)
+            [vmodel_id], needed_models(vmodel_id, target), lambda rs: set_vmodel(rs, change, alive)
         )
         await self._table.wait_for_revision(revision)
         vmodel = self._table.vmodel(vmodel_id)

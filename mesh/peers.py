@@ -18,6 +18,9 @@ from mesh.errors import MeshError, Reroute
 from mesh.records import InstanceRecord
 from mesh.routing import RoutingTable
 
+INTERNAL_PREFIX = "mm-internal-"
+# Set on a peer's own UNAVAILABLE answer (its runtime is down): the peer itself is fine.
+RUNTIME_DOWN_TRAILER = "mm-internal-runtime-down"
 # The concrete model id a forwarded request is for.
 INTERNAL_MODEL_HEADER = "mm-internal-model"
 # Set by a pod that would not load a model because another pod has claimed the load: that pod's id.
@@ -51,7 +54,9 @@ def peer_outcome(error: grpc.aio.AioRpcError) -> Exception:
     if error.code() == grpc.StatusCode.UNAVAILABLE or (
         error.code() == grpc.StatusCode.INTERNAL and trailer(error, LOAD_FAILED_TRAILER)
     ):
-        return Reroute(MeshError(error.code(), error.details() or ""))
+        # Every answer a pod gives itself carries an mm-internal trailer; without one, the pod never answered.
+        answered = any(k.startswith(INTERNAL_PREFIX) for k, _ in error.trailing_metadata() or ())
+        return Reroute(MeshError(error.code(), error.details() or ""), unreachable=not answered)
     return Passthrough(error)
 
 

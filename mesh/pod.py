@@ -127,6 +127,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             peer_health,
             settings.load_failure_expiry_s,
             settings.max_load_failures,
+            load_timeout_s=load_timeout_s + 10,  # the adapter's own timeout fires first
         )
         gateway = RestGateway(router, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes)
 
@@ -167,7 +168,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             LeaderTasks(settings.pod_id, store, table, transitions, interval_s=settings.lease_ttl_s / 2).run()
         )
         keep_alive = asyncio.create_task(
-            store.keep_alive(settings.pod_id, record, settings.lease_ttl_s, loader.changed)
+            store.keep_alive(
+                settings.pod_id, record, settings.lease_ttl_s, loader.changed, loader.reassert_copies
+            )
         )
         log.info(
             "mesh pod %s serving on %s (capacity %d bytes)", settings.pod_id, settings.address, cache.capacity

@@ -28,6 +28,7 @@ from mesh.peers import (
     LOAD_FAILED_TRAILER,
     LOAD_METHOD,
     REDIRECT_TRAILER,
+    RUNTIME_DOWN_TRAILER,
     Passthrough,
     PeerPool,
     peer_outcome,
@@ -217,7 +218,9 @@ class PeerHandler(grpc.GenericRpcHandler):
             except WireFormatError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
             except Reroute as e:
-                await context.abort(e.error.code, e.error.message)
+                await context.abort(
+                    e.error.code, e.error.message, trailing_metadata=((RUNTIME_DOWN_TRAILER, "1"),)
+                )
             except Passthrough as e:
                 await context.abort(e.code, e.details)
             raise AssertionError("unreachable")

@@ -16,6 +16,12 @@ class RateTracker:
         self.interval_s = interval_s
         self._current: Counter[str] = Counter()
         self._closed: deque[Counter[str]] = deque(maxlen=window)
+        self._ticks = 0
+        self._tracked_since: dict[str, int] = {}  # model -> tick count when its copy here was loaded
+
+    def track(self, model_id: str) -> None:
+        """A copy was loaded here: it is not idle before a whole window has passed since."""
+        self._tracked_since[model_id] = self._ticks
 
     def record(self, model_id: str) -> None:
         self._current[model_id] += 1
@@ -23,6 +29,7 @@ class RateTracker:
     def tick(self) -> None:
         self._closed.append(self._current)
         self._current = Counter()
+        self._ticks += 1
 
     def per_minute(self, model_id: str) -> float:
         if not self._closed:
@@ -37,14 +44,14 @@ class RateTracker:
         return total * 60.0 / (len(self._closed) * self.interval_s)
 
     def idle(self, model_id: str) -> bool:
-        """No request over a full window (a copy loaded a moment ago is not idle yet)."""
-        return (
-            len(self._closed) == self._closed.maxlen
-            and self.per_minute(model_id) == 0.0
-            and not self._current[model_id]
-        )
+        """No request over a full window since the copy was loaded (a fresh copy is not idle yet)."""
+        window = self._closed.maxlen or 0
+        if self._ticks - self._tracked_since.get(model_id, 0) < window:
+            return False
+        return self.per_minute(model_id) == 0.0 and not self._current[model_id]
 
     def forget(self, model_id: str) -> None:
+        self._tracked_since.pop(model_id, None)
         self._current.pop(model_id, None)
         for interval in self._closed:
             interval.pop(model_id, None)

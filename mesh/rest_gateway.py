@@ -118,7 +118,10 @@ class RestGateway:
             model_id = self._router.model_id(self._target(request))
 
             async def here() -> web.Response:
-                return await self._call(self._runtime_base, request, model_id, body, internal=False)
+                response = await self._call(self._runtime_base, request, model_id, body, internal=False)
+                if response.status == 503:  # the runtime here is down: another copy may serve
+                    raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, "runtime unavailable"))
+                return response
 
             async def there(pod_id: str, avoid: frozenset[str]) -> web.Response:
                 rest_address = self._router.instance(pod_id).rest_address
@@ -185,7 +188,9 @@ class RestGateway:
                 kept = {k: v for k, v in upstream.headers.items() if k.lower() in _KEPT_RESPONSE_HEADERS}
                 return web.Response(status=upstream.status, body=payload, headers=kept)
         except aiohttp.ClientError as e:
-            raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"unreachable: {e}")) from e
+            raise Reroute(
+                MeshError(grpc.StatusCode.UNAVAILABLE, f"unreachable: {e}"), unreachable=internal
+            ) from e
 
 
 def peer_outcome(response: web.Response) -> web.Response:

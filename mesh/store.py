@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,7 +230,12 @@ class EtcdStore:
         self._instance_written = value
 
     async def keep_alive(
-        self, pod_id: str, record: Callable[[], InstanceRecord], ttl_s: int, changed: asyncio.Event
+        self,
+        pod_id: str,
+        record: Callable[[], InstanceRecord],
+        ttl_s: int,
+        changed: asyncio.Event,
+        on_new_lease: Callable[[], Awaitable[None]],
     ) -> None:
         """Refresh the lease every third of its TTL, and publish the record when it changes (``changed``).
 
@@ -251,6 +256,7 @@ class EtcdStore:
                     if reply is None or reply.TTL <= 0:
                         log.warning("lease expired; registering the instance again")
                         await self.register_instance(pod_id, record(), ttl_s)
+                        await on_new_lease()
                         continue
                 if (latest := record()).to_json() != self._instance_written:
                     await self.put_instance(pod_id, latest)

@@ -44,7 +44,8 @@ class Transitions:
             log.warning("vmodel %s: target %s failed to load: %s", vmodel_id, target, e)
             await self._update(vmodel_id, target, lambda rs: mark_failed(rs, vmodel_id, target, True))
             return
-        await self._update(vmodel_id, target, lambda rs: complete_transition(rs, vmodel_id, target))
+        alive = self._router.alive
+        await self._update(vmodel_id, target, lambda rs: complete_transition(rs, vmodel_id, target, alive))
         log.info("vmodel %s now serves %s", vmodel_id, target)
 
     async def _update(self, vmodel_id: str, target: str, mutate: Callable[[RecordSet], None]) -> None:

@@ -64,12 +64,13 @@ def _switch(records: RecordSet, vmodel: VModelRecord) -> None:
         _drop_reference(records, old)
 
 
-def set_vmodel(
-    records: RecordSet,
-    change: SetVModel,
-    target_loaded: Callable[[str], bool],
-    active_loaded: Callable[[str], bool],
-) -> None:
+def loaded(records: RecordSet, model_id: str, alive: Callable[[str], bool]) -> bool:
+    """Held by a live pod, according to the records read in this transaction."""
+    model = records.models.get(model_id)
+    return model is not None and any(alive(p) for p in model.holders)
+
+
+def set_vmodel(records: RecordSet, change: SetVModel, alive: Callable[[str], bool]) -> None:
     """Create the vmodel or point it at a new target, with ModelMesh's checks and codes."""
     current = records.vmodels.get(change.vmodel_id)
     if current is not None and change.owner and current.owner != change.owner:
@@ -121,14 +122,21 @@ def set_vmodel(
     _add_reference(records, change.target)
     current.target = change.target
     current.failed = False
-    if change.force or not active_loaded(current.active) or target_loaded(change.target):
+    if change.force or not loaded(records, current.active, alive) or loaded(records, change.target, alive):
         _switch(records, current)
 
 
-def complete_transition(records: RecordSet, vmodel_id: str, target: str) -> None:
-    """Switch to ``target`` once it is loaded, if the vmodel still points there."""
+def complete_transition(
+    records: RecordSet, vmodel_id: str, target: str, alive: Callable[[str], bool]
+) -> None:
+    """Switch to ``target`` if the vmodel still points there and a live pod holds it."""
     vmodel = records.vmodels.get(vmodel_id)
-    if vmodel is None or not vmodel.in_transition or vmodel.target != target:
+    if (
+        vmodel is None
+        or not vmodel.in_transition
+        or vmodel.target != target
+        or not loaded(records, target, alive)
+    ):
         raise Unchanged
     _switch(records, vmodel)
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from mesh.devcluster import LocalMesh
 from protos import model_mesh_pb2 as mm
@@ -44,6 +45,7 @@ def test_inference_survives_an_etcd_outage(outage_mesh: MeshClients, examples: E
     etcd = mesh.mesh.etcd
     assert etcd is not None
     status = mesh.register("outage-iris", examples.logistic.path, loadNow=True, sync=True)
+    mesh.register("outage-cold", examples.tree.path)  # registered, not loaded
     (holder,) = [c.location for c in status.modelCopyInfos]
     forwarder = next(s for s in mesh.mesh.stacks if s.pod_id != holder)
     expected = tuple(int(v) for v in examples.logistic.expected)
@@ -56,6 +58,9 @@ def test_inference_survives_an_etcd_outage(outage_mesh: MeshClients, examples: E
                 mesh.register("outage-new", examples.tree.path)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "etcd" in (e.value.details() or "")
+            with pytest.raises(InferenceServerException) as failed:  # a load needs etcd: it fails cleanly
+                predict(mesh.infer, "outage-cold")
+            assert failed.value.status() == "StatusCode.UNAVAILABLE"
             served = traffic.outcomes["ok"]
             poll_until(lambda: time.monotonic() > outage_ends, timeout_s=OUTAGE_S + 5, what="the outage")
             assert traffic.outcomes["ok"] > served  # requests kept being served during the outage

@@ -60,7 +60,10 @@ def test_routing_table_skips_an_unreadable_record() -> None:
 
 def test_without_dead_pods() -> None:
     record = ModelRecord(type="t", holders={"a": 1, "dead": 2}, loading={"gone": 3, "b": 4})
-    pruned = without_dead_pods(record, {"a", "b"})
+    pruned = without_dead_pods(record, live={"a", "b"}, seen={"a", "dead", "gone"})
     assert pruned.holders == {"a": 1} and pruned.loading == {"b": 4}
     with pytest.raises(Unchanged):
-        without_dead_pods(ModelRecord(type="t", holders={"a": 1}), {"a"})
+        without_dead_pods(ModelRecord(type="t", holders={"a": 1}), live={"a"}, seen={"a"})
+    # a pod that joined after the leader looked is not in ``seen``: its fresh claim stays
+    with pytest.raises(Unchanged):
+        without_dead_pods(ModelRecord(type="t", loading={"newcomer": 1}), live=set(), seen=set())

@@ -10,7 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from protos import model_mesh_pb2 as mm
 from tests.conftest import Examples, MeshClients
-from tests.support import iris_input, predict
+from tests.support import iris_input, poll_until, predict
 
 pytestmark = pytest.mark.integration
 S = mm.ModelStatusInfo.ModelStatus
@@ -50,10 +50,12 @@ def test_transition_switches_once_the_target_is_loaded_and_auto_deletes(
 ) -> None:
     set_vmodel(local_mesh, "vb", "vb-old", examples.logistic.path, autoDeleteTargetModel=True)
     assert list(predict(local_mesh.infer, "vb")) == list(examples.logistic.expected)
-    reply = set_vmodel(
-        local_mesh, "vb", "vb-new", examples.flipped.path, autoDeleteTargetModel=True, sync=True
-    )
-    assert (reply.status, reply.activeModelId) == (V.DEFINED, "vb-new")
+    reply = set_vmodel(local_mesh, "vb", "vb-new", examples.flipped.path, autoDeleteTargetModel=True)
+    # answered before the target is loaded: the old model is still the active one
+    assert (reply.status, reply.activeModelId, reply.targetModelId) == (V.TRANSITIONING, "vb-old", "vb-new")
+    poll_until(lambda: vstatus(local_mesh, "vb").status == V.DEFINED, what="the transition completes")
+    reply = vstatus(local_mesh, "vb")
+    assert reply.activeModelId == "vb-new" and reply.activeModelStatus.status == S.LOADED
     assert list(predict(local_mesh.infer, "vb")) == list(examples.flipped.expected)
     assert local_mesh.status("vb-old").status == S.NOT_FOUND  # its last reference went: auto-deleted
     with pytest.raises(grpc.RpcError) as e:  # the active model is referenced: it cannot be unregistered
