@@ -339,7 +339,7 @@ class PodProcess:
         pod_id: str,
         extra_args: list[str] | None = None,
     ) -> PodProcess:
-        port, internal_port, rest_port = free_port(), free_port(), free_port()
+        port, internal_port, rest_port, internal_rest_port = (free_port() for _ in range(4))
         process = ChildProcess(
             f"pod {pod_id}",
             [
@@ -347,6 +347,7 @@ class PodProcess:
                 f"--grpc-port={port}",
                 f"--internal-port={internal_port}",
                 f"--rest-port={rest_port}",
+                f"--internal-rest-port={internal_rest_port}",
                 f"--etcd={etcd.endpoint}",
                 f"--pod-id={pod_id}",
                 f"--runtime-spi={adapter.address}",

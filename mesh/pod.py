@@ -49,7 +49,7 @@ def instance_record(settings: Settings, loader: ModelLoader, router: Router, sta
     return InstanceRecord(
         address=settings.advertised(settings.grpc_port),
         internal_address=settings.advertised(settings.internal_port),
-        rest_address=settings.advertised(settings.rest_port) if settings.rest_port else "",
+        internal_rest_address=settings.advertised(settings.internal_rest_port) if settings.rest_port else "",
         pool=settings.pool,
         runtime_types=settings.model_types,
         labels=settings.labels,
@@ -152,7 +152,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await internal.start()
         await server.start()
         if settings.rest_port:
-            await gateway.start(settings.host, settings.rest_port)
+            await gateway.start(settings.host, settings.rest_port, settings.internal_rest_port)
         for service in ("", mesh_service, "inference.GRPCInferenceService"):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 

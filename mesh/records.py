@@ -61,7 +61,7 @@ class ModelRecord:
 class InstanceRecord:
     address: str  # host:port of the pod's external gRPC endpoint
     internal_address: str = ""  # host:port other pods forward requests to
-    rest_address: str = ""  # host:port of its REST gateway, if any
+    internal_rest_address: str = ""  # host:port peers forward REST requests to, if any
     pool: str = "default"
     runtime_types: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)

@@ -53,10 +53,21 @@ class RestGateway:
         self._runtime_base = f"http://{runtime_rest}" if runtime_rest else ""
         self._metadata = {"name": server_name, "version": version, "extensions": []}
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
         self.app = web.Application(client_max_size=max_body_bytes)
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
+        # Peers forward REST requests to a listener of its own, as gRPC ones go to the internal port:
+        # the public port never takes an mm-internal-model header at its word.
+        self.internal_app = web.Application(client_max_size=max_body_bytes)
+        self.internal_app.add_routes(
+            [
+                web.get(model, self._serve_forwarded),
+                web.get(versioned, self._serve_forwarded),
+                web.post(model + "/infer", self._serve_forwarded),
+                web.post(versioned + "/infer", self._serve_forwarded),
+            ]
+        )
         self.app.add_routes(
             [
                 web.get("/v2/health/live", self._live),
@@ -72,15 +83,17 @@ class RestGateway:
             ]
         )
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, internal_port: int) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        for app, app_port in ((self.app, port), (self.internal_app, internal_port)):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            self._runners.append(runner)
+            await web.TCPSite(runner, host, app_port).start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
         if self._session is not None:
             await self._session.close()
 
@@ -111,9 +124,6 @@ class RestGateway:
         if self._session is None or not self._runtime_base:
             return error(501, "REST inference needs the runtime's REST address (--runtime-rest)")
         body = await request.read()
-        forwarded_for = request.headers.get(INTERNAL_MODEL_HEADER)
-        if forwarded_for:  # a peer resolved and routed it already: serve it here
-            return await self._serve_forwarded(request, forwarded_for, body)
         try:
             model_id = self._router.model_id(self._target(request))
 
@@ -124,7 +134,7 @@ class RestGateway:
                 return response
 
             async def there(pod_id: str, avoid: frozenset[str]) -> web.Response:
-                rest_address = self._router.instance(pod_id).rest_address
+                rest_address = self._router.instance(pod_id).internal_rest_address
                 if not rest_address:
                     raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} serves no REST"))
                 base = f"http://{rest_address}"
@@ -138,7 +148,14 @@ class RestGateway:
         except MeshError as e:
             return error(HTTP_STATUS.get(e.code, 500), e.message)
 
-    async def _serve_forwarded(self, request: web.Request, model_id: str, body: bytes) -> web.Response:
+    async def _serve_forwarded(self, request: web.Request) -> web.Response:
+        """The internal listener: a peer resolved and routed the request already; serve it here."""
+        model_id = request.headers.get(INTERNAL_MODEL_HEADER, "")
+        if not model_id or self._session is None or not self._runtime_base:
+            return error(
+                400, f"forwarded request without {INTERNAL_MODEL_HEADER}, or no runtime REST address"
+            )
+        body = await request.read()
         avoid = request.headers.get(AVOID_HEADER, "")
         self._router.heard_unreachable(p for p in avoid.split(",") if p)
         try:

@@ -26,6 +26,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--grpc-port", "MM_SVC_GRPC_PORT", "8033", "external gRPC port (management API + inference)"),
     Option("--internal-port", "MM_INTERNAL_GRPC_PORT", "8034", "gRPC port for requests forwarded by peers"),
     Option("--advertise-host", "MM_ADVERTISE_HOST", "", "address peers reach this pod at (default: --host)"),
+    Option(
+        "--internal-rest-port", "MM_INTERNAL_REST_PORT", "8035", "REST port for requests forwarded by peers"
+    ),
     Option("--rest-port", "MM_SVC_REST_PORT", "8008", "KServe v2 REST port (0 = off)"),
     Option("--service-name", "MM_SERVICE_NAME", "modelmesh-serving", "mesh name; part of the etcd prefix"),
     Option("--kv-prefix", "MM_KVSTORE_PREFIX", "mm", "etcd key root"),
@@ -62,6 +65,7 @@ class Settings:
     internal_port: int = 8034
     advertise_host: str = ""
     rest_port: int = 8008
+    internal_rest_port: int = 8035
     service_name: str = "modelmesh-serving"
     kv_prefix: str = "mm"
     etcd: str = "127.0.0.1:2379"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from mesh.records import ModelRecord
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, instance_records
-from tests.support import Traffic, iris_input, poll_until, predict
+from tests.support import IRIS_X, Traffic, iris_input, poll_until, predict
 
 pytestmark = pytest.mark.integration
 S = mm.ModelStatusInfo.ModelStatus
@@ -183,6 +184,38 @@ def test_vmodel_transition_under_traffic_switches_with_no_failed_request(
     assert set(traffic.answers) == {old, new}
     switch = traffic.answers.index(new)
     assert new in traffic.answers[-5:] and old not in traffic.answers[switch + 10 :]  # switched, and stayed
+
+
+def test_rest_requests_are_forwarded_between_pods_too(cluster: Cluster, examples: Examples) -> None:
+    cluster.register("pod-a", "rest-shared", examples.flipped.path, type_="sklearn")
+    predict(cluster.infer("pod-a"), "rest-shared")  # loaded on one pod
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "input-0", "shape": [3, 4], "datatype": "FP32", "data": IRIS_X.ravel().tolist()}
+            ]
+        }
+    ).encode()
+    for stack in cluster.mesh.stacks:
+        assert stack.pod is not None
+        request = urllib.request.Request(
+            f"http://{stack.pod.rest_address}/v2/models/rest-shared/infer",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            answer = json.loads(reply.read())
+        assert answer["model_name"] == "rest-shared"
+        assert [int(v) for v in answer["outputs"][0]["data"]] == list(examples.flipped.expected)
+    # the public port does not take the internal header at its word: names are still resolved
+    request = urllib.request.Request(
+        f"http://{cluster.mesh.stacks[0].pod.rest_address}/v2/models/not-registered/infer",  # type: ignore[union-attr]
+        data=body,
+        headers={"Content-Type": "application/json", "mm-internal-model": "rest-shared"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=30)
+    assert e.value.code == 404
 
 
 def test_a_killed_pod_costs_one_reload(cluster: Cluster, examples: Examples) -> None:
