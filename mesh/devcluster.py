@@ -9,6 +9,7 @@ own process group and log file, and is stopped by its PID (never by name).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -274,6 +275,84 @@ def v2_server_ready(address: str) -> bool:
 
 
 @dataclass
+class S3Credentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+@dataclass
+class MotoServer:
+    """A local S3 endpoint (moto_server) that checks credentials, like a real one."""
+
+    process: ChildProcess
+    endpoint: str
+    region: str = "us-east-1"
+
+    # Requests moto serves without credentials: just enough to create the IAM user that signs the rest.
+    _SETUP_CALLS = 3
+
+    @classmethod
+    def start(cls, work_dir: Path) -> MotoServer:
+        port = free_port()
+        process = ChildProcess(
+            "moto_server",
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            work_dir / "moto.log",
+            env={"INITIAL_NO_AUTH_ACTION_COUNT": str(cls._SETUP_CALLS)},
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2) as reply:
+                return reply.status == 200
+
+        process.wait_until(up, 30, "moto_server answering")
+        return cls(process, endpoint)
+
+    def create_user(self) -> S3Credentials:
+        """An IAM user allowed everything on S3 (uses the unauthenticated set-up calls; call once)."""
+        import boto3
+
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
+        iam.create_user(UserName="mesh")
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="mesh", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="mesh")["AccessKey"]
+        return S3Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+    def client(self, credentials: S3Credentials) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+        )
+
+    def storage_entry(self, credentials: S3Credentials, bucket: str) -> dict[str, str]:
+        """An entry of the storage-config file, in modelmesh-serving's format."""
+        return {
+            "type": "s3",
+            "access_key_id": credentials.access_key_id,
+            "secret_access_key": credentials.secret_access_key,
+            "endpoint_url": self.endpoint,
+            "region": self.region,
+            "bucket": bucket,
+        }
+
+
+@dataclass
 class AdapterProcess:
     process: ChildProcess
     address: str
@@ -287,6 +366,7 @@ class AdapterProcess:
         repository_dir: Path,
         capacity_bytes: int,
         min_model_size_bytes: int = 0,
+        extra_args: list[str] | None = None,
     ) -> AdapterProcess:
         port, metrics_port = free_port(), free_port()
         process = ChildProcess(
@@ -300,6 +380,7 @@ class AdapterProcess:
                 f"--capacity-bytes={capacity_bytes}",
                 f"--min-model-size-bytes={min_model_size_bytes}",
                 f"--metrics-port={metrics_port}",
+                *(extra_args or []),
             ],
             work_dir / "adapter.log",
         )
@@ -389,6 +470,7 @@ class LocalMesh:
     capacity_bytes: int = 512 * 1024 * 1024
     min_model_size_bytes: int = 0
     pod_args: list[str] = field(default_factory=list)
+    adapter_args: list[str] = field(default_factory=list)
     pods: int = 1
     etcd: EtcdServer | None = None
     stacks: list[PodStack] = field(default_factory=list)
@@ -431,7 +513,12 @@ class LocalMesh:
         mlserver = MLServerProcess.start(repository, work_dir=directory)
         try:
             adapter = AdapterProcess.start(
-                directory, mlserver, repository, self.capacity_bytes, self.min_model_size_bytes
+                directory,
+                mlserver,
+                repository,
+                self.capacity_bytes,
+                self.min_model_size_bytes,
+                self.adapter_args,
             )
         except BaseException:
             mlserver.stop()

@@ -26,12 +26,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from protos import model_runtime_pb2, model_runtime_pb2_grpc
 from runtime_adapters.common.memory import find_listening_pid, process_tree_rss
-from runtime_adapters.common.model_files import (
-    ModelFilesError,
-    files_size,
-    predicted_size,
-    resolve_model_path,
-)
+from runtime_adapters.common.model_files import ModelFilesError, files_size, predicted_size
+from runtime_adapters.common.storage import ModelStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +103,19 @@ class _LoadTicket:
 
 
 class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
-    def __init__(self, config: MLServerAdapterConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: MLServerAdapterConfig,
+        registry: CollectorRegistry | None = None,
+        store: ModelStore | None = None,
+    ) -> None:
         self.config = config
         self.repository_dir = Path(config.repository_dir).absolute()
         self.repository_dir.mkdir(parents=True, exist_ok=True)
+        # Where model files come from (local paths, or S3 downloads cached beside the repository).
+        self.store = store or ModelStore(
+            self.repository_dir.with_name(self.repository_dir.name + "-cache"), {}
+        )
         self.registry = registry if registry is not None else CollectorRegistry()
         self._load_requests = Counter(
             "modelmesh_adapter_load_requests",
@@ -121,6 +126,11 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self._unload_requests = Counter(
             "modelmesh_adapter_unload_requests",
             "unloadModel requests handled by the adapter",
+            registry=self.registry,
+        )
+        self._downloads = Counter(
+            "modelmesh_adapter_downloads",
+            "model downloads from object storage (a reload from the cache does not count)",
             registry=self.registry,
         )
         self._loaded_models = Gauge(
@@ -193,6 +203,7 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
     def _forget(self, model_id: str) -> None:
         self._sizes.pop(model_id, None)
         self._paths.pop(model_id, None)
+        self.store.release(model_id)
         self._loaded_models.set(len(self._sizes))
 
     async def _mlserver_unload(self, model_id: str) -> None:
@@ -226,10 +237,15 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             if not model_id:
                 raise _LoadFailed(grpc.StatusCode.INVALID_ARGUMENT, "modelId is empty")
             implementation = implementation_for(request.modelType)
-            path = resolve_model_path(request.modelPath)
+            downloads = self.store.download_count
+            path = await self.store.fetch(model_id, request.modelPath, request.modelKey)
+            self._downloads.inc(self.store.download_count - downloads)
         except (UnsupportedModelType, ModelFilesError) as e:
             self._load_requests.labels(result="failure").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except StorageError as e:  # no load was attempted; nothing changes until someone fixes the storage
+            self._load_requests.labels(result="failure").inc()
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except _LoadFailed as e:
             self._load_requests.labels(result="failure").inc()
             await context.abort(e.code, e.message)
@@ -329,10 +345,13 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self, request: model_runtime_pb2.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> model_runtime_pb2.PredictModelSizeResponse:
         try:
-            path = resolve_model_path(request.modelPath)
+            path = self.store.local_path(request.modelPath, request.modelKey)
         except ModelFilesError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
+        if path is None:  # remote files: no lookups here (the SPI wants an answer at once)
+            size = max(self.config.default_model_size_bytes, self.config.min_model_size_bytes)
+        else:
+            size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
         return model_runtime_pb2.PredictModelSizeResponse(sizeInBytes=size)
 
     async def modelSize(

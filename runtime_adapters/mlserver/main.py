@@ -15,6 +15,7 @@ import grpc
 from prometheus_client import start_http_server
 
 from protos import model_runtime_pb2_grpc
+from runtime_adapters.common.storage import add_storage_arguments, store_from_args
 from runtime_adapters.mlserver.adapter import MLServerAdapter, MLServerAdapterConfig
 
 log = logging.getLogger("modelmesh.mlserver_adapter")
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-timeout-ms", type=int, default=120_000)
     p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:PORT (0 = off)")
     p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    add_storage_arguments(p)
     return p
 
 
@@ -73,7 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
         load_timeout_ms=args.load_timeout_ms,
         default_model_size_bytes=args.default_model_size_bytes,
     )
-    adapter = MLServerAdapter(config)
+    adapter = MLServerAdapter(config, store=store_from_args(args, config.repository_dir))
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=adapter.registry)
 
