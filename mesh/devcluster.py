@@ -78,17 +78,28 @@ class ChildProcess:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         environment = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
+        self._argv = argv
+        self._env = {**environment, **(env or {})}
+        self._cwd = cwd or log_path.parent
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._popen = subprocess.Popen(
-            argv,
-            env={**environment, **(env or {})},
+            self._argv,
+            env=self._env,
+            cwd=self._cwd,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=cwd or log_path.parent,
         )
+
+    def restart(self) -> None:
+        """The same command again (same ports, same files), after a stop or a crash."""
+        self.stop()
+        self._spawn()
 
     @property
     def pid(self) -> int:
@@ -260,6 +271,11 @@ class MLServerProcess:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def restart(self, ready_timeout_s: float = 60.0) -> None:
+        """Start again on the same ports (a runtime container restarted by its kubelet)."""
+        self.process.restart()
+        self.process.wait_until(lambda: v2_server_ready(self.grpc_address), ready_timeout_s, "ServerReady")
 
     def __enter__(self) -> MLServerProcess:
         return self

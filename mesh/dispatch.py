@@ -20,7 +20,7 @@ import grpc
 from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed, ModelLoader, now_ms
 from mesh.peers import LOAD_METHOD, Passthrough, PeerHealth, PeerPool, peer_outcome
-from mesh.placement import choose_load_target
+from mesh.placement import choose_load_target, serves_type
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.routing import RoutingTable
 from mesh.status import PoolStats, live_copies, pool_stats, unexpired_failures
@@ -140,11 +140,12 @@ class Router:
             return target
         if newest is not None:
             raise MeshError(grpc.StatusCode[newest.code], newest.message)
-        if any(True for p in live if p not in excluded):
+        if live and not any(serves_type(instance, record.type) for instance in live.values()):
+            # Only this needs an operator (a pool for the type); busy, stopping or runtime-less pods pass.
             raise NoPlacement(
                 grpc.StatusCode.FAILED_PRECONDITION, f"no pod serves model type '{record.type}'"
             )
-        raise MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
+        raise MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod can load {model_id} now")
 
     # -- serving -----------------------------------------------------------------------
     async def route(

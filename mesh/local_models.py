@@ -71,6 +71,7 @@ class ModelLoader:
         self._loading_slots = asyncio.Semaphore(max(1, max_loading_concurrency))
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False  # set at shutdown: no new loads here
+        self.runtime_down = False  # the runtime stopped answering: its models are gone, no loads here
         self._request_done = asyncio.Event()  # a model's last request in flight finished
         self.changed = asyncio.Event()  # set when the models held change: the instance record is republished
 
@@ -112,6 +113,8 @@ class ModelLoader:
         pending = self._loads.get(model_id)
         if pending is None and self.stopping:
             raise MeshError(grpc.StatusCode.UNAVAILABLE, f"{self.pod_id} is shutting down")
+        if self.runtime_down:
+            raise MeshError(grpc.StatusCode.UNAVAILABLE, f"the runtime of {self.pod_id} is down")
         if pending is None:
             record = self._table.model(model_id)
             if record is None:
@@ -311,6 +314,21 @@ class ModelLoader:
                     self._request_done.clear()
                     await self._request_done.wait()
         await asyncio.gather(*(self._unload_from_runtime(m) for m in models))
+        self.changed.set()
+
+    async def runtime_lost(self) -> None:
+        """The runtime died with every model in it: forget them here and in the registry."""
+        self.runtime_down = True
+        models = self.cache.model_ids()
+        for model_id in models:
+            self.cache.start_unload(model_id)
+            self.cache.finish_unload(model_id)
+            self.rates.forget(model_id)
+        await asyncio.gather(*(self._drop_from_registry(m) for m in models))
+        self.changed.set()
+
+    def runtime_back(self) -> None:
+        self.runtime_down = False
         self.changed.set()
 
     async def reassert_copies(self) -> None:

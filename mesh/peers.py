@@ -55,8 +55,10 @@ def peer_outcome(error: grpc.aio.AioRpcError) -> Exception:
         error.code() == grpc.StatusCode.INTERNAL and trailer(error, LOAD_FAILED_TRAILER)
     ):
         # Every answer a pod gives itself carries an mm-internal trailer; without one, the pod never answered.
+        # A pod whose runtime is down answers, but cannot serve anything either.
         answered = any(k.startswith(INTERNAL_PREFIX) for k, _ in error.trailing_metadata() or ())
-        return Reroute(MeshError(error.code(), error.details() or ""), unreachable=not answered)
+        useless = not answered or trailer(error, RUNTIME_DOWN_TRAILER) is not None
+        return Reroute(MeshError(error.code(), error.details() or ""), unreachable=useless)
     return Passthrough(error)
 
 

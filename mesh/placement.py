@@ -51,7 +51,10 @@ def choose_load_target(
     candidates = [
         pod_id
         for pod_id, instance in instances.items()
-        if pod_id not in exclude and not instance.shutting_down and serves_type(instance, model_type)
+        if pod_id not in exclude
+        and not instance.shutting_down
+        and instance.runtime_ready
+        and serves_type(instance, model_type)
     ]
     if not candidates:
         return None

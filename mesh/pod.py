@@ -32,6 +32,7 @@ from mesh.records import InstanceRecord, ModelRecord
 from mesh.rest_gateway import RestGateway
 from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
+from mesh.runtime_watch import RuntimeWatch
 from mesh.scaler import CopyScaler
 from mesh.settings import Settings, parse_settings
 from mesh.store import EtcdStore, Unchanged
@@ -59,6 +60,7 @@ def instance_record(settings: Settings, loader: ModelLoader, router: Router, sta
         oldest_lru_ms=cache.oldest_last_used_ms() or 0,
         requests_per_min=round(loader.rates.total_per_minute()),
         shutting_down=loader.stopping,
+        runtime_ready=not loader.runtime_down,
         unplaced_models=router.unplaced_count(),
         start_ms=start_ms,
     )
@@ -164,6 +166,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             settings.pod_id, table, loader, loader.rates, peers, peer_health, settings.scaleup_rpm_threshold
         )
         scaling = asyncio.create_task(scaler.run())
+        watching = asyncio.create_task(RuntimeWatch(runtime, loader).run())
         leader = asyncio.create_task(
             LeaderTasks(settings.pod_id, store, table, transitions, interval_s=settings.lease_ttl_s / 2).run()
         )
@@ -191,9 +194,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await gateway.stop()
         await server.stop(grace=5)
         await internal.stop(grace=5)
-        for task in (keep_alive, scaling, leader):
+        for task in (keep_alive, scaling, leader, watching):
             task.cancel()
-        await asyncio.gather(keep_alive, scaling, leader, return_exceptions=True)
+        await asyncio.gather(keep_alive, scaling, leader, watching, return_exceptions=True)
         await transitions.close()
         await loader.close()
         await peers.close()

@@ -73,6 +73,7 @@ class InstanceRecord:
     requests_per_min: int = 0
     unplaced_models: int = 0  # models this pod recently found no pod to load on (type or room)
     shutting_down: bool = False
+    runtime_ready: bool = True  # false while the pod's runtime is down: no loads go there
     start_ms: int = 0
 
     def to_json(self) -> bytes:

@@ -314,3 +314,29 @@ def test_xgboost_and_lightgbm_models_serve(
         result.ravel() if library == "xgboost" else result.argmax(axis=1)
     )  # lightgbm answers probabilities
     assert list(labels) == list(model.expected)
+
+
+def test_a_single_pod_serves_again_after_its_runtime_restarts(
+    local_mesh: MeshClients, examples: Examples
+) -> None:
+    mesh = local_mesh.mesh
+    assert mesh.mlserver is not None
+    local_mesh.register("iris-phoenix", examples.tree.path)
+    predict(local_mesh.infer, "iris-phoenix")
+    mesh.mlserver.process.kill()
+    with pytest.raises(InferenceServerException) as e:  # nowhere else to go while the runtime is down
+        predict(local_mesh.infer, "iris-phoenix")
+    assert e.value.status() == "StatusCode.UNAVAILABLE"
+    loads = local_mesh.loads()
+    mesh.mlserver.restart()
+    poll_until(lambda: _serves(local_mesh, "iris-phoenix"), timeout_s=30, what="served after the restart")
+    assert list(predict(local_mesh.infer, "iris-phoenix")) == list(examples.tree.expected)
+    assert local_mesh.loads() == loads + 1  # one reload
+
+
+def _serves(clients: MeshClients, model_id: str) -> bool:
+    try:
+        predict(clients.infer, model_id)
+        return True
+    except InferenceServerException:
+        return False

@@ -73,3 +73,32 @@ def test_inference_survives_an_etcd_outage(outage_mesh: MeshClients, examples: E
     )
     assert list(predict(mesh.infer, "outage-new")) == list(examples.tree.expected)
     poll_until(lambda: len(asyncio.run(instance_records(mesh.mesh))) == 2, what="both pods registered again")
+
+
+def test_a_runtime_killed_under_its_pod_costs_a_reload_elsewhere(
+    outage_mesh: MeshClients, examples: Examples
+) -> None:
+    mesh = outage_mesh
+    status = mesh.register("runtime-victim", examples.tree.path, loadNow=True, sync=True)
+    (holder,) = [c.location for c in status.modelCopyInfos]
+    other = next(s for s in mesh.mesh.stacks if s.pod_id != holder)
+    expected = tuple(int(v) for v in examples.tree.expected)
+    with Traffic(other.pod.address, "runtime-victim", threads=2) as traffic:  # type: ignore[union-attr]
+        poll_until(lambda: traffic.outcomes["ok"] > 10, what="traffic flows")
+        mesh.mesh.stack(holder).mlserver.process.kill()  # the runtime dies; its pod and adapter live on
+        served = traffic.outcomes["ok"]
+        poll_until(lambda: traffic.outcomes["ok"] > served + 50, timeout_s=30, what="served again")
+    assert set(traffic.outcomes) == {"ok"}, traffic.outcomes
+    assert set(traffic.answers) == {expected}
+    poll_until(
+        lambda: (
+            [c.location for c in mesh.status("runtime-victim").modelCopyInfos if c.copyStatus == S.LOADED]
+            == [other.pod_id]
+        ),
+        what="the dead runtime's copy leaves the registry",
+    )
+    # the dead runtime's pod says so, and takes loads again once its runtime is back
+    instances = asyncio.run(instance_records(mesh.mesh))
+    assert instances[holder][0].runtime_ready is False
+    mesh.mesh.stack(holder).mlserver.restart()
+    poll_until(lambda: asyncio.run(instance_records(mesh.mesh))[holder][0].runtime_ready, what="runtime back")
