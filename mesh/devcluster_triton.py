@@ -40,7 +40,9 @@ def triton_library_path(triton_dir: Path = TRITON_DIR, venv: Path = TRITON_VENV)
     """Where tritonserver's shared libraries live: ``<site-packages>/nvidia_pytriton.libs``."""
     recorded = triton_dir / "ld-library-path"  # written by setup-triton.sh
     if recorded.is_file():
-        return Path(recorded.read_text().strip())
+        path = Path(recorded.read_text().strip())
+        if path.is_dir():
+            return path
     found = sorted(venv.glob("lib/python3*/site-packages/nvidia_pytriton.libs"))
     if not found:
         raise FileNotFoundError(f"no nvidia_pytriton.libs under {venv}: run deploy/local/setup-triton.sh")
@@ -124,6 +126,8 @@ class TritonProcess:
             "--allow-gpu-metrics=false",
             *metrics_args,
             "--exit-timeout-secs=5",
+            # Strict readiness turns ServerReady false for good after any failed model load.
+            "--strict-readiness=false",
             f"--grpc-address={host}",
             f"--grpc-port={grpc_port}",
             f"--http-address={host}",

@@ -1,0 +1,1 @@
+"""mmesh.ModelRuntime adapter in front of a Triton Inference Server (python backend; ONNX via onnxruntime)."""
