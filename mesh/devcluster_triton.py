@@ -153,6 +153,12 @@ class TritonProcess:
         """SIGTERM the process group (tritonserver and its stubs), SIGKILL after ``timeout_s``."""
         self.process.stop(timeout_s)
 
+    def restart(self, ready_timeout_s: float = 60.0) -> None:
+        """Start again on the same ports and repository (a runtime container restarted by its kubelet).
+        The pid changes: an adapter started with --triton-pid must be told, or left to discover it."""
+        self.process.restart()
+        self.process.wait_until(lambda: v2_server_ready(self.grpc_address), ready_timeout_s, "ServerReady")
+
     def __enter__(self) -> TritonProcess:
         return self
 

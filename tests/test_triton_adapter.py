@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
@@ -20,6 +21,7 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 from tritonclient.utils import InferenceServerException
 
+from mesh.devcluster import MotoServer
 from mesh.devcluster_triton import (
     TritonAdapterProcess,
     TritonProcess,
@@ -467,6 +469,54 @@ async def test_cli_adapter_process(tmp_path: Path, triton: TritonProcess, models
             assert proc.metric("modelmesh_adapter_unload_requests_total") == 1
             assert proc.metric("modelmesh_adapter_loaded_models") == 0
             assert not stubs_of(triton, "cli-model")
+
+
+async def test_models_from_s3_through_the_cli_adapter(
+    tmp_path: Path, triton: TritonProcess, client: triton_aio.InferenceServerClient, models: Models
+) -> None:
+    """s3:// paths (moto_server): a python model folder and a bare .onnx file, downloaded once each."""
+    moto = MotoServer.start(tmp_path)
+    try:
+        credentials = moto.create_user()
+        s3 = moto.client(credentials)
+        s3.create_bucket(Bucket="models")
+        for file in models.add_one.rglob("*"):
+            if file.is_file():
+                s3.upload_file(str(file), "models", f"add-one/{file.relative_to(models.add_one)}")
+        s3.upload_file(str(models.onnx_file), "models", "onnx/double.onnx")
+        config = tmp_path / "storage.json"
+        config.write_text(json.dumps({"local-s3": moto.storage_entry(credentials, "models")}))
+        args = [f"--storage-config={config}"]
+        with TritonAdapterProcess.start(tmp_path, triton, 256 * MB, extra_args=args) as proc:
+            async with grpc.aio.insecure_channel(proc.address) as channel:
+                stub = pb_grpc.ModelRuntimeStub(channel)
+                assert (await stub.runtimeStatus(pb.RuntimeStatusRequest(), timeout=30)).status == 1
+                for _ in range(2):  # the second round loads from the cache
+                    for model_id, path, type_ in [
+                        ("s3-add-one", "s3://models/add-one", "python"),
+                        ("s3-double", "s3://models/onnx/double.onnx", "onnx"),
+                    ]:
+                        request = pb.LoadModelRequest(
+                            modelId=model_id, modelType=type_, modelPath=path, modelKey="local-s3"
+                        )
+                        await stub.loadModel(request, timeout=60)
+                    x = np.ones(3, dtype=np.float32)
+                    np.testing.assert_allclose(
+                        await infer_fp32(client, "s3-add-one", "INPUT0", "OUTPUT0", x), x + 1
+                    )
+                    x2 = np.ones((1, 3), dtype=np.float32)
+                    np.testing.assert_allclose(await infer_fp32(client, "s3-double", "X", "Y", x2), x2 * 2)
+                    for model_id in ("s3-add-one", "s3-double"):
+                        await stub.unloadModel(pb.UnloadModelRequest(modelId=model_id), timeout=60)
+                assert proc.metric("modelmesh_adapter_downloads_total") == 2
+                missing = pb.LoadModelRequest(
+                    modelId="s3-missing", modelType="onnx", modelPath="s3://models/nope", modelKey="local-s3"
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+                    await stub.loadModel(missing, timeout=60)
+                assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        moto.process.stop()
 
 
 def test_triton_process_stop_takes_its_stubs(tmp_path: Path, models: Models) -> None:

@@ -48,13 +48,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from protos import model_runtime_pb2, model_runtime_pb2_grpc
 from runtime_adapters.common.memory import find_listening_pid
-from runtime_adapters.common.model_files import (
-    SIZE_FACTOR,
-    ModelFilesError,
-    files_size,
-    predicted_size,
-    resolve_model_path,
-)
+from runtime_adapters.common.model_files import SIZE_FACTOR, ModelFilesError, files_size, predicted_size
+from runtime_adapters.common.storage import ModelStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +276,20 @@ class _ModelLock:
 
 
 class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
-    def __init__(self, config: TritonAdapterConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: TritonAdapterConfig,
+        registry: CollectorRegistry | None = None,
+        store: ModelStore | None = None,
+    ) -> None:
         self.config = config
         self.repository_dir = Path(config.repository_dir).absolute()
         self.repository_dir.mkdir(parents=True, exist_ok=True)
+        # Where model files come from (local paths, or S3 downloads cached beside the repository: never inside
+        # it, where Triton would take the cache for a model).
+        self.store = store or ModelStore(
+            self.repository_dir.with_name(self.repository_dir.name + "-cache"), {}
+        )
         self._repository_real = Path(os.path.realpath(self.repository_dir))
         self.registry = registry if registry is not None else CollectorRegistry()
         self._load_requests = Counter(
@@ -296,6 +301,11 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self._unload_requests = Counter(
             "modelmesh_adapter_unload_requests",
             "unloadModel requests handled by the adapter",
+            registry=self.registry,
+        )
+        self._downloads = Counter(
+            "modelmesh_adapter_downloads",
+            "model downloads from object storage (a reload from the cache does not count)",
             registry=self.registry,
         )
         self._loaded_models = Gauge(
@@ -358,9 +368,8 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         try:
             return psutil.Process(self._triton_pid)
         except psutil.Error:
-            # Triton restarted; rediscover next time if we discovered it.
-            if self.config.triton_pid is None:
-                self._triton_pid = None
+            # Triton restarted (a configured pid included): find it by its port next time.
+            self._triton_pid = None
             return None
 
     def _candidate_stubs(self) -> Iterator[psutil.Process]:
@@ -424,6 +433,7 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
     def _forget(self, model_id: str) -> None:
         self._sizes.pop(model_id, None)
         self._paths.pop(model_id, None)
+        self.store.release(model_id)
         self._loaded_models.set(len(self._sizes))
 
     async def _triton_unload(self, model_id: str) -> None:
@@ -469,12 +479,20 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         try:
             validate_model_id(model_id)
             kind = normalize_model_type(request.modelType)
-            path = resolve_model_path(request.modelPath)
-            if kind == "python":
-                await asyncio.to_thread(check_python_model, path)
-            else:
-                await asyncio.to_thread(find_onnx_file, path)
+            downloads = self.store.download_count
+            path = await self.store.fetch(model_id, request.modelPath, request.modelKey)
+            self._downloads.inc(self.store.download_count - downloads)
         except (InvalidModel, ModelFilesError) as e:
+            self._load_requests.labels(result="failure").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except StorageError as e:  # no load was attempted; nothing changes until someone fixes the storage
+            self._load_requests.labels(result="failure").inc()
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        try:
+            await asyncio.to_thread(check_python_model if kind == "python" else find_onnx_file, path)
+        except InvalidModel as e:
+            if model_id not in self._sizes:  # a loaded copy keeps its files
+                self.store.release(model_id)
             self._load_requests.labels(result="failure").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
@@ -598,10 +616,13 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self, request: model_runtime_pb2.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> model_runtime_pb2.PredictModelSizeResponse:
         try:
-            path = resolve_model_path(request.modelPath)
+            path = self.store.local_path(request.modelPath, request.modelKey)
         except ModelFilesError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
+        if path is None:  # remote files: no lookups here (the SPI wants an answer at once)
+            size = max(self.config.default_model_size_bytes, self.config.min_model_size_bytes)
+        else:
+            size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
         return model_runtime_pb2.PredictModelSizeResponse(sizeInBytes=size)
 
     async def modelSize(

@@ -15,6 +15,7 @@ import grpc
 from prometheus_client import start_http_server
 
 from protos import model_runtime_pb2_grpc
+from runtime_adapters.common.storage import add_storage_arguments, store_from_args
 from runtime_adapters.triton.adapter import TritonAdapter, TritonAdapterConfig
 
 log = logging.getLogger("modelmesh.triton_adapter")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loading-concurrency", type=int, default=2)
     p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:PORT (0 = off)")
     p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    add_storage_arguments(p)
     return p
 
 
@@ -82,7 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
         unload_wait_s=args.unload_wait_s,
         max_loading_concurrency=args.max_loading_concurrency,
     )
-    adapter = TritonAdapter(config)
+    adapter = TritonAdapter(config, store=store_from_args(args, config.repository_dir))
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=adapter.registry)
 
