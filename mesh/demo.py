@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(
                     f"  {stack.pod_id:10}  {stack.pod.address:22} pid {stack.pod.process.pid}"
                     f"  (REST {stack.pod.rest_address}; adapter pid {stack.adapter.process.pid},"
-                    f" MLServer pid {stack.mlserver.pid})"
+                    f" runtime pid {stack.runtime.process.pid})"
                 )
             run_demo(mesh, models)
             if args.keep_running:

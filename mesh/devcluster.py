@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -230,6 +230,10 @@ class MLServerProcess:
         return f"{self.host}:{self.grpc_port}"
 
     @property
+    def http_address(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.process.log_path
 
@@ -416,6 +420,28 @@ class AdapterProcess:
 
 
 MLSERVER_MODEL_TYPES = "sklearn,xgboost,lightgbm"
+TRITON_MODEL_TYPES = "python,triton-python,onnx"
+
+
+class RuntimeProcess(Protocol):
+    """What a pod needs of its runtime: MLServerProcess and devcluster_triton.TritonProcess."""
+
+    process: ChildProcess
+
+    @property
+    def grpc_address(self) -> str: ...
+
+    @property
+    def http_address(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+class AdapterLike(Protocol):
+    process: ChildProcess
+    address: str
+
+    def metric(self, name: str, labels: str = "") -> float: ...
 
 
 @dataclass
@@ -431,10 +457,11 @@ class PodProcess:
         cls,
         work_dir: Path,
         etcd: EtcdServer,
-        adapter: AdapterProcess,
-        mlserver: MLServerProcess,
+        adapter: AdapterLike,
+        runtime: RuntimeProcess,
         pod_id: str,
         extra_args: list[str] | None = None,
+        model_types: str = MLSERVER_MODEL_TYPES,
     ) -> PodProcess:
         port, internal_port, rest_port, internal_rest_port = (free_port() for _ in range(4))
         process = ChildProcess(
@@ -448,9 +475,9 @@ class PodProcess:
                 f"--etcd={etcd.endpoint}",
                 f"--pod-id={pod_id}",
                 f"--runtime-spi={adapter.address}",
-                f"--runtime-serving={mlserver.grpc_address}",
-                f"--runtime-rest={mlserver.host}:{mlserver.http_port}",
-                f"--model-types={MLSERVER_MODEL_TYPES}",
+                f"--runtime-serving={runtime.grpc_address}",
+                f"--runtime-rest={runtime.http_address}",
+                f"--model-types={model_types}",
                 "--lease-ttl-s=5",
                 *(extra_args or []),
             ],
@@ -463,24 +490,30 @@ class PodProcess:
 
 @dataclass
 class PodStack:
-    """One pod as Kubernetes would run it: the mesh, its adapter and its own MLServer."""
+    """One pod as Kubernetes would run it: the mesh, its adapter and its own runtime."""
 
     pod_id: str
-    mlserver: MLServerProcess
-    adapter: AdapterProcess
+    runtime: RuntimeProcess
+    adapter: AdapterLike
+    model_types: str = MLSERVER_MODEL_TYPES
     pod: PodProcess | None = None
+
+    @property
+    def mlserver(self) -> MLServerProcess:
+        assert isinstance(self.runtime, MLServerProcess), f"{self.pod_id} runs {type(self.runtime).__name__}"
+        return self.runtime
 
     def stop(self) -> None:
         # The pod unloads through the adapter before the runtime goes.
         if self.pod:
             self.pod.process.stop()
         self.adapter.process.stop()
-        self.mlserver.stop()
+        self.runtime.stop()
 
 
 @dataclass
 class LocalMesh:
-    """etcd and ``pods`` pod stacks (mesh + adapter + MLServer), all on loopback under ``work_dir``."""
+    """etcd, ``pods`` MLServer pod stacks and ``triton_pods`` Triton ones, on loopback under ``work_dir``."""
 
     work_dir: Path
     capacity_bytes: int = 512 * 1024 * 1024
@@ -488,6 +521,7 @@ class LocalMesh:
     pod_args: list[str] = field(default_factory=list)
     adapter_args: list[str] = field(default_factory=list)
     pods: int = 1
+    triton_pods: int = 0
     etcd: EtcdServer | None = None
     stacks: list[PodStack] = field(default_factory=list)
 
@@ -508,7 +542,7 @@ class LocalMesh:
         return self.stacks[0].pod if self.stacks else None
 
     @property
-    def adapter(self) -> AdapterProcess | None:
+    def adapter(self) -> AdapterLike | None:
         return self.stacks[0].adapter if self.stacks else None
 
     @property
@@ -520,6 +554,8 @@ class LocalMesh:
         self.etcd = EtcdServer.start(self.work_dir)
         for index in range(self.pods):
             self.add_pod(f"pod-{chr(ord('a') + index)}")
+        for index in range(self.triton_pods):
+            self.add_triton_pod(f"triton-{chr(ord('a') + index)}")
 
     def add_pod(self, pod_id: str) -> PodStack:
         """Scale up: a new pod stack joins the mesh."""
@@ -544,6 +580,28 @@ class LocalMesh:
         self.start_pod(pod_id)
         return stack
 
+    def add_triton_pod(self, pod_id: str) -> PodStack:
+        """A pod of the Triton pool (python-backend and ONNX models)."""
+        from mesh.devcluster_triton import TritonAdapterProcess, TritonProcess  # needs .triton installed
+
+        directory = self.work_dir / pod_id
+        triton = TritonProcess.start(directory / "triton-repo", work_dir=directory)
+        try:
+            adapter = TritonAdapterProcess.start(
+                directory,
+                triton,
+                self.capacity_bytes,
+                self.min_model_size_bytes,
+                extra_args=self.adapter_args,
+            )
+        except BaseException:
+            triton.stop()
+            raise
+        stack = PodStack(pod_id, triton, adapter, model_types=TRITON_MODEL_TYPES)
+        self.stacks.append(stack)
+        self.start_pod(pod_id)
+        return stack
+
     def stack(self, pod_id: str) -> PodStack:
         return next(s for s in self.stacks if s.pod_id == pod_id)
 
@@ -552,7 +610,13 @@ class LocalMesh:
         assert self.etcd is not None
         stack = self.stack(pod_id)
         stack.pod = PodProcess.start(
-            self.work_dir / pod_id, self.etcd, stack.adapter, stack.mlserver, pod_id, self.pod_args
+            self.work_dir / pod_id,
+            self.etcd,
+            stack.adapter,
+            stack.runtime,
+            pod_id,
+            self.pod_args,
+            model_types=stack.model_types,
         )
         return stack.pod
 

@@ -35,3 +35,6 @@ if ! fresh .venv-mlserver/.installed deploy/local/constraints-mlserver.txt; then
     mlserver-xgboost mlserver-lightgbm
   touch .venv-mlserver/.installed
 fi
+
+# Triton (tritonserver from the nvidia-pytriton wheel, CPU-only, python backend) in .venv-triton and .triton/
+deploy/local/setup-triton.sh
