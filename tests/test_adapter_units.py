@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psutil
 import pytest
 
+from runtime_adapters.common.memory import default_capacity_bytes, memory_limit_bytes
 from runtime_adapters.common.model_files import (
     ModelFilesError,
     files_size,
@@ -72,3 +74,15 @@ def test_type_mapping_case_insensitive() -> None:
     assert implementation_for("LightGBM") == "mlserver_lightgbm.LightGBMModel"
     with pytest.raises(UnsupportedModelType, match="unsupported model type"):
         implementation_for("onnx")
+
+
+def test_capacity_defaults_from_the_cgroup_limit(tmp_path: Path) -> None:
+    (tmp_path / "memory.max").write_text("2147483648\n")  # cgroup v2: 2 GiB
+    assert memory_limit_bytes(tmp_path) == 2 << 30
+    assert default_capacity_bytes(tmp_path) == (2 << 30) - int((2 << 30) * 0.2)
+    (tmp_path / "memory.max").write_text("max\n")  # unlimited: the machine's memory
+    assert memory_limit_bytes(tmp_path) == psutil.virtual_memory().total
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(512 << 20))
+    assert default_capacity_bytes(v1) == (512 << 20) - (256 << 20)  # the reserve never goes below 256 MiB

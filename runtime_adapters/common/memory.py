@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psutil
 
 
@@ -34,3 +36,29 @@ def find_listening_pid(port: int) -> int | None:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
             return int(conn.pid)
     return None
+
+
+# What the runtime process itself and the adapter need besides models: kept out of the capacity.
+CAPACITY_RESERVE_FRACTION = 0.2
+CAPACITY_RESERVE_MIN = 256 << 20
+
+
+def memory_limit_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The container's memory limit (cgroup v2, else v1), or the machine's memory when unlimited."""
+    machine = int(psutil.virtual_memory().total)
+    for candidate in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = candidate.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return min(int(text), machine)  # v1 reports a huge number when unlimited
+        return machine  # "max": no limit
+    return machine
+
+
+def default_capacity_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Model memory to offer: the memory limit minus a reserve for the runtime and the adapter."""
+    limit = memory_limit_bytes(cgroup_root)
+    reserve = max(CAPACITY_RESERVE_MIN, int(limit * CAPACITY_RESERVE_FRACTION))
+    return max(limit - reserve, 0)

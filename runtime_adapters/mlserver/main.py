@@ -15,6 +15,7 @@ import grpc
 from prometheus_client import start_http_server
 
 from protos import model_runtime_pb2_grpc
+from runtime_adapters.common.memory import default_capacity_bytes
 from runtime_adapters.common.storage import add_storage_arguments, store_from_args
 from runtime_adapters.mlserver.adapter import MLServerAdapter, MLServerAdapterConfig
 
@@ -53,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--capacity-bytes",
         type=int,
-        default=_env_int("MM_CAPACITY_BYTES", 1 << 30),
-        help="bytes of model memory to offer the mesh (env MM_CAPACITY_BYTES)",
+        default=_env_int("MM_CAPACITY_BYTES", 0),
+        help="bytes of model memory to offer the mesh (env MM_CAPACITY_BYTES; default: the container's "
+        "memory limit from its cgroup, minus 20%% or at least 256 MiB for the runtime itself)",
     )
     p.add_argument("--min-model-size-bytes", type=int, default=0)
     p.add_argument("--default-model-size-bytes", type=int, default=1 << 20)
@@ -70,7 +72,7 @@ async def serve(args: argparse.Namespace) -> None:
         mlserver_grpc_address=args.mlserver_grpc,
         repository_dir=Path(args.repository_dir),
         runtime_pid=args.mlserver_pid,
-        capacity_bytes=args.capacity_bytes,
+        capacity_bytes=args.capacity_bytes or default_capacity_bytes(),
         min_model_size_bytes=args.min_model_size_bytes,
         load_timeout_ms=args.load_timeout_ms,
         default_model_size_bytes=args.default_model_size_bytes,
