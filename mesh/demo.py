@@ -51,7 +51,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x + 1).astype(np.float32))]))
+            out = pb_utils.Tensor("OUTPUT0", (x + 1).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse([out]))
         return responses
 """
 
@@ -120,9 +121,8 @@ def run_demo(mesh: LocalMesh, examples: dict[str, Example]) -> None:
             start = time.perf_counter()
             infer(client, model_id, example)
             warm_ms = (time.perf_counter() - start) * 1000
-            print(
-                f"infer {model_id:14} -> {answer}  (first {first_ms:.0f} ms incl. load, then {warm_ms:.1f} ms)"
-            )
+            timing = f"first {first_ms:.0f} ms incl. load, then {warm_ms:.1f} ms"
+            print(f"infer {model_id:14} -> {answer}  ({timing})")
 
         rest = triton_http.InferenceServerClient(entry.rest_address)
         tensor = triton_http.InferInput("input-0", list(SAMPLES.shape), "FP32")
@@ -132,9 +132,8 @@ def run_demo(mesh: LocalMesh, examples: dict[str, Example]) -> None:
             rest.infer("iris-logistic", [tensor], outputs=[output]).as_numpy("predict")
         ).ravel()
         species = load_iris().target_names
-        print(
-            f"REST  {'iris-logistic':14} -> {[str(species[int(i)]) for i in labels]}  (POST /v2/models/.../infer)"
-        )
+        names = [str(species[int(i)]) for i in labels]
+        print(f"REST  {'iris-logistic':14} -> {names}  (POST /v2/models/iris-logistic/infer)")
 
         for model_id in examples:
             status = management.getModelStatus(mm.GetStatusRequest(modelId=model_id))
