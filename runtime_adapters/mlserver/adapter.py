@@ -21,11 +21,12 @@ from pathlib import Path
 
 import grpc
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from protos import model_runtime_pb2, model_runtime_pb2_grpc
 from runtime_adapters.common.memory import find_listening_pid, process_tree_rss
+from runtime_adapters.common.metrics import AdapterMetrics
 from runtime_adapters.common.model_files import ModelFilesError, files_size, predicted_size
 from runtime_adapters.common.storage import ModelStore, StorageError
 
@@ -117,27 +118,7 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             self.repository_dir.with_name(self.repository_dir.name + "-cache"), {}
         )
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._load_requests = Counter(
-            "modelmesh_adapter_load_requests",
-            "loadModel requests handled by the adapter",
-            ["result"],
-            registry=self.registry,
-        )
-        self._unload_requests = Counter(
-            "modelmesh_adapter_unload_requests",
-            "unloadModel requests handled by the adapter",
-            registry=self.registry,
-        )
-        self._downloads = Counter(
-            "modelmesh_adapter_downloads",
-            "model downloads from object storage (a reload from the cache does not count)",
-            registry=self.registry,
-        )
-        self._loaded_models = Gauge(
-            "modelmesh_adapter_loaded_models",
-            "models currently loaded through this adapter",
-            registry=self.registry,
-        )
+        self.metrics = AdapterMetrics(self.registry)
         # One lock for every repository mutation and MLServer load/unload: a load rescans all folders, so a
         # half-written or vanishing model-settings.json during a scan would fail an unrelated load.
         self._lock = asyncio.Lock()
@@ -204,7 +185,7 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self._sizes.pop(model_id, None)
         self._paths.pop(model_id, None)
         self.store.release(model_id)
-        self._loaded_models.set(len(self._sizes))
+        self.metrics.loaded_models.set(len(self._sizes))
 
     async def _mlserver_unload(self, model_id: str) -> None:
         """Unload in MLServer; an unknown model counts as unloaded."""
@@ -239,15 +220,15 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             implementation = implementation_for(request.modelType)
             downloads = self.store.download_count
             path = await self.store.fetch(model_id, request.modelPath, request.modelKey)
-            self._downloads.inc(self.store.download_count - downloads)
+            self.metrics.downloads.inc(self.store.download_count - downloads)
         except (UnsupportedModelType, ModelFilesError) as e:
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except StorageError as e:  # no load was attempted; nothing changes until someone fixes the storage
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except _LoadFailed as e:
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(e.code, e.message)
 
         # The work runs in its own task: if the caller cancels, the load still finishes (or fails) and is
@@ -260,12 +241,12 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             size = await asyncio.shield(task)
         except asyncio.CancelledError:
             ticket.abandoned = True
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             raise
         except _LoadFailed as e:
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(e.code, e.message)
-        self._load_requests.labels(result="success").inc()
+        self.metrics.load_requests.labels(result="success").inc()
         return model_runtime_pb2.LoadModelResponse(sizeInBytes=size)
 
     def _load_done(self, task: asyncio.Task[int]) -> None:
@@ -312,7 +293,7 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             size = max(delta, int(file_bytes * 1.25), self.config.min_model_size_bytes, 1)
             self._sizes[model_id] = size
             self._paths[model_id] = path
-            self._loaded_models.set(len(self._sizes))
+            self.metrics.loaded_models.set(len(self._sizes))
             log.info("loaded %r: %d bytes (rss delta %d, files %d)", model_id, size, delta, file_bytes)
             return size
 
@@ -322,7 +303,7 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self, request: model_runtime_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> model_runtime_pb2.UnloadModelResponse:
         model_id = request.modelId
-        self._unload_requests.inc()
+        self.metrics.unload_requests.inc()
         if not model_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "modelId is empty")
         error: grpc.aio.AioRpcError | None = None
@@ -413,7 +394,7 @@ class MLServerAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             await asyncio.to_thread(shutil.rmtree, folder, True)
         self._sizes.clear()
         self._paths.clear()
-        self._loaded_models.set(0)
+        self.metrics.loaded_models.set(0)
 
     async def _runtime_version(self) -> tuple[str, int]:
         meta = await self.stub.ServerMetadata(service_pb2.ServerMetadataRequest(), timeout=5.0)

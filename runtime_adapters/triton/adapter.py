@@ -43,11 +43,12 @@ from pathlib import Path
 import grpc
 import psutil
 from google.protobuf import text_format
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from protos import model_runtime_pb2, model_runtime_pb2_grpc
 from runtime_adapters.common.memory import find_listening_pid
+from runtime_adapters.common.metrics import AdapterMetrics
 from runtime_adapters.common.model_files import SIZE_FACTOR, ModelFilesError, files_size, predicted_size
 from runtime_adapters.common.storage import ModelStore, StorageError
 
@@ -292,27 +293,7 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         )
         self._repository_real = Path(os.path.realpath(self.repository_dir))
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._load_requests = Counter(
-            "modelmesh_adapter_load_requests",
-            "loadModel requests handled by the adapter",
-            ["result"],
-            registry=self.registry,
-        )
-        self._unload_requests = Counter(
-            "modelmesh_adapter_unload_requests",
-            "unloadModel requests handled by the adapter",
-            registry=self.registry,
-        )
-        self._downloads = Counter(
-            "modelmesh_adapter_downloads",
-            "model downloads from object storage (a reload from the cache does not count)",
-            registry=self.registry,
-        )
-        self._loaded_models = Gauge(
-            "modelmesh_adapter_loaded_models",
-            "models currently loaded through this adapter",
-            registry=self.registry,
-        )
+        self.metrics = AdapterMetrics(self.registry)
         # Triton loads models independently of each other (explicit mode polls only the named folder), so
         # loads and unloads are serialised per model id, not globally.
         self._locks: dict[str, _ModelLock] = {}
@@ -434,7 +415,7 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self._sizes.pop(model_id, None)
         self._paths.pop(model_id, None)
         self.store.release(model_id)
-        self._loaded_models.set(len(self._sizes))
+        self.metrics.loaded_models.set(len(self._sizes))
 
     async def _triton_unload(self, model_id: str) -> None:
         """Unload in Triton; an unknown model counts as unloaded (Triton 2.51 answers OK anyway)."""
@@ -481,19 +462,19 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             kind = normalize_model_type(request.modelType)
             downloads = self.store.download_count
             path = await self.store.fetch(model_id, request.modelPath, request.modelKey)
-            self._downloads.inc(self.store.download_count - downloads)
+            self.metrics.downloads.inc(self.store.download_count - downloads)
         except (InvalidModel, ModelFilesError) as e:
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except StorageError as e:  # no load was attempted; nothing changes until someone fixes the storage
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         try:
             await asyncio.to_thread(check_python_model if kind == "python" else find_onnx_file, path)
         except InvalidModel as e:
             if model_id not in self._sizes:  # a loaded copy keeps its files
                 self.store.release(model_id)
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
         # The work runs in its own task: if the caller cancels, the load still finishes (or fails) and is
@@ -506,12 +487,12 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             size = await asyncio.shield(task)
         except asyncio.CancelledError:
             ticket.abandoned = True
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             raise
         except _LoadFailed as e:
-            self._load_requests.labels(result="failure").inc()
+            self.metrics.load_requests.labels(result="failure").inc()
             await context.abort(e.code, e.message)
-        self._load_requests.labels(result="success").inc()
+        self.metrics.load_requests.labels(result="success").inc()
         return model_runtime_pb2.LoadModelResponse(sizeInBytes=size)
 
     def _load_done(self, task: asyncio.Task[int]) -> None:
@@ -568,7 +549,7 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
             size = max(rss, int(file_bytes * SIZE_FACTOR), self.config.min_model_size_bytes, 1)
             self._sizes[model_id] = size
             self._paths[model_id] = path
-            self._loaded_models.set(len(self._sizes))
+            self.metrics.loaded_models.set(len(self._sizes))
             log.info(
                 "loaded %r in %.2fs: %d bytes (stub rss %d, files %d)",
                 model_id,
@@ -591,7 +572,7 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         self, request: model_runtime_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> model_runtime_pb2.UnloadModelResponse:
         model_id = request.modelId
-        self._unload_requests.inc()
+        self.metrics.unload_requests.inc()
         if not model_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "modelId is empty")
         try:
@@ -687,7 +668,7 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         await self._wait_stubs_gone(None)
         self._sizes.clear()
         self._paths.clear()
-        self._loaded_models.set(0)
+        self.metrics.loaded_models.set(0)
 
     async def _runtime_version(self) -> tuple[str, int]:
         meta = await self.stub.ServerMetadata(service_pb2.ServerMetadataRequest(), timeout=5.0)
