@@ -243,6 +243,7 @@ class PeerHandler(grpc.GenericRpcHandler):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"internal call without {INTERNAL_MODEL_HEADER}"
             )
+        await self._router.caught_up(model_id)
         try:
             await self._router.ensure_local(model_id, context.time_remaining(), extra_copy=extra_copy)
         except LoadClaimed as e:

@@ -158,6 +158,7 @@ class RestGateway:
         body = await request.read()
         avoid = request.headers.get(AVOID_HEADER, "")
         self._router.heard_unreachable(p for p in avoid.split(",") if p)
+        await self._router.caught_up(model_id)
         try:
             await self._router.ensure_local(model_id, None)
         except LoadClaimed as e:
