@@ -9,6 +9,7 @@ or fails the load is tried past, within a bounded number of attempts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -237,6 +238,12 @@ class Router:
 
     def pool_stats(self) -> dict[str, PoolStats]:
         return pool_stats(self._health.live_instances())
+
+    async def caught_up(self, model_id: str, timeout_s: float = 2.0) -> None:
+        """A peer resolved ``model_id`` already: give this pod's view a moment to see a fresh registration."""
+        if self._table.model(model_id) is None:
+            with contextlib.suppress(TimeoutError):
+                await self._table.wait_until(lambda: self._table.model(model_id) is not None, timeout_s)
 
     def heard_unreachable(self, pods: Iterable[str]) -> None:
         """A peer's request found these pods unreachable: do not wait for them here either."""
