@@ -49,7 +49,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from protos import model_runtime_pb2, model_runtime_pb2_grpc
 from runtime_adapters.common.memory import find_listening_pid
 from runtime_adapters.common.metrics import AdapterMetrics
-from runtime_adapters.common.model_files import SIZE_FACTOR, ModelFilesError, files_size, predicted_size
+from runtime_adapters.common.model_files import SIZE_FACTOR, ModelFilesError, files_size
+from runtime_adapters.common.sizing import SizeRpcs
 from runtime_adapters.common.storage import ModelStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,9 @@ class _ModelLock:
     users: int = 0
 
 
-class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
+class TritonAdapter(SizeRpcs, model_runtime_pb2_grpc.ModelRuntimeServicer):
+    config: TritonAdapterConfig
+
     def __init__(
         self,
         config: TritonAdapterConfig,
@@ -592,31 +595,6 @@ class TritonAdapter(model_runtime_pb2_grpc.ModelRuntimeServicer):
         return model_runtime_pb2.UnloadModelResponse()
 
     # ---- sizes ----------------------------------------------------------------------------------------
-
-    async def predictModelSize(
-        self, request: model_runtime_pb2.PredictModelSizeRequest, context: grpc.aio.ServicerContext
-    ) -> model_runtime_pb2.PredictModelSizeResponse:
-        try:
-            path = self.store.local_path(request.modelPath, request.modelKey)
-        except ModelFilesError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if path is None:  # remote files: no lookups here (the SPI wants an answer at once)
-            size = max(self.config.default_model_size_bytes, self.config.min_model_size_bytes)
-        else:
-            size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
-        return model_runtime_pb2.PredictModelSizeResponse(sizeInBytes=size)
-
-    async def modelSize(
-        self, request: model_runtime_pb2.ModelSizeRequest, context: grpc.aio.ServicerContext
-    ) -> model_runtime_pb2.ModelSizeResponse:
-        size = self._sizes.get(request.modelId)
-        if size is None:
-            path = self._paths.get(request.modelId)
-            if path is not None and path.exists():
-                size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
-            else:
-                size = max(self.config.default_model_size_bytes, self.config.min_model_size_bytes)
-        return model_runtime_pb2.ModelSizeResponse(sizeInBytes=size)
 
     # ---- runtimeStatus --------------------------------------------------------------------------------
 

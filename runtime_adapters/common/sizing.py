@@ -1,0 +1,58 @@
+"""The size RPCs of the ModelRuntime SPI, the same for every adapter.
+
+Predictions come from file sizes; answers from what each load measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from protos import model_runtime_pb2
+from runtime_adapters.common.model_files import ModelFilesError, predicted_size
+from runtime_adapters.common.storage import ModelStore
+
+
+class SizeFloors(Protocol):
+    min_model_size_bytes: int
+    default_model_size_bytes: int
+
+
+class SizeRpcs:
+    """Mixin for an adapter servicer, which sets ``store``, ``config``, ``_sizes`` and ``_paths``."""
+
+    store: ModelStore
+    config: SizeFloors
+    _sizes: dict[str, int]
+    _paths: dict[str, Path]
+
+    def _default_size(self) -> int:
+        return max(self.config.default_model_size_bytes, self.config.min_model_size_bytes)
+
+    async def predictModelSize(
+        self, request: model_runtime_pb2.PredictModelSizeRequest, context: grpc.aio.ServicerContext
+    ) -> model_runtime_pb2.PredictModelSizeResponse:
+        try:
+            path = self.store.local_path(request.modelPath, request.modelKey)
+        except ModelFilesError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if path is None:  # remote files: no lookups here (the SPI wants an answer at once)
+            size = self._default_size()
+        else:
+            size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
+        return model_runtime_pb2.PredictModelSizeResponse(sizeInBytes=size)
+
+    async def modelSize(
+        self, request: model_runtime_pb2.ModelSizeRequest, context: grpc.aio.ServicerContext
+    ) -> model_runtime_pb2.ModelSizeResponse:
+        size = self._sizes.get(request.modelId)
+        if size is None:
+            path = self._paths.get(request.modelId)
+            if path is not None and path.exists():
+                size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
+            else:
+                size = self._default_size()
+        return model_runtime_pb2.ModelSizeResponse(sizeInBytes=size)
