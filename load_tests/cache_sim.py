@@ -1,7 +1,7 @@
 """Cache policies side by side on one trace: the mesh's own byte-LRU, GreedyDual-Size-Frequency, and Belady.
 
 A Zipf request trace over many models of lognormal sizes, a capacity that holds a fraction of all bytes, and
-the request hit ratio each policy reaches on exactly the same trace. The LRU line runs mesh/cache.py itself;
+the request hit ratio each policy reaches on exactly the same trace. LRU and GDSF run mesh/cache.py itself;
 Belady (evict the model whose next use is furthest away) is the offline reference the design measures against.
 This is the simulation half of the "cache" scenario; the other half (the mesh's hit ratio under the same trace
 against real runtimes) belongs to the load-test harness.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mesh.cache import ByteLruCache
+from mesh.cache import EvictionPolicy, ModelCache
 
 OUT = Path(__file__).resolve().parent
 
@@ -43,9 +43,9 @@ def make_workload(models: int, requests: int, alpha: float, room: float, seed: i
     return Workload(sizes, trace, int(sum(sizes) * room))
 
 
-def lru_hits(w: Workload) -> int:
-    """The mesh's own ByteLruCache, driven as the pod's loader drives it."""
-    cache = ByteLruCache(w.capacity)
+def mesh_hits(w: Workload, policy: EvictionPolicy) -> int:
+    """The mesh's own ModelCache, driven as the pod's loader drives it."""
+    cache = ModelCache(w.capacity, policy)
     hits = 0
     for clock, model in enumerate(w.trace):
         key = str(model)
@@ -63,35 +63,12 @@ def lru_hits(w: Workload) -> int:
     return hits
 
 
+def lru_hits(w: Workload) -> int:
+    return mesh_hits(w, EvictionPolicy.LRU)
+
+
 def gdsf_hits(w: Workload) -> int:
-    """GreedyDual-Size-Frequency: keep what is used often per byte; age the rest with an inflation value."""
-    inflation = 0.0
-    held: dict[int, float] = {}  # model -> priority
-    freq: dict[int, int] = {}
-    used = 0
-    heap: list[tuple[float, int]] = []
-    hits = 0
-    for model in w.trace:
-        freq[model] = freq.get(model, 0) + 1
-        priority = inflation + freq[model] / w.sizes[model]
-        if model in held:
-            hits += 1
-            held[model] = priority
-            heapq.heappush(heap, (priority, model))
-            continue
-        if w.sizes[model] > w.capacity:
-            continue
-        while used + w.sizes[model] > w.capacity:
-            victim_priority, victim = heapq.heappop(heap)
-            if held.get(victim) != victim_priority:
-                continue  # a stale heap entry
-            inflation = victim_priority
-            del held[victim]
-            used -= w.sizes[victim]
-        held[model] = inflation + freq[model] / w.sizes[model]
-        heapq.heappush(heap, (held[model], model))
-        used += w.sizes[model]
-    return hits
+    return mesh_hits(w, EvictionPolicy.GDSF)
 
 
 def belady_hits(w: Workload) -> int:
@@ -126,7 +103,7 @@ def belady_hits(w: Workload) -> int:
 
 POLICIES: dict[str, Callable[[Workload], int]] = {
     "lru (mesh)": lru_hits,
-    "gdsf": gdsf_hits,
+    "gdsf (mesh)": gdsf_hits,
     "belady": belady_hits,
 }
 

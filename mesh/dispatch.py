@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import grpc
 
-from mesh.errors import MeshError, Reroute
+from mesh.errors import LostCopy, MeshError, Reroute
 from mesh.local_models import LoadClaimed, ModelLoader, now_ms
 from mesh.peers import LOAD_METHOD, Passthrough, PeerHealth, PeerPool, peer_outcome
 from mesh.placement import choose_load_target, serves_type
@@ -165,6 +165,7 @@ class Router:
         deadline = None if timeout_s is None else loop.time() + timeout_s
         excluded: set[str] = set()
         unreachable: set[str] = set()
+        repaired = False
         preferred: str | None = None
         error: MeshError | None = None
         for _ in range(self._max_attempts):
@@ -187,6 +188,11 @@ class Router:
                 await self.ensure_local(model_id, remaining, last_used_ms)
                 with self.serving(model_id):
                     return await here()
+            except LostCopy as lost:
+                if repaired:
+                    raise lost.answer from None
+                repaired = True  # reload the copy here and try again, once
+                await self.forget_copy(model_id)
             except LoadClaimed as claimed:
                 preferred = claimed.holder
             except Reroute as reroute:
@@ -250,6 +256,11 @@ class Router:
         for pod in pods:
             if pod != self.pod_id:
                 self._health.unreachable(pod)
+
+    async def forget_copy(self, model_id: str) -> None:
+        """This pod's runtime no longer has the model: drop the copy here and in the registry."""
+        log.warning("the runtime lost %s: reloading it", model_id)
+        await self._loader.unload(model_id)
 
     def alive(self, pod_id: str) -> bool:
         return self._health.alive(pod_id)

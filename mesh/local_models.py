@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from mesh.cache import ByteLruCache
+from mesh.cache import ModelCache
 from mesh.errors import MeshError, load_failure_code
 from mesh.rates import RateTracker
 from mesh.records import LoadFailure, ModelRecord
@@ -48,7 +48,7 @@ class ModelLoader:
         store: EtcdStore,
         table: RoutingTable,
         runtime: RuntimeClient,
-        cache: ByteLruCache,
+        cache: ModelCache,
         load_timeout_s: float,
         failure_expiry_s: float,
         max_loading_concurrency: int = 1,

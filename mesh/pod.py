@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.cache import ByteLruCache
+from mesh.cache import EvictionPolicy, ModelCache
 from mesh.dispatch import Router
 from mesh.leader import LeaderTasks
 from mesh.local_models import ModelLoader
@@ -102,7 +102,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await asyncio.wait_for(synced.wait(), timeout=30)
         status = await runtime.wait_ready(settings.runtime_ready_timeout_s)
         await _forget_stale_copies(store, table, settings.pod_id)
-        cache = ByteLruCache(status.capacityInBytes)
+        cache = ModelCache(status.capacityInBytes, EvictionPolicy(settings.eviction_policy))
         load_timeout_s = status.modelLoadingTimeoutMs / 1000 or settings.load_timeout_s
         peer_health = PeerHealth(table, suspect_s=settings.lease_ttl_s)
         loader = ModelLoader(

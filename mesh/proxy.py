@@ -19,7 +19,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as v2
 
 from mesh.dispatch import Router
-from mesh.errors import MeshError, Reroute
+from mesh.errors import LostCopy, MeshError, Reroute
 from mesh.local_models import LoadClaimed
 from mesh.peers import (
     AVOID_HEADER,
@@ -103,6 +103,8 @@ async def call_runtime(
     except grpc.aio.AioRpcError as e:
         if e.code() == grpc.StatusCode.UNAVAILABLE:  # the runtime is down: another pod may serve it
             raise Reroute(MeshError(e.code(), f"runtime unavailable: {e.details()}")) from e
+        if e.code() == grpc.StatusCode.NOT_FOUND:  # the runtime lost the model (restarted): reload it once
+            raise LostCopy(Passthrough(e)) from e
         raise Passthrough(e) from e
 
 
@@ -205,16 +207,23 @@ class PeerHandler(grpc.GenericRpcHandler):
             metadata = context.invocation_metadata() or ()
             model_id = await self._loaded_here(metadata, context)
             try:
-                with self._router.serving(model_id):
-                    return await call_runtime(
-                        self._runtime,
-                        method,
-                        id_path,
-                        request,
-                        model_id,
-                        forwarded_metadata(metadata),
-                        context.time_remaining(),
-                    )
+                for repaired in (False, True):
+                    try:
+                        with self._router.serving(model_id):
+                            return await call_runtime(
+                                self._runtime,
+                                method,
+                                id_path,
+                                request,
+                                model_id,
+                                forwarded_metadata(metadata),
+                                context.time_remaining(),
+                            )
+                    except LostCopy as lost:
+                        if repaired:
+                            raise lost.answer from None
+                        await self._router.forget_copy(model_id)
+                        await self._loaded_here(metadata, context)
             except WireFormatError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
             except Reroute as e:

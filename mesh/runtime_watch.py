@@ -25,7 +25,7 @@ READY_TRUE = b"\x08\x01"  # ServerReadyResponse{ready: true}
 
 class RuntimeWatch:
     def __init__(
-        self, runtime: RuntimeClient, loader: ModelLoader, interval_s: float = 1.0, misses_to_down: int = 2
+        self, runtime: RuntimeClient, loader: ModelLoader, interval_s: float = 1.0, misses_to_down: int = 3
     ) -> None:
         self._runtime = runtime
         self._loader = loader
@@ -34,7 +34,8 @@ class RuntimeWatch:
 
     async def ready(self) -> bool:
         try:
-            answer = await self._runtime.method(SERVER_READY)(b"", timeout=max(1.0, self._interval_s))
+            # generous: a busy runtime on a loaded machine is slow, not dead
+            answer = await self._runtime.method(SERVER_READY)(b"", timeout=max(2.0, 2 * self._interval_s))
         except grpc.aio.AioRpcError:
             return False
         return bool(answer == READY_TRUE)

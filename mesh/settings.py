@@ -12,6 +12,8 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mesh.cache import EvictionPolicy
+
 
 @dataclass(frozen=True)
 class Option:
@@ -49,6 +51,7 @@ OPTIONS: tuple[Option, ...] = (
         "--scaleup-rpm-threshold", "MM_SCALEUP_RPM_THRESHOLD", "2000", "requests/min per copy that add a copy"
     ),
     Option("--rate-interval-s", "MM_RATE_INTERVAL_S", "10", "how often copy counts are checked"),
+    Option("--eviction-policy", "MM_EVICTION_POLICY", "lru", "which model a full pod unloads: lru or gdsf"),
     Option("--max-load-failures", "MM_MAX_LOAD_FAILURES", "3", "stop after this many unexpired failures"),
     Option(
         "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
@@ -79,6 +82,7 @@ class Settings:
     load_timeout_s: float = 120.0
     load_failure_expiry_s: float = 900.0
     max_load_failures: int = 3
+    eviction_policy: str = "lru"
     scaleup_rpm_threshold: float = 2000.0
     rate_interval_s: float = 10.0
     runtime_ready_timeout_s: float = 120.0
@@ -126,6 +130,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
                 values[name] = float(raw)
             elif name == "labels":
                 values[name] = parse_labels(raw)
+            elif name == "eviction_policy":
+                values[name] = EvictionPolicy(raw.lower()).value
             elif name == "model_types":
                 values[name] = [t.strip().lower() for t in raw.split(",") if t.strip()]
             else:

@@ -31,7 +31,7 @@ def textbook_lru_hits(w: Workload) -> int:
 def test_policies_on_small_traces(seed: int) -> None:
     w = make_workload(models=200, requests=5000, alpha=1.0, room=0.1, seed=seed)
     lru, gdsf, belady = lru_hits(w), gdsf_hits(w), belady_hits(w)
-    assert lru == textbook_lru_hits(w)  # the mesh's ByteLruCache is exactly byte-weighted LRU
+    assert lru == textbook_lru_hits(w)  # the mesh's ModelCache is exactly byte-weighted LRU
     assert 0 < lru <= belady and 0 < gdsf <= belady
 
 

@@ -67,3 +67,28 @@ def test_a_backdated_registration_does_not_push_out_models_in_use(
     assert "used more recently" in reply.errors[0]
     assert held(mesh) == {"m-b", "m-c"}
     assert list(predict(mesh.infer, "m-late")) == list(examples.tree.expected)  # a real request does load it
+
+
+@pytest.fixture(scope="module")
+def gdsf_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshClients]:
+    mesh = LocalMesh(
+        tmp_path_factory.mktemp("gdsf"),
+        capacity_bytes=500 * MIB,
+        min_model_size_bytes=MODEL_FLOOR,
+        pod_args=["--eviction-policy=gdsf"],
+    )
+    with mesh:
+        clients = open_clients(mesh)
+        yield clients
+        clients.channel.close()
+
+
+def test_gdsf_pods_keep_the_model_used_most(gdsf_mesh: MeshClients, examples: Examples) -> None:
+    mesh = gdsf_mesh
+    for model_id in ("m-a", "m-b", "m-c"):
+        mesh.register(model_id, examples.logistic.path)
+    for _ in range(3):
+        predict(mesh.infer, "m-a")
+    predict(mesh.infer, "m-b")  # b is the most recent, a the most used (same sizes)
+    predict(mesh.infer, "m-c")
+    assert held(mesh) == {"m-a", "m-c"}  # LRU would have unloaded m-a

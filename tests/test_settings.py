@@ -30,3 +30,10 @@ def test_labels_and_bad_values() -> None:
     for argv in (["--labels", "novalue"], ["--grpc-port", "eighty"]):
         with pytest.raises(SystemExit):
             parse_settings(argv, env={})
+
+
+def test_eviction_policy() -> None:
+    assert parse_settings([], env={}).eviction_policy == "lru"
+    assert parse_settings(["--eviction-policy", "GDSF"], env={}).eviction_policy == "gdsf"
+    with pytest.raises(SystemExit):
+        parse_settings(["--eviction-policy", "random"], env={})
