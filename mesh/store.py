@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 StoreError = aetcd.exceptions.ClientError
 
+# gRPC backs off reconnecting up to two minutes by default: after an etcd outage a pod would keep a stale view
+# (its watch not re-established) for that long. Retry within a second instead.
+ETCD_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
 # A mutation returns the new record, None to delete the key, or raises to abort.
 Mutation = Callable[[ModelRecord | None], ModelRecord | None]
 
@@ -52,7 +60,9 @@ class RecordSet:
 class EtcdStore:
     def __init__(self, endpoint: str, prefix: str, timeout_s: float = 5.0) -> None:
         host, _, port = endpoint.rpartition(":")
-        self._client = aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=timeout_s)
+        self._client = aetcd.Client(
+            host=host or "127.0.0.1", port=int(port), timeout=timeout_s, options=dict(ETCD_CHANNEL_OPTIONS)
+        )
         self._timeout_s = timeout_s
         self.prefix = prefix.rstrip("/") + "/"
         self._lease: aetcd.leases.Lease | None = None

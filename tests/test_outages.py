@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from mesh.devcluster import LocalMesh
 from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, MeshClients, instance_records, open_clients
 from tests.support import Traffic, poll_until, predict
 
@@ -73,6 +74,15 @@ def test_inference_survives_an_etcd_outage(outage_mesh: MeshClients, examples: E
     )
     assert list(predict(mesh.infer, "outage-new")) == list(examples.tree.expected)
     poll_until(lambda: len(asyncio.run(instance_records(mesh.mesh))) == 2, what="both pods registered again")
+    # every pod's watch is back: each one's view has the model registered after the outage
+    for stack in mesh.mesh.stacks:
+        with grpc.insecure_channel(stack.pod.address) as channel:  # type: ignore[union-attr]
+            status = mm_grpc.ModelMeshStub(channel).getModelStatus
+
+            def seen(status: object = status) -> bool:
+                return status(mm.GetStatusRequest(modelId="outage-new")).status != S.NOT_FOUND  # type: ignore[operator]
+
+            poll_until(seen, timeout_s=15, what=f"{stack.pod_id}'s view catches up")
 
 
 def test_a_runtime_killed_under_its_pod_costs_a_reload_elsewhere(
