@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.tree import DecisionTreeClassifier
 from tritonclient.grpc import aio as triton_aio
 from tritonclient.utils import InferenceServerException
@@ -284,12 +285,17 @@ async def test_corrupt_model_then_good_model(
 
 
 async def test_load_timeout_cleans_up(
-    mlserver: MLServerProcess, iris: IrisModels, triton: triton_aio.InferenceServerClient
+    mlserver: MLServerProcess, triton: triton_aio.InferenceServerClient, tmp_path: Path
 ) -> None:
-    handle, stop = await start_adapter(mlserver, load_timeout_ms=1)
+    # A model that takes far longer to load than the timeout: nearest neighbours keep ~40 MB of training data.
+    x, y = load_iris(return_X_y=True)
+    (tmp_path / "slow").mkdir()
+    slow = KNeighborsClassifier(n_neighbors=1).fit(np.repeat(x, 8000, axis=0), np.repeat(y, 8000))
+    joblib.dump(slow, tmp_path / "slow" / "model.joblib")
+    handle, stop = await start_adapter(mlserver, load_timeout_ms=20)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await handle.stub.loadModel(load_req("slow", iris.dir_model))
+            await handle.stub.loadModel(load_req("slow", tmp_path / "slow"))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert list(handle.repo.iterdir()) == []
 
