@@ -1,0 +1,224 @@
+"""Scenario "hop": what one pass through the mesh costs, next to calling the runtime directly and nginx.
+
+One small model on a fast backend; every path is measured in the same run,
+round-robin over rounds (the order rotates, so drift on a shared machine hits
+each path alike), and each figure is the median over rounds with its spread:
+
+- direct:      client -> runtime
+- nginx:       client -> nginx ``grpc_pass`` -> runtime
+- mesh-local:  client -> the pod that holds the model -> its runtime
+- mesh-remote: client -> a pod without the model -> the holder's internal port -> runtime
+
+Per round and path: latency at one request in flight (p50/p99), then
+throughput at ``concurrency`` in flight. "Added" is the path's figure minus
+direct's in the same round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2 as v2
+
+from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
+from load_tests.loadgen import LoadResult, closed_loop, raw_call, warm_up
+from load_tests.processes import EchoProcess, NginxProcess, start_echo_pod
+from mesh.devcluster import EtcdServer, LocalMesh
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+
+PATHS = ("direct", "nginx", "mesh-local", "mesh-remote")
+
+PYTHON_ADD_ONE_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+PYTHON_ADD_ONE_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x + 1)]))
+        return responses
+"""
+
+
+@dataclass(frozen=True)
+class HopSettings:
+    rounds: int = 3
+    latency_requests: int = 1000  # one in flight
+    throughput_requests: int = 4000
+    concurrency: int = 16
+    max_seconds: float = 20.0  # per measurement
+
+
+def infer_request(model_id: str, payload_bytes: int = 1024) -> bytes:
+    """A ModelInfer request with one FP32 tensor of ``payload_bytes`` (raw contents)."""
+    count = payload_bytes // 4
+    tensor = v2.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32", shape=[count])
+    return v2.ModelInferRequest(
+        model_name=model_id, inputs=[tensor], raw_input_contents=[bytes(payload_bytes)]
+    ).SerializeToString()
+
+
+def register(mesh_address: str, model_id: str, model_type: str, path: str) -> None:
+    """Register and load (sync) through the management API."""
+    with grpc.insecure_channel(mesh_address) as channel:
+        mm_grpc.ModelMeshStub(channel).registerModel(
+            mm.RegisterModelRequest(
+                modelId=model_id, modelInfo=mm.ModelInfo(type=model_type, path=path), loadNow=True, sync=True
+            ),
+            timeout=120,
+        )
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3) if values else 0.0
+
+
+def _spread(values: list[float]) -> list[float]:
+    return [round(min(values), 3), round(max(values), 3)] if values else []
+
+
+def summarize_rounds(rounds: list[dict[str, dict[str, LoadResult]]]) -> dict[str, Any]:
+    """Per path: medians over rounds of latency, throughput, and of the differences to direct."""
+    summary: dict[str, Any] = {}
+    for path in rounds[0]:
+        latency = [r[path]["latency"] for r in rounds]
+        load = [r[path]["throughput"] for r in rounds]
+        entry: dict[str, Any] = {
+            "p50_ms": _median([x.p50_ms for x in latency]),
+            "p99_ms": _median([x.p99_ms for x in latency]),
+            "p50_spread_ms": _spread([x.p50_ms for x in latency]),
+            "throughput_per_s": _median([x.throughput for x in load]),
+            "throughput_spread": _spread([x.throughput for x in load]),
+            "loaded_p50_ms": _median([x.p50_ms for x in load]),
+            "loaded_p99_ms": _median([x.p99_ms for x in load]),
+            "errors": sum(sum(x.errors.values()) for x in latency + load),
+        }
+        if path != "direct":
+            direct_latency = [r["direct"]["latency"] for r in rounds]
+            direct_load = [r["direct"]["throughput"] for r in rounds]
+            entry["added_p50_ms"] = _median(
+                [x.p50_ms - d.p50_ms for x, d in zip(latency, direct_latency, strict=False)]
+            )
+            entry["added_p99_ms"] = _median(
+                [x.p99_ms - d.p99_ms for x, d in zip(latency, direct_latency, strict=False)]
+            )
+            entry["throughput_ratio"] = _median(
+                [x.throughput / d.throughput for x, d in zip(load, direct_load, strict=False) if d.throughput]
+            )
+        summary[path] = entry
+    nginx, mesh = summary.get("nginx"), summary.get("mesh-local")
+    if nginx and mesh and nginx["added_p50_ms"] > 0:
+        summary["mesh_vs_nginx_added_p50"] = round(mesh["added_p50_ms"] / nginx["added_p50_ms"], 2)
+    return summary
+
+
+async def compare_paths(
+    addresses: dict[str, str], body: bytes, settings: HopSettings
+) -> tuple[dict[str, Any], list[dict[str, dict[str, LoadResult]]]]:
+    channels = {path: grpc.aio.insecure_channel(address) for path, address in addresses.items()}
+    try:
+        calls = {path: raw_call(channel, INFER_METHOD) for path, channel in channels.items()}
+        for call in calls.values():
+            await warm_up(call, body)
+        rounds: list[dict[str, dict[str, LoadResult]]] = []
+        order = list(calls)
+        for index in range(settings.rounds):
+            shift = index % len(order)
+            this_round: dict[str, dict[str, LoadResult]] = {}
+            for path in order[shift:] + order[:shift]:
+                call = calls[path]
+                this_round[path] = {
+                    "latency": await closed_loop(
+                        call, [body], 1, settings.latency_requests, settings.max_seconds
+                    ),
+                    "throughput": await closed_loop(
+                        call, [body], settings.concurrency, settings.throughput_requests, settings.max_seconds
+                    ),
+                }
+            rounds.append({path: this_round[path] for path in order})
+        return summarize_rounds(rounds), rounds
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+@contextlib.contextmanager
+def echo_paths(work_dir: Path, model_id: str = "hop-echo") -> Iterator[dict[str, str]]:
+    """etcd, two echo pods (only pod-a serves the model's type, so pod-b always forwards) and nginx."""
+    with contextlib.ExitStack() as stack:
+        etcd = EtcdServer.start(work_dir / "etcd")
+        stack.callback(etcd.process.stop)
+        echo_a = EchoProcess.start(work_dir / "echo-a", "echo-a")
+        stack.callback(echo_a.stop)
+        echo_b = EchoProcess.start(work_dir / "echo-b", "echo-b")
+        stack.callback(echo_b.stop)
+        pod_a = start_echo_pod(work_dir / "pod-a", etcd, echo_a, "pod-a")
+        stack.callback(pod_a.process.stop)
+        pod_b = start_echo_pod(work_dir / "pod-b", etcd, echo_b, "pod-b", model_types="not-" + MODEL_TYPE)
+        stack.callback(pod_b.process.stop)
+        nginx = NginxProcess.start(work_dir / "nginx", echo_a.address)
+        stack.callback(nginx.stop)
+        register(pod_a.address, model_id, MODEL_TYPE, "size=1000000")
+        yield {
+            "direct": echo_a.address,
+            "nginx": nginx.address,
+            "mesh-local": pod_a.address,
+            "mesh-remote": pod_b.address,
+        }
+
+
+@contextlib.contextmanager
+def triton_paths(work_dir: Path, model_id: str = "hop-triton") -> Iterator[dict[str, str]]:
+    """A Triton pod holding a python-backend model; an echo pod (no python type) forwards to it."""
+    source = work_dir / "models" / "add-one"
+    (source / "1").mkdir(parents=True, exist_ok=True)
+    (source / "config.pbtxt").write_text(PYTHON_ADD_ONE_CONFIG)
+    (source / "1" / "model.py").write_text(PYTHON_ADD_ONE_MODEL)
+    with LocalMesh(work_dir / "mesh", pods=0, triton_pods=1) as mesh, contextlib.ExitStack() as stack:
+        assert mesh.etcd is not None
+        holder = mesh.stacks[0]
+        assert holder.pod is not None
+        echo = EchoProcess.start(work_dir / "echo-b", "echo-b")
+        stack.callback(echo.stop)
+        remote = start_echo_pod(work_dir / "pod-b", mesh.etcd, echo, "pod-b")
+        stack.callback(remote.process.stop)
+        nginx = NginxProcess.start(work_dir / "nginx", holder.runtime.grpc_address)
+        stack.callback(nginx.stop)
+        register(holder.pod.address, model_id, "python", str(source))
+        yield {
+            "direct": holder.runtime.grpc_address,
+            "nginx": nginx.address,
+            "mesh-local": holder.pod.address,
+            "mesh-remote": remote.address,
+        }
+
+
+async def run_hop(
+    work_dir: Path, settings: HopSettings, backends: tuple[str, ...] = ("echo", "triton")
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"settings": settings.__dict__}
+    for backend in backends:
+        model_id = f"hop-{backend}"
+        paths = echo_paths if backend == "echo" else triton_paths
+        with paths(work_dir / backend, model_id) as addresses:
+            summary, _ = await compare_paths(addresses, infer_request(model_id), settings)
+        results[backend] = summary
+    return results

@@ -1,0 +1,155 @@
+"""The benchmark's own processes: the echo runtime, nginx as a gRPC proxy, and mesh pods in front of echo.
+
+Everything binds to 127.0.0.1 on free ports and is stopped by its PID (the
+``ChildProcess`` of mesh/devcluster.py); callers use them as context managers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from load_tests.echo_runtime import MODEL_TYPE, STATS_METHOD
+from mesh.devcluster import REPO_ROOT, ChildProcess, EtcdServer, PodProcess, free_port, grpc_connectable
+
+
+@dataclass
+class EchoProcess:
+    """The echo runtime: both the pod's adapter (SPI) and its serving runtime, on one port."""
+
+    process: ChildProcess
+    address: str
+
+    @classmethod
+    def start(
+        cls,
+        work_dir: Path,
+        name: str = "echo",
+        capacity_bytes: int = 1 << 30,
+        preload: tuple[str, ...] = (),
+        max_loading_concurrency: int = 4,
+    ) -> EchoProcess:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        process = ChildProcess(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "load_tests.echo_runtime",
+                f"--port={port}",
+                f"--capacity-bytes={capacity_bytes}",
+                f"--max-loading-concurrency={max_loading_concurrency}",
+                *(f"--preload={model_id}" for model_id in preload),
+            ],
+            work_dir / f"{name}.log",
+            env={"PYTHONPATH": str(REPO_ROOT)},  # load_tests is not an installed package
+        )
+        address = f"127.0.0.1:{port}"
+        process.wait_until(lambda: grpc_connectable(address), 30, "echo runtime port open")
+        return cls(process, address)
+
+    # what PodProcess needs of a runtime and of an adapter
+    @property
+    def grpc_address(self) -> str:
+        return self.address
+
+    @property
+    def http_address(self) -> str:
+        return "127.0.0.1:9"  # no REST: the benchmarks use gRPC
+
+    def metric(self, name: str, labels: str = "") -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Loads per model, unloads, models held."""
+        with grpc.insecure_channel(self.address) as channel:
+            raw: bytes = channel.unary_unary(STATS_METHOD)(b"", timeout=10)
+        result: dict[str, Any] = json.loads(raw)
+        return result
+
+
+def start_echo_pod(
+    work_dir: Path,
+    etcd: EtcdServer,
+    echo: EchoProcess,
+    pod_id: str,
+    model_types: str = MODEL_TYPE,
+    extra_args: list[str] | None = None,
+) -> PodProcess:
+    """A mesh pod whose adapter and runtime are ``echo``."""
+    return PodProcess.start(work_dir, etcd, echo, echo, pod_id, extra_args, model_types=model_types)
+
+
+NGINX_CONFIG = """\
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream backend {{
+        server {backend};
+        keepalive 64;
+    }}
+    server {{
+        listen {listen} http2;
+        http2_max_concurrent_streams 1024;
+        location / {{
+            grpc_pass grpc://backend;
+            grpc_read_timeout 60s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
+
+
+@dataclass
+class NginxProcess:
+    """nginx ``grpc_pass`` in front of one backend: the baseline a proxy's added latency is compared with."""
+
+    process: ChildProcess
+    address: str
+
+    @classmethod
+    def start(cls, work_dir: Path, backend: str, workers: int = 1) -> NginxProcess:
+        binary = nginx_binary()
+        if binary is None:
+            raise FileNotFoundError(
+                "nginx is not installed (deploy/local/setup-bench.sh installs nginx-light)"
+            )
+        work_dir.mkdir(parents=True, exist_ok=True)
+        address = f"127.0.0.1:{free_port()}"
+        config = work_dir / "nginx.conf"
+        config.write_text(NGINX_CONFIG.format(workers=workers, dir=work_dir, backend=backend, listen=address))
+        process = ChildProcess(
+            "nginx",
+            [binary, "-p", str(work_dir), "-c", str(config), "-e", str(work_dir / "error.log")],
+            work_dir / "nginx.log",
+        )
+        process.wait_until(lambda: grpc_connectable(address), 15, "nginx listening")
+        return cls(process, address)
+
+    def stop(self) -> None:
+        self.process.stop()
