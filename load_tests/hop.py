@@ -161,7 +161,9 @@ async def compare_paths(
 
 
 @contextlib.contextmanager
-def echo_paths(work_dir: Path, model_id: str = "hop-echo") -> Iterator[dict[str, str]]:
+def echo_paths(
+    work_dir: Path, model_id: str = "hop-echo", pod_args: list[str] | None = None
+) -> Iterator[dict[str, str]]:
     """etcd, two echo pods (only pod-a serves the model's type, so pod-b always forwards) and nginx."""
     with contextlib.ExitStack() as stack:
         etcd = EtcdServer.start(work_dir / "etcd")
@@ -170,9 +172,11 @@ def echo_paths(work_dir: Path, model_id: str = "hop-echo") -> Iterator[dict[str,
         stack.callback(echo_a.stop)
         echo_b = EchoProcess.start(work_dir / "echo-b", "echo-b")
         stack.callback(echo_b.stop)
-        pod_a = start_echo_pod(work_dir / "pod-a", etcd, echo_a, "pod-a")
+        pod_a = start_echo_pod(work_dir / "pod-a", etcd, echo_a, "pod-a", extra_args=pod_args)
         stack.callback(pod_a.process.stop)
-        pod_b = start_echo_pod(work_dir / "pod-b", etcd, echo_b, "pod-b", model_types="not-" + MODEL_TYPE)
+        pod_b = start_echo_pod(
+            work_dir / "pod-b", etcd, echo_b, "pod-b", model_types="not-" + MODEL_TYPE, extra_args=pod_args
+        )
         stack.callback(pod_b.process.stop)
         nginx = NginxProcess.start(work_dir / "nginx", echo_a.address)
         stack.callback(nginx.stop)

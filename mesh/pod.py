@@ -221,7 +221,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_pod(settings, stop)
 
-    asyncio.run(run())
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop  # optional: measured in load_tests/
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run())
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ OPTIONS: tuple[Option, ...] = (
         "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
     ),
     Option("--runtime-ready-timeout-s", "MM_RUNTIME_READY_TIMEOUT_S", "120", "wait for the adapter at start"),
+    Option("--event-loop", "MM_EVENT_LOOP", "asyncio", "asyncio or uvloop"),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
 )
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class Settings:
     scaleup_rpm_threshold: float = 2000.0
     rate_interval_s: float = 10.0
     runtime_ready_timeout_s: float = 120.0
+    event_loop: str = "asyncio"
     log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
     model_types: list[str] = field(default_factory=list)
@@ -132,6 +135,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
                 values[name] = parse_labels(raw)
             elif name == "eviction_policy":
                 values[name] = EvictionPolicy(raw.lower()).value
+            elif name == "event_loop":
+                if raw not in EVENT_LOOPS:
+                    raise ValueError(f"{raw!r} is not one of {', '.join(EVENT_LOOPS)}")
+                values[name] = raw
             elif name == "model_types":
                 values[name] = [t.strip().lower() for t in raw.split(",") if t.strip()]
             else:

@@ -31,7 +31,17 @@ ETCD_CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # a watch or snapshot page of large records must not hit gRPC's 4 MiB default
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
+
+SNAPSHOT_PAGE = 1000  # keys per read; a page too large for one message is read again in halves
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with ``prefix`` (etcd's convention)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
 
 # A mutation returns the new record, None to delete the key, or raises to abort.
 Mutation = Callable[[ModelRecord | None], ModelRecord | None]
@@ -75,11 +85,33 @@ class EtcdStore:
         return (self.prefix + relative).encode()
 
     # -- snapshot and watch -------------------------------------------------------
-    async def snapshot(self) -> tuple[int, list[tuple[str, bytes, int]]]:
-        result = await self._client.get_prefix(self.prefix.encode())
+    async def snapshot(self, page_size: int = SNAPSHOT_PAGE) -> tuple[int, list[tuple[str, bytes, int]]]:
+        """Every key under the prefix at one revision, read in pages.
+
+        One read of a large registry would exceed gRPC's message limit; pages after the first are read
+        at the first page's revision, so the whole is one consistent view.
+        """
+        await self._client.connect()
+        start, end = self.prefix.encode(), _prefix_end(self.prefix.encode())
         cut = len(self.prefix)
-        items = [(kv.key.decode()[cut:], kv.value, kv.mod_revision) for kv in result.kvs]
-        return result.header.revision, items
+        revision = 0  # 0: the newest, for the first page
+        items: list[tuple[str, bytes, int]] = []
+        while True:
+            request = rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
+            try:
+                result = await self._client.kvstub.Range(
+                    request, timeout=self._timeout_s, metadata=self._client.metadata
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and page_size > 1:
+                    page_size //= 2  # unusually large records
+                    continue
+                raise StoreError(f"{e.code().name}: {e.details()}") from e
+            revision = revision or result.header.revision
+            items.extend((kv.key.decode()[cut:], kv.value, kv.mod_revision) for kv in result.kvs)
+            if not result.more or not result.kvs:
+                return revision, items
+            start = result.kvs[-1].key + b"\0"
 
     async def run_watch(self, table: RoutingTable, ready: asyncio.Event) -> None:
         """Keep ``table`` equal to etcd: a snapshot, then one watch over the prefix.

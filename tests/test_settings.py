@@ -37,3 +37,10 @@ def test_eviction_policy() -> None:
     assert parse_settings(["--eviction-policy", "GDSF"], env={}).eviction_policy == "gdsf"
     with pytest.raises(SystemExit):
         parse_settings(["--eviction-policy", "random"], env={})
+
+
+def test_event_loop() -> None:
+    assert parse_settings([], env={}).event_loop == "asyncio"
+    assert parse_settings([], env={"MM_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+    with pytest.raises(SystemExit):
+        parse_settings(["--event-loop", "trio"], env={})

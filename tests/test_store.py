@@ -113,6 +113,36 @@ async def test_watch_feeds_the_routing_table(store: EtcdStore) -> None:
         await eventually(lambda: table.instance("pod-1") is None)
 
 
+async def test_snapshot_reads_pages_at_one_revision(store: EtcdStore) -> None:
+    for i in range(25):
+        await store.create_model(f"m{i:02d}", ModelRecord(type="t", path=f"/p{i}"))
+    revision, items = await store.snapshot(page_size=7)
+    assert sorted(key for key, _, _ in items) == sorted(f"registry/m{i:02d}" for i in range(25))
+    # a write after the first page is not in this snapshot, whatever page it would fall in
+    first_revision, _ = await store.snapshot(page_size=1000)
+    assert first_revision == revision
+    _, latest = await store.update_model("m24", lambda r: ModelRecord(type="t", path="/changed"))
+    stale_revision, stale = await store.snapshot(page_size=7)
+    assert stale_revision == latest and dict((k, v) for k, v, _ in stale)["registry/m24"] == (
+        ModelRecord(type="t", path="/changed").to_json()
+    )
+
+
+async def test_a_registry_larger_than_one_grpc_message_loads(store: EtcdStore) -> None:
+    """A pod starting on a registry of 70 MB (a page of 1000 such records is over any message limit)."""
+    path = "/" + "x" * 100_000
+    count = 700
+    for start in range(0, count, 50):
+        await asyncio.gather(
+            *(
+                store.create_model(f"big-{i}", ModelRecord(type="t", path=path))
+                for i in range(start, start + 50)
+            )
+        )
+    async with watched(store) as table:
+        assert all(table.model(f"big-{i}") == ModelRecord(type="t", path=path) for i in range(count))
+
+
 async def test_watch_resumes_after_etcd_restart_without_missing_events(
     etcd: EtcdServer, store: EtcdStore
 ) -> None:

@@ -36,5 +36,13 @@ if ! fresh .venv-mlserver/.installed deploy/local/constraints-mlserver.txt; then
   touch .venv-mlserver/.installed
 fi
 
+# nginx: load_tests/ compares the mesh with nginx grpc_pass on the same backend (Debian's nginx-light, ~1 MB).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  echo "setup: nginx-light (apt-get)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null; }
+fi
+
 # Triton (tritonserver from the nvidia-pytriton wheel, CPU-only, python backend) in .venv-triton and .triton/
 deploy/local/setup-triton.sh
