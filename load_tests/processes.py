@@ -6,6 +6,7 @@ Everything binds to 127.0.0.1 on free ports and is stopped by its PID (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from load_tests.echo_runtime import MODEL_TYPE, STATS_METHOD
 from mesh.devcluster import REPO_ROOT, ChildProcess, EtcdServer, PodProcess, free_port, grpc_connectable
@@ -153,3 +155,19 @@ class NginxProcess:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def listening_processes(pod: PodProcess) -> int:
+    """How many of the pod's processes listen on its gRPC port (its main process and serving processes)."""
+    port = int(pod.address.rsplit(":", 1)[1])
+    main = psutil.Process(pod.process.pid)
+    count = 0
+    for process in [main, *main.children()]:
+        with contextlib.suppress(psutil.Error):
+            if any(c.laddr.port == port and c.status == "LISTEN" for c in process.net_connections("tcp")):
+                count += 1
+    return count
+
+
+def wait_for_serving_processes(pod: PodProcess, count: int, timeout_s: float = 30.0) -> None:
+    pod.process.wait_until(lambda: listening_processes(pod) >= count, timeout_s, f"{count} serving processes")

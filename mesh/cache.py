@@ -109,11 +109,11 @@ class ModelCache:
         entry.loading = False
         self._prioritise(entry)
 
-    def touch(self, model_id: str, now_ms: int) -> None:
+    def touch(self, model_id: str, now_ms: int, uses: int = 1) -> None:
         entry = self._entries.get(model_id)
         if entry is None:
             return
-        entry.uses += 1
+        entry.uses += uses
         self._prioritise(entry)
         if now_ms > entry.last_used_ms:
             entry.last_used_ms = now_ms

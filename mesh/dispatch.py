@@ -40,6 +40,22 @@ class NoPlacement(MeshError):
     """No live pod's runtime serves the model's type: nothing changes until an operator acts."""
 
 
+def resolve_model_id(table: RoutingTable, target: RequestTarget) -> str:
+    """The concrete model id for a request target, or NOT_FOUND.
+
+    A vmodel resolves to its active model; a bare name is a vmodel id first, then a model id.
+    """
+    if target.kind is not TargetKind.MODEL:
+        vmodel = table.vmodel(target.id)
+        if vmodel is not None:
+            return vmodel.active
+        if target.kind is TargetKind.VMODEL:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"vmodel not found: {target.id}")
+    if table.model(target.id) is not None:
+        return target.id
+    raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {target.id}")
+
+
 class Router:
     def __init__(
         self,
@@ -67,19 +83,7 @@ class Router:
 
     # -- resolution -------------------------------------------------------------------
     def model_id(self, target: RequestTarget) -> str:
-        """The concrete model id for a request target, or NOT_FOUND.
-
-        A vmodel resolves to its active model; a bare name is a vmodel id first, then a model id.
-        """
-        if target.kind is not TargetKind.MODEL:
-            vmodel = self._table.vmodel(target.id)
-            if vmodel is not None:
-                return vmodel.active
-            if target.kind is TargetKind.VMODEL:
-                raise MeshError(grpc.StatusCode.NOT_FOUND, f"vmodel not found: {target.id}")
-        if self._table.model(target.id) is not None:
-            return target.id
-        raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {target.id}")
+        return resolve_model_id(self._table, target)
 
     def ready(self, target: RequestTarget) -> bool:
         """Registered and loaded on a live pod; never triggers a load."""
@@ -285,6 +289,10 @@ class Router:
             raise MeshError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed while {model_id} was loading"
             ) from None
+
+    def record_use(self, model_id: str, count: int, last_used_ms: int) -> None:
+        """Requests another serving process of this pod answered from the runtime."""
+        self._loader.record_use(model_id, count, last_used_ms)
 
     @contextmanager
     def serving(self, model_id: str) -> Iterator[None]:

@@ -91,6 +91,12 @@ class ModelLoader:
         self._inflight[model_id] += 1
         self.cache.touch(model_id, now_ms())
 
+    def record_use(self, model_id: str, count: int, last_used_ms: int) -> None:
+        """Requests served by another process of this pod: they count for LRU order and rates alike."""
+        if self.is_loaded(model_id):
+            self.rates.record(model_id, count)
+            self.cache.touch(model_id, last_used_ms, uses=count)
+
     def release(self, model_id: str) -> None:
         self._inflight[model_id] -= 1
         if self._inflight[model_id] <= 0:

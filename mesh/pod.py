@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from mesh.leader import LeaderTasks
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
 from mesh.peers import PeerHealth, PeerPool
-from mesh.proxy import InferenceProxy, MethodTable, PeerHandler
+from mesh.proxy import InferenceProxy, MethodTable, PeerHandler, grpc_server_options
 from mesh.rates import RateTracker
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.rest_gateway import RestGateway
@@ -34,7 +36,15 @@ from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
 from mesh.runtime_watch import RuntimeWatch
 from mesh.scaler import CopyScaler
-from mesh.settings import Settings, parse_settings
+from mesh.serving_worker import (
+    DELEGATE_ENV,
+    METHODS_ENV,
+    PARENT_ENV,
+    delegate_address,
+    encode_methods,
+    worker_command,
+)
+from mesh.settings import Settings, parse_settings, settings_argv
 from mesh.store import EtcdStore, Unchanged
 from mesh.transitions import Transitions
 from protos import model_mesh_pb2, model_mesh_pb2_grpc
@@ -66,14 +76,33 @@ def instance_record(settings: Settings, loader: ModelLoader, router: Router, sta
     )
 
 
-def grpc_server(max_message_bytes: int) -> grpc.aio.Server:
-    return grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
-        ]
-    )
+def grpc_server(max_message_bytes: int, reuse_port: bool = False) -> grpc.aio.Server:
+    return grpc.aio.server(options=grpc_server_options(max_message_bytes, reuse_port))
+
+
+def start_serving_processes(settings: Settings, methods: str) -> list[subprocess.Popen[bytes]]:
+    """The pod's extra serving processes (mesh/serving_worker.py), on its own port; PIDs kept to stop them."""
+    env = {
+        **os.environ,
+        DELEGATE_ENV: delegate_address(settings),
+        METHODS_ENV: methods,
+        PARENT_ENV: str(os.getpid()),
+    }
+    return [
+        subprocess.Popen([*worker_command(), *settings_argv(settings)], env=env, stdin=subprocess.DEVNULL)
+        for _ in range(settings.serving_processes - 1)
+    ]
+
+
+async def stop_serving_processes(workers: list[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            await asyncio.to_thread(worker.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            await asyncio.to_thread(worker.wait)
 
 
 async def _forget_stale_copies(store: EtcdStore, table: RoutingTable, pod_id: str) -> None:
@@ -133,7 +162,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         )
         gateway = RestGateway(router, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes)
 
-        server = grpc_server(settings.max_message_bytes)
+        server = grpc_server(settings.max_message_bytes, reuse_port=settings.serving_processes > 1)
         transitions = Transitions(store, table, router)
         servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(servicer, server)
@@ -147,6 +176,10 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             (InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION),)
         )
         server.add_insecure_port(settings.address)
+        if settings.serving_processes > 1:  # the other serving processes relay what they do not serve
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(delegate_address(settings).removeprefix("unix:"))
+            server.add_insecure_port(delegate_address(settings))
         # Peers reach this pod on a port of its own: what arrives there is served here, never forwarded.
         internal = grpc_server(settings.max_message_bytes)
         internal.add_generic_rpc_handlers((PeerHandler(router, runtime, methods),))
@@ -162,6 +195,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             return instance_record(settings, loader, router, start_ms)
 
         await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
+        workers = start_serving_processes(settings, encode_methods(method_infos, status.allowAnyMethod))
         scaler = CopyScaler(
             settings.pod_id, table, loader, loader.rates, peers, peer_health, settings.scaleup_rpm_threshold
         )
@@ -183,6 +217,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
 
         await stop.wait()
         log.info("stopping %s: handing its models over", settings.pod_id)
+        await stop_serving_processes(workers)
         # No new loads here, and peers stop placing models here once they see shutting_down.
         loader.stopping = True
         loader.changed.set()

@@ -36,6 +36,7 @@ from mesh.peers import (
 from mesh.runtime_client import RuntimeClient
 from mesh.target import TargetError, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
+from mesh.worker_usage import USAGE_METHOD, parse_usage
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ MAX_CACHED_METHODS = 256
 
 Metadata = Sequence[tuple[str, str | bytes]]
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+def grpc_server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
+    # Without --serving-processes, a port in use is an error, not a silent share.
+    return [*message_size_options(max_message_bytes), ("grpc.so_reuseport", int(reuse_port))]
 
 
 def forwarded_metadata(metadata: Metadata) -> list[tuple[str, str | bytes]]:
@@ -198,6 +211,8 @@ class PeerHandler(grpc.GenericRpcHandler):
     def _server(self, method: str) -> Behavior:
         if method == LOAD_METHOD:
             return self._load
+        if method == USAGE_METHOD:
+            return self._usage
         refusal = self._methods.refusal(method)
         if refusal is not None:
             return _refuse(grpc.StatusCode.UNIMPLEMENTED, refusal)
@@ -239,6 +254,16 @@ class PeerHandler(grpc.GenericRpcHandler):
     async def _load(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = context.invocation_metadata() or ()
         await self._loaded_here(metadata, context, extra_copy=any(k == COPY_HEADER for k, _ in metadata))
+        return b""
+
+    async def _usage(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Hits one of this pod's serving processes served from the runtime itself."""
+        try:
+            usage = parse_usage(request)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        for model_id, (count, last_used_ms) in usage.items():
+            self._router.record_use(model_id, count, last_used_ms)
         return b""
 
     async def _loaded_here(

@@ -23,8 +23,8 @@ class RateTracker:
         """A copy was loaded here: it is not idle before a whole window has passed since."""
         self._tracked_since[model_id] = self._ticks
 
-    def record(self, model_id: str) -> None:
-        self._current[model_id] += 1
+    def record(self, model_id: str, count: int = 1) -> None:
+        self._current[model_id] += count
 
     def tick(self) -> None:
         self._closed.append(self._current)

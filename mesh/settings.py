@@ -58,6 +58,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--runtime-ready-timeout-s", "MM_RUNTIME_READY_TIMEOUT_S", "120", "wait for the adapter at start"),
     Option("--event-loop", "MM_EVENT_LOOP", "asyncio", "asyncio or uvloop"),
+    Option(
+        "--serving-processes", "MM_SERVING_PROCESSES", "1", "processes sharing the gRPC port (SO_REUSEPORT)"
+    ),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
 )
 EVENT_LOOPS = ("asyncio", "uvloop")
@@ -89,6 +92,7 @@ class Settings:
     rate_interval_s: float = 10.0
     runtime_ready_timeout_s: float = 120.0
     event_loop: str = "asyncio"
+    serving_processes: int = 1
     log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
     model_types: list[str] = field(default_factory=list)
@@ -145,8 +149,24 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
                 values[name] = raw
         except ValueError as e:
             parser.error(f"--{name.replace('_', '-')}: {e}")
+    if int(values["serving_processes"]) < 1:  # type: ignore[call-overload]
+        parser.error("--serving-processes: at least 1")
     if not values["pod_id"]:
         values["pod_id"] = f"{socket.gethostname()}-{values['grpc_port']}"
     if not values["runtime_serving"]:
         values["runtime_serving"] = values["runtime_spi"]
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_argv(settings: Settings) -> list[str]:
+    """Flags that parse back to ``settings`` (a pod's serving processes get the pod's own settings)."""
+    argv = []
+    for opt in OPTIONS:
+        name = opt.flag[2:].replace("-", "_")
+        value = getattr(settings, name)
+        if name == "labels":
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif name == "model_types":
+            value = ",".join(value)
+        argv.append(f"{opt.flag}={value}")
+    return argv

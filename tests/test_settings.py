@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.settings import parse_settings
+from mesh.settings import parse_settings, settings_argv
 
 
 def test_defaults() -> None:
@@ -44,3 +44,18 @@ def test_event_loop() -> None:
     assert parse_settings([], env={"MM_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
     with pytest.raises(SystemExit):
         parse_settings(["--event-loop", "trio"], env={})
+
+
+def test_settings_round_trip_through_flags() -> None:
+    """A pod's serving processes are started with the pod's settings written back as flags."""
+    settings = parse_settings(
+        ["--labels", "zone=a,gpu=no", "--model-types", "sklearn,Onnx", "--serving-processes", "2"],
+        env={"MM_POD_ID": "p1", "MM_LOAD_TIMEOUT_S": "7.5"},
+    )
+    assert parse_settings(settings_argv(settings), env={}) == settings
+
+
+def test_serving_processes_at_least_one() -> None:
+    assert parse_settings([], env={}).serving_processes == 1
+    with pytest.raises(SystemExit):
+        parse_settings(["--serving-processes", "0"], env={})

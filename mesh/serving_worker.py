@@ -1,0 +1,294 @@
+"""Extra serving processes of one pod: more cores for the hot path (``--serving-processes N``).
+
+One Python process tops out near 1-2k requests/s (DESIGN.md §7). The pod's
+main process owns everything stateful (the cache, loads, the instance record,
+leader tasks); N-1 workers share its external port through SO_REUSEPORT and
+serve only the common case themselves: a model this pod holds, sent straight
+to the runtime as raw bytes. Everything else — a model held elsewhere or not
+loaded, the management API, a copy the runtime lost — is relayed as raw bytes
+to the main process over a unix socket, where the full routing happens.
+
+A worker learns which models this pod holds from its own etcd watch (the
+registry names the holders), and reports its hits to the main process every
+second so that LRU order and request rates count every process's traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.dispatch import resolve_model_id
+from mesh.errors import LostCopy, MeshError, Reroute
+from mesh.peers import Passthrough, PeerPool, peer_outcome
+from mesh.proxy import (
+    Behavior,
+    MethodTable,
+    call_runtime,
+    forwarded_metadata,
+    grpc_server_options,
+    message_size_options,
+)
+from mesh.routing import RoutingTable
+from mesh.runtime_client import RuntimeClient
+from mesh.settings import Settings, parse_settings
+from mesh.store import EtcdStore
+from mesh.target import TargetError, request_target
+from mesh.wire import WireFormatError
+from mesh.worker_usage import USAGE_METHOD, UsageLog
+from protos import model_mesh_pb2
+
+log = logging.getLogger("mesh.worker")
+
+# Environment of a worker: the main process's unix socket, and the runtime's method table (JSON).
+DELEGATE_ENV = "MM_WORKER_DELEGATE"
+METHODS_ENV = "MM_WORKER_METHODS"
+PARENT_ENV = "MM_WORKER_PARENT"  # the main process's pid
+REPORT_INTERVAL_S = 1.0
+MESH_SERVICE = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
+REFLECTED_SERVICES = (MESH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+
+
+def delegate_address(settings: Settings) -> str:
+    """The unix socket the main process serves its external API on, for its workers only."""
+    return f"unix:/tmp/modelmesh-{settings.pod_id}-{settings.grpc_port}.sock"
+
+
+def encode_methods(method_infos: dict[str, list[int]], allow_any: bool) -> str:
+    return json.dumps({"infos": method_infos, "allow_any": allow_any})
+
+
+def decode_methods(raw: str) -> MethodTable:
+    data = json.loads(raw)
+    return MethodTable({k: list(v) for k, v in data["infos"].items()}, bool(data["allow_any"]))
+
+
+class WorkerProxy(grpc.GenericRpcHandler):
+    def __init__(
+        self,
+        pod_id: str,
+        table: RoutingTable,
+        runtime: RuntimeClient,
+        methods: MethodTable,
+        delegate: grpc.aio.Channel,
+        usage: UsageLog,
+        peers: PeerPool,
+    ) -> None:
+        self._pod_id = pod_id
+        self._table = table
+        self._runtime = runtime
+        self._methods = methods
+        self._delegate = delegate
+        self._usage = usage
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._peers = peers
+        self._turn = 0
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            fast = self._methods.refusal(method) is None and method.startswith("/inference.")
+            behavior = self._serve(method) if fast else self._relay(method)
+            handler = grpc.unary_unary_rpc_method_handler(behavior)
+            if len(self._handlers) < 256:  # clients choose method names: bound the cache
+                self._handlers[method] = handler
+        return handler
+
+    def _relay(self, method: str) -> Behavior:
+        relay = self._delegate.unary_unary(method)
+
+        async def relay_call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._relayed(relay, request, context)
+
+        return relay_call
+
+    async def _relayed(
+        self, relay: grpc.aio.UnaryUnaryMultiCallable, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        try:
+            response: bytes = await relay(
+                request, timeout=context.time_remaining(), metadata=context.invocation_metadata()
+            )
+            return response
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ())
+            raise AssertionError("unreachable") from None
+
+    def _serve(self, method: str) -> Behavior:
+        id_path = self._methods.id_path(method)
+        relay = self._delegate.unary_unary(method)
+
+        async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = context.invocation_metadata() or ()
+            try:
+                model_id = resolve_model_id(self._table, request_target(metadata, request))
+            except (TargetError, MeshError):
+                return await self._relayed(relay, request, context)  # the main process words the error
+            record = self._table.model(model_id)
+            if record is None:
+                return await self._relayed(relay, request, context)
+            if self._pod_id not in record.holders:
+                return await self._to_holder(method, relay, request, model_id, record.holders, context)
+            try:
+                response = await call_runtime(
+                    self._runtime,
+                    method,
+                    id_path,
+                    request,
+                    model_id,
+                    forwarded_metadata(metadata),
+                    context.time_remaining(),
+                )
+            except (LostCopy, Reroute):  # the copy is gone or the runtime is down: the main process decides
+                return await self._relayed(relay, request, context)
+            except WireFormatError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
+                raise AssertionError("unreachable") from None
+            except Passthrough as e:
+                await context.abort(e.code, e.details)
+                raise AssertionError("unreachable") from None
+            self._usage.hit(model_id, int(time.time() * 1000))
+            return response
+
+        return serve
+
+    async def _to_holder(
+        self,
+        method: str,
+        relay: grpc.aio.UnaryUnaryMultiCallable,
+        request: bytes,
+        model_id: str,
+        holders: dict[str, int],
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        """Straight to a pod holding the model (one hop, as the main process would); else relay."""
+        self._turn += 1
+        live = sorted(p for p in holders if p in self._table.instances)
+        if not live:
+            return await self._relayed(relay, request, context)
+        pod = live[self._turn % len(live)]
+        metadata = context.invocation_metadata() or ()
+        try:
+            return await self._peers.call(
+                self._table.instances[pod].record.internal_address,
+                method,
+                request,
+                model_id,
+                forwarded_metadata(metadata),
+                context.time_remaining(),
+            )
+        except grpc.aio.AioRpcError as e:
+            outcome = peer_outcome(e)
+            if isinstance(outcome, Passthrough):  # the model's own answer: final
+                await context.abort(outcome.code, outcome.details)
+                raise AssertionError("unreachable") from None
+            return await self._relayed(relay, request, context)  # the main process retries elsewhere
+
+
+async def report_usage(usage: UsageLog, internal_address: str, stop: asyncio.Event) -> None:
+    async with grpc.aio.insecure_channel(internal_address) as channel:
+        send = channel.unary_unary(USAGE_METHOD)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_INTERVAL_S)
+            if usage.counts:
+                report = usage.drain()
+                try:
+                    await send(report, timeout=5)
+                except grpc.aio.AioRpcError as e:
+                    log.warning("usage report not delivered: %s", e.code().name)
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker must not outlive its main process (SIGKILLed, it cannot stop its workers)."""
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.error("the pod's main process is gone: stopping")
+            stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def run_worker(
+    settings: Settings, delegate: str, methods: MethodTable, parent: int, stop: asyncio.Event
+) -> None:
+    orphaned = asyncio.create_task(_stop_when_orphaned(parent, stop))
+    store = EtcdStore(settings.etcd, settings.etcd_prefix)
+    table = RoutingTable()
+    synced = asyncio.Event()
+    watch = asyncio.create_task(store.run_watch(table, synced))
+    runtime = RuntimeClient(settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes)
+    delegate_channel = grpc.aio.insecure_channel(
+        delegate, options=message_size_options(settings.max_message_bytes)
+    )
+    usage = UsageLog()
+    peers = PeerPool(settings.max_message_bytes)
+    try:
+        await asyncio.wait_for(synced.wait(), timeout=30)
+        server = grpc.aio.server(options=grpc_server_options(settings.max_message_bytes, reuse_port=True))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed
+        server.add_generic_rpc_handlers(
+            (WorkerProxy(settings.pod_id, table, runtime, methods, delegate_channel, usage, peers),)
+        )
+        server.add_insecure_port(settings.address)
+        await server.start()
+        for service in ("", MESH_SERVICE, "inference.GRPCInferenceService"):  # as the main process
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        reporting = asyncio.create_task(
+            report_usage(usage, f"{settings.host}:{settings.internal_port}", stop)
+        )
+        log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)
+        await stop.wait()
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        await reporting
+    finally:
+        for task in (watch, orphaned):
+            task.cancel()
+        await asyncio.gather(watch, orphaned, return_exceptions=True)
+        await delegate_channel.close()
+        await peers.close()
+        await runtime.close()
+        await store.close()
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "mesh.serving_worker"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """A worker takes the pod's own flags; the main process adds the delegate and methods to its env."""
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    delegate = os.environ[DELEGATE_ENV]
+    methods = decode_methods(os.environ[METHODS_ENV])
+    parent = int(os.environ[PARENT_ENV])
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, delegate, methods, parent, stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
