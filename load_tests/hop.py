@@ -6,12 +6,14 @@ each path alike), and each figure is the median over rounds with its spread:
 
 - direct:      client -> runtime
 - nginx:       client -> nginx ``grpc_pass`` -> runtime
+- python-proxy: client -> load_tests/naive_proxy.py (the floor of a grpc.aio proxy) -> runtime (echo only)
 - mesh-local:  client -> the pod that holds the model -> its runtime
 - mesh-remote: client -> a pod without the model -> the holder's internal port -> runtime
 
 Per round and path: latency at one request in flight (p50/p99), then
-throughput at ``concurrency`` in flight. "Added" is the path's figure minus
-direct's in the same round.
+throughput at ``concurrency`` in flight, with the CPU time the proxy processes
+spent per request (a figure far less noisy than latency on a shared machine).
+"Added" is the path's figure minus direct's in the same round.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from tritonclient.grpc import service_pb2 as v2
 
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
-from load_tests.loadgen import LoadResult, closed_loop, raw_call, warm_up
-from load_tests.processes import EchoProcess, NginxProcess, start_echo_pod
+from load_tests.loadgen import Call, LoadResult, closed_loop, raw_call, round_robin, warm_up
+from load_tests.processes import (
+    EchoProcess,
+    NaiveProxyProcess,
+    NginxProcess,
+    start_echo_pod,
+    wait_for_serving_processes,
+)
 from mesh.devcluster import EtcdServer, LocalMesh
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
-
-PATHS = ("direct", "nginx", "mesh-local", "mesh-remote")
 
 PYTHON_ADD_ONE_CONFIG = """
 backend: "python"
@@ -59,12 +66,21 @@ class TritonPythonModel:
 
 
 @dataclass(frozen=True)
+class Route:
+    """One way to reach the model: the address a client calls, and the proxy processes on the way."""
+
+    address: str
+    proxy_pids: tuple[int, ...] = ()  # their CPU time per request is measured (children included)
+
+
+@dataclass(frozen=True)
 class HopSettings:
     rounds: int = 3
     latency_requests: int = 1000  # one in flight
     throughput_requests: int = 4000
     concurrency: int = 16
     max_seconds: float = 20.0  # per measurement
+    connections: int = 1  # client connections per path, used in turn (serving processes need several)
 
 
 def infer_request(model_id: str, payload_bytes: int = 1024) -> bytes:
@@ -111,6 +127,9 @@ def summarize_rounds(rounds: list[dict[str, dict[str, LoadResult]]]) -> dict[str
             "loaded_p99_ms": _median([x.p99_ms for x in load]),
             "errors": sum(sum(x.errors.values()) for x in latency + load),
         }
+        cpu = [x.extra["proxy_cpu_us_per_request"] for x in load if "proxy_cpu_us_per_request" in x.extra]
+        if cpu:
+            entry["proxy_cpu_us_per_request"] = _median(cpu)
         if path != "direct":
             direct_latency = [r["direct"]["latency"] for r in rounds]
             direct_load = [r["direct"]["throughput"] for r in rounds]
@@ -124,18 +143,53 @@ def summarize_rounds(rounds: list[dict[str, dict[str, LoadResult]]]) -> dict[str
                 [x.throughput / d.throughput for x, d in zip(load, direct_load, strict=False) if d.throughput]
             )
         summary[path] = entry
-    nginx, mesh = summary.get("nginx"), summary.get("mesh-local")
+    nginx, floor, mesh = summary.get("nginx"), summary.get("python-proxy"), summary.get("mesh-local")
     if nginx and mesh and nginx["added_p50_ms"] > 0:
         summary["mesh_vs_nginx_added_p50"] = round(mesh["added_p50_ms"] / nginx["added_p50_ms"], 2)
+    if floor and mesh and floor.get("proxy_cpu_us_per_request"):
+        summary["mesh_vs_python_proxy_cpu"] = round(
+            mesh["proxy_cpu_us_per_request"] / floor["proxy_cpu_us_per_request"], 2
+        )
     return summary
 
 
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU of these processes and their children so far."""
+    total = 0.0
+    for pid in pids:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+async def measured_throughput(
+    call: Call, body: bytes, settings: HopSettings, pids: tuple[int, ...]
+) -> LoadResult:
+    before = cpu_seconds(pids)
+    result = await closed_loop(
+        call, [body], settings.concurrency, settings.throughput_requests, settings.max_seconds
+    )
+    if pids and result.ok:
+        result.extra["proxy_cpu_us_per_request"] = round((cpu_seconds(pids) - before) / result.ok * 1e6, 1)
+    return result
+
+
 async def compare_paths(
-    addresses: dict[str, str], body: bytes, settings: HopSettings
+    routes: dict[str, Route], body: bytes, settings: HopSettings
 ) -> tuple[dict[str, Any], list[dict[str, dict[str, LoadResult]]]]:
-    channels = {path: grpc.aio.insecure_channel(address) for path, address in addresses.items()}
+    # separate connections (a local subchannel pool each), so SO_REUSEPORT can spread them over processes
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = {
+        path: [grpc.aio.insecure_channel(route.address, options=options) for _ in range(settings.connections)]
+        for path, route in routes.items()
+    }
     try:
-        calls = {path: raw_call(channel, INFER_METHOD) for path, channel in channels.items()}
+        calls = {
+            path: round_robin([raw_call(c, INFER_METHOD) for c in chans]) for path, chans in channels.items()
+        }
         for call in calls.values():
             await warm_up(call, body)
         rounds: list[dict[str, dict[str, LoadResult]]] = []
@@ -149,22 +203,26 @@ async def compare_paths(
                     "latency": await closed_loop(
                         call, [body], 1, settings.latency_requests, settings.max_seconds
                     ),
-                    "throughput": await closed_loop(
-                        call, [body], settings.concurrency, settings.throughput_requests, settings.max_seconds
-                    ),
+                    "throughput": await measured_throughput(call, body, settings, routes[path].proxy_pids),
                 }
             rounds.append({path: this_round[path] for path in order})
         return summarize_rounds(rounds), rounds
     finally:
-        for channel in channels.values():
-            await channel.close()
+        for chans in channels.values():
+            for channel in chans:
+                await channel.close()
 
 
 @contextlib.contextmanager
 def echo_paths(
-    work_dir: Path, model_id: str = "hop-echo", pod_args: list[str] | None = None
-) -> Iterator[dict[str, str]]:
+    work_dir: Path,
+    model_id: str = "hop-echo",
+    serving_processes: int = 1,
+    pod_args: list[str] | None = None,
+    nginx_workers: int = 1,
+) -> Iterator[dict[str, Route]]:
     """etcd, two echo pods (only pod-a serves the model's type, so pod-b always forwards) and nginx."""
+    pod_args = [f"--serving-processes={serving_processes}", *(pod_args or [])]
     with contextlib.ExitStack() as stack:
         etcd = EtcdServer.start(work_dir / "etcd")
         stack.callback(etcd.process.stop)
@@ -178,19 +236,24 @@ def echo_paths(
             work_dir / "pod-b", etcd, echo_b, "pod-b", model_types="not-" + MODEL_TYPE, extra_args=pod_args
         )
         stack.callback(pod_b.process.stop)
-        nginx = NginxProcess.start(work_dir / "nginx", echo_a.address)
+        nginx = NginxProcess.start(work_dir / "nginx", echo_a.address, workers=nginx_workers)
         stack.callback(nginx.stop)
+        naive = NaiveProxyProcess.start(work_dir / "naive-proxy", echo_a.address)
+        stack.callback(naive.stop)
         register(pod_a.address, model_id, MODEL_TYPE, "size=1000000")
+        wait_for_serving_processes(pod_a, serving_processes)
+        wait_for_serving_processes(pod_b, serving_processes)
         yield {
-            "direct": echo_a.address,
-            "nginx": nginx.address,
-            "mesh-local": pod_a.address,
-            "mesh-remote": pod_b.address,
+            "direct": Route(echo_a.address),
+            "nginx": Route(nginx.address, (nginx.process.pid,)),
+            "python-proxy": Route(naive.address, (naive.process.pid,)),
+            "mesh-local": Route(pod_a.address, (pod_a.process.pid,)),
+            "mesh-remote": Route(pod_b.address, (pod_b.process.pid, pod_a.process.pid)),
         }
 
 
 @contextlib.contextmanager
-def triton_paths(work_dir: Path, model_id: str = "hop-triton") -> Iterator[dict[str, str]]:
+def triton_paths(work_dir: Path, model_id: str = "hop-triton") -> Iterator[dict[str, Route]]:
     """A Triton pod holding a python-backend model; an echo pod (no python type) forwards to it."""
     source = work_dir / "models" / "add-one"
     (source / "1").mkdir(parents=True, exist_ok=True)
@@ -208,10 +271,10 @@ def triton_paths(work_dir: Path, model_id: str = "hop-triton") -> Iterator[dict[
         stack.callback(nginx.stop)
         register(holder.pod.address, model_id, "python", str(source))
         yield {
-            "direct": holder.runtime.grpc_address,
-            "nginx": nginx.address,
-            "mesh-local": holder.pod.address,
-            "mesh-remote": remote.address,
+            "direct": Route(holder.runtime.grpc_address),
+            "nginx": Route(nginx.address, (nginx.process.pid,)),
+            "mesh-local": Route(holder.pod.address, (holder.pod.process.pid,)),
+            "mesh-remote": Route(remote.address, (remote.process.pid, holder.pod.process.pid)),
         }
 
 

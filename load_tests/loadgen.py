@@ -13,6 +13,7 @@ charged for the queue it causes (no coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -82,6 +83,18 @@ def raw_call(
     async def call(body: bytes) -> bytes:
         response: bytes = await multicallable(body, timeout=timeout_s, metadata=headers)
         return response
+
+    return call
+
+
+def round_robin(calls: Sequence[Call]) -> Call:
+    """One callable over several (connections): each request takes the next."""
+    if len(calls) == 1:
+        return calls[0]
+    turn = itertools.cycle(calls)
+
+    async def call(body: bytes) -> bytes:
+        return await next(turn)(body)
 
     return call
 

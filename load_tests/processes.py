@@ -80,6 +80,29 @@ class EchoProcess:
         return result
 
 
+@dataclass
+class NaiveProxyProcess:
+    """load_tests/naive_proxy.py: the floor of a Python grpc.aio proxy."""
+
+    process: ChildProcess
+    address: str
+
+    @classmethod
+    def start(cls, work_dir: Path, backend: str) -> NaiveProxyProcess:
+        address = f"127.0.0.1:{free_port()}"
+        process = ChildProcess(
+            "naive-proxy",
+            [sys.executable, "-m", "load_tests.naive_proxy", f"--listen={address}", f"--backend={backend}"],
+            work_dir / "naive-proxy.log",
+            env={"PYTHONPATH": str(REPO_ROOT)},
+        )
+        process.wait_until(lambda: grpc_connectable(address), 30, "naive proxy port open")
+        return cls(process, address)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 def start_echo_pod(
     work_dir: Path,
     etcd: EtcdServer,

@@ -28,7 +28,8 @@ class CacheEntry:
     size: int
     last_used_ms: int
     loading: bool = True
-    uses: int = 1
+    uses: int = 1  # a load counts as the first use (GDSF's frequency starts at 1 on a miss)
+    load_use_pending: bool = True  # the request that caused the load is that first use: not counted again
     priority: float = 0.0  # GDSF only
 
 
@@ -113,6 +114,9 @@ class ModelCache:
         entry = self._entries.get(model_id)
         if entry is None:
             return
+        if entry.load_use_pending:
+            entry.load_use_pending = False
+            uses -= 1
         entry.uses += uses
         self._prioritise(entry)
         if now_ms > entry.last_used_ms:

@@ -100,12 +100,19 @@ class Router:
         return instance
 
     # -- choice ------------------------------------------------------------------------
+    def only_copy_here(self, model_id: str) -> bool:
+        """Loaded here and nowhere else: the request is served here, no choice to make."""
+        if not self._loader.is_loaded(model_id):
+            return False
+        record = self._table.model(model_id)
+        return record is None or len(record.holders) < 2
+
     def choose(self, model_id: str, excluded: set[str], preferred: str | None = None) -> str:
         """The pod to serve ``model_id``: this one (``self.pod_id``) or a peer. Raises when none can."""
         here_ok = self.pod_id not in excluded
-        record = self._table.model(model_id)
-        if here_ok and self._loader.is_loaded(model_id) and (record is None or len(record.holders) < 2):
+        if here_ok and self.only_copy_here(model_id):
             return self.pod_id  # the common case: the only copy is here
+        record = self._table.model(model_id)
         if record is None:
             raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
         live = self._health.live_instances()
@@ -294,9 +301,15 @@ class Router:
         """Requests another serving process of this pod answered from the runtime."""
         self._loader.record_use(model_id, count, last_used_ms)
 
+    def acquire(self, model_id: str) -> None:
+        """A request in flight: the model is not evicted under it (release() when done)."""
+        self._loader.acquire(model_id)
+
+    def release(self, model_id: str) -> None:
+        self._loader.release(model_id)
+
     @contextmanager
     def serving(self, model_id: str) -> Iterator[None]:
-        """Mark a request in flight: the model is not evicted under it."""
         self._loader.acquire(model_id)
         try:
             yield

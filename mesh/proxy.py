@@ -34,7 +34,7 @@ from mesh.peers import (
     peer_outcome,
 )
 from mesh.runtime_client import RuntimeClient
-from mesh.target import TargetError, request_target
+from mesh.target import TargetError, TargetKind, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
 from mesh.worker_usage import USAGE_METHOD, parse_usage
 
@@ -106,9 +106,16 @@ async def call_runtime(
     model_id: str,
     metadata: Metadata,
     timeout_s: float | None,
+    field1: str | None = None,
 ) -> bytes:
-    """Write the concrete id into the request and send it to this pod's runtime."""
-    if len(id_path) > 1 or read_string_field(request, id_path[0]) != model_id:
+    """Write the concrete id into the request and send it to this pod's runtime.
+
+    ``field1``: the request's field 1 when the caller has read it already (saves a second scan).
+    """
+    if id_path == [1] and field1 is not None:
+        if field1 != model_id:
+            request = inject_string(request, id_path, model_id)
+    elif len(id_path) > 1 or read_string_field(request, id_path[0]) != model_id:
         request = inject_string(request, id_path, model_id)
     try:
         response: bytes = await runtime.method(method)(request, timeout=timeout_s, metadata=metadata)
@@ -157,8 +164,27 @@ class InferenceProxy(grpc.GenericRpcHandler):
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
             try:
-                model_id = self._router.model_id(request_target(metadata, request))
+                target = request_target(metadata, request)
+                model_id = self._router.model_id(target)
                 outgoing = forwarded_metadata(metadata)
+                if self._router.only_copy_here(model_id):  # the common case, without the general machinery
+                    field1 = target.id if target.kind is TargetKind.NAME else None
+                    self._router.acquire(model_id)
+                    try:
+                        return await call_runtime(
+                            self._runtime,
+                            method,
+                            id_path,
+                            request,
+                            model_id,
+                            outgoing,
+                            context.time_remaining(),
+                            field1,
+                        )
+                    except (LostCopy, Reroute):
+                        pass  # the copy or the runtime is gone: the general route repairs or goes elsewhere
+                    finally:
+                        self._router.release(model_id)
 
                 async def here() -> bytes:
                     return await call_runtime(

@@ -151,3 +151,15 @@ def test_gdsf_ages_models_that_stop_being_used() -> None:
             cache.finish_unload(victim)
     # each eviction raised the inflation: new arrivals end up outranking the favourite that stopped being used
     assert "old-favourite" not in cache
+
+
+def test_the_request_that_caused_a_load_counts_once() -> None:
+    """GDSF's frequency: a miss inserts with one use; the same request acquiring the copy is not a second."""
+    cache = ModelCache(100, EvictionPolicy.GDSF)
+    cache.start_load("m", 10, 1)
+    cache.finish_load("m", 10)
+    cache.touch("m", 2)  # the request that loaded it
+    entry = cache.entry("m")
+    assert entry is not None and entry.uses == 1
+    cache.touch("m", 3)
+    assert entry.uses == 2

@@ -1,0 +1,309 @@
+"""One command for every scenario of DESIGN.md §8; writes load_tests/RESULTS.md and load_tests/results.json.
+
+    .venv/bin/python -m load_tests.run            # quick: every scenario, under 10 minutes
+    .venv/bin/python -m load_tests.run --full     # longer runs, more rounds, 100k models
+    .venv/bin/python -m load_tests.run --only hop,cache
+
+Every figure is measured side by side in the same run, on this machine; the
+goals table compares them with §8 and says by how much each falls short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from load_tests import cache_scenario, cache_sim, cold_start, scale
+from load_tests.hop import HopSettings, run_hop
+from load_tests.multicore import run_multicore
+from load_tests.profile_hot_path import run_profile
+from mesh.devcluster_triton import triton_installed
+
+HERE = Path(__file__).parent
+SCENARIOS = ("hop", "multicore", "cache", "cold_start", "scale", "cache_sim", "profile")
+
+
+def hop_settings(full: bool) -> HopSettings:
+    if full:
+        return HopSettings(rounds=5, latency_requests=3000, throughput_requests=10000, max_seconds=30.0)
+    return HopSettings(rounds=3, latency_requests=1000, throughput_requests=3000)
+
+
+def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
+    directory = work_dir / name
+    if name == "hop":
+        backends = ("echo", "triton") if triton_installed() else ("echo",)
+        return asyncio.run(run_hop(directory, hop_settings(full), backends))
+    if name == "multicore":
+        settings = hop_settings(full)
+        settings = HopSettings(**{**settings.__dict__, "connections": 4})
+        return asyncio.run(run_multicore(directory, settings))
+    if name == "cache":
+        return asyncio.run(cache_scenario.run_cache(directory, full))
+    if name == "cold_start":
+        return asyncio.run(cold_start.run_cold_start(directory, full))
+    if name == "scale":
+        return asyncio.run(scale.run_scale(directory, full))
+    if name == "cache_sim":
+        return _cache_sim(full)
+    if name == "profile":
+        return run_profile(directory, seconds=15 if full else 8)
+    raise ValueError(f"unknown scenario {name}")
+
+
+def _cache_sim(full: bool) -> dict[str, Any]:
+    """The policies alone on a longer trace than the mesh can replay in minutes (1000 models)."""
+    models, requests, seeds = 1000, 50_000 if full else 20_000, 5 if full else 3
+    rows = cache_sim.run(models, requests, 1.0, 0.10, range(seeds))
+    return {
+        "setup": f"{models} models (lognormal sizes), {requests} requests, Zipf 1.0, room for 10 % of all "
+        f"bytes, median of {seeds} seeds",
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+# -- the report --------------------------------------------------------------------------------------------
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}{unit}" if abs(value) < 100 else f"{value:.0f}{unit}"
+    return f"{value}{unit}"
+
+
+def hop_table(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        "| path | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s at 16 in flight | of direct "
+        "| proxy CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path, e in summary.items():
+        if not isinstance(e, dict):
+            continue
+        lines.append(
+            f"| {path} | {_fmt(e['p50_ms'])} | {_fmt(e['p99_ms'])} | {_fmt(e.get('added_p50_ms'))} "
+            f"| {_fmt(e.get('added_p99_ms'))} | {_fmt(e['throughput_per_s'])} "
+            f"| {_fmt(e.get('throughput_ratio'))} | {_fmt(e.get('proxy_cpu_us_per_request'))} |"
+        )
+    return lines
+
+
+def goal_rows(results: dict[str, Any]) -> list[str]:
+    rows = ["| goal (DESIGN.md §8) | measured | verdict |", "|---|---|---|"]
+
+    def row(goal: str, measured: str, ok: bool | None, shortfall: str = "") -> None:
+        verdict = (
+            "-" if ok is None else ("met" if ok else f"**not met**{': ' + shortfall if shortfall else ''}")
+        )
+        rows.append(f"| {goal} | {measured} | {verdict} |")
+
+    echo = results.get("hop", {}).get("echo")
+    if echo:
+        mesh, nginx = echo["mesh-local"], echo["nginx"]
+        factor = echo.get("mesh_vs_nginx_added_p50")
+        row(
+            "mesh added p50 ≤ 1.5x nginx's (echo backend)",
+            f"mesh +{mesh['added_p50_ms']} ms, nginx +{nginx['added_p50_ms']} ms ({factor}x)",
+            factor is not None and factor <= 1.5,
+            f"{factor}x instead of ≤ 1.5x" if factor else "",
+        )
+        ratio = mesh["throughput_ratio"]
+        row(
+            "mesh throughput ≥ 80 % of direct (echo backend)",
+            f"{ratio:.0%} (nginx {nginx['throughput_ratio']:.0%})",
+            ratio >= 0.8,
+            f"{0.8 - ratio:.0%} short",
+        )
+    triton = results.get("hop", {}).get("triton")
+    if triton:
+        mesh = triton["mesh-local"]
+        row(
+            "mesh throughput ≥ 80 % of direct (Triton python backend)",
+            f"{mesh['throughput_ratio']:.0%} (nginx {triton['nginx']['throughput_ratio']:.0%})",
+            mesh["throughput_ratio"] >= 0.8,
+            f"{0.8 - mesh['throughput_ratio']:.0%} short",
+        )
+    cache = results.get("cache")
+    if cache and "mesh" in cache:
+        for policy, m in cache["mesh"].items():
+            row(
+                f"cache hit ratio ≥ 95 % of Belady (mesh, {policy})",
+                f"{m['of_belady']:.2f} of Belady (hit ratio {m['hit_ratio']:.3f})",
+                m["of_belady"] >= 0.95,
+                f"{0.95 - m['of_belady']:.2f} short",
+            )
+    cold = results.get("cold_start")
+    if cold and "added_ms" in cold:
+        added = cold["added_ms"]["over_load_ms"].get("p50")
+        row("cold start: mesh added p50 < 50 ms", f"{added} ms", added is not None and added < 50)
+        most = cold["loads_per_model"]["max"]
+        row("cold start: exactly one load per model", f"max {most} loads per model", most == 1)
+    sc = results.get("scale")
+    if sc and "propagation_ms" in sc:
+        p99 = sc["propagation_ms"].get("p99")
+        row(
+            f"registry change reaches every pod < 100 ms p99 ({sc['registration']['models']} models)",
+            f"p99 {p99} ms",
+            p99 is not None and p99 < 100,
+        )
+        ratio = sc["memory"]["per_model_ratio_largest_vs_smallest"]
+        row(
+            "router memory grows sub-linearly with models",
+            f"per-model bytes, largest vs smallest table: {ratio}",
+            ratio < 0.9,
+            "linear (a fixed cost per model)",
+        )
+        scaling = sc["placement_scaling"]
+        row(
+            "placement time grows sub-linearly with pods",
+            f"time x{scaling['time_ratio']} for pods x{scaling['pods_ratio']:g}",
+            scaling["time_ratio"] < 0.5 * scaling["pods_ratio"],
+            "linear: every pod is scored (on a miss only, never per request)",
+        )
+    return rows
+
+
+def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    out = [
+        "# load_tests results",
+        "",
+        f"`{meta['command']}` on {meta['date']} ({meta['machine']}), {meta['seconds']} s. "
+        "Every figure below was measured side by side in that one run; latencies are medians over rounds "
+        "(spreads in results.json). This machine is shared and noisy: compare ratios, not absolute times.",
+        "",
+        "## Goals",
+        "",
+        *goal_rows(results),
+        "",
+    ]
+    hop = results.get("hop")
+    if hop:
+        out += ["## Hop: what one pass through the mesh costs", ""]
+        for backend in ("echo", "triton"):
+            if backend in hop:
+                title = "in-repo grpc.aio echo runtime" if backend == "echo" else "Triton python backend"
+                out += [f"### {title}", "", *hop_table(hop[backend]), ""]
+        out += [
+            "added = the path's figure minus direct's in the same round; proxy CPU = CPU time of the proxy "
+            "processes (nginx's workers, the pod(s) on the way) per request at 16 in flight. python-proxy is "
+            "load_tests/naive_proxy.py, the least a grpc.aio proxy does: the mesh's own logic is what it "
+            "costs beyond that.",
+            "",
+        ]
+    for name, title in (
+        ("multicore", "Multi-core: 1 vs 2 serving processes"),
+        ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF and Belady"),
+        ("cold_start", "Cold start: a burst of first requests"),
+        ("scale", "Scale: many models, many pods"),
+        ("cache_sim", "Cache policies alone, simulated on a longer trace"),
+        ("profile", "Profile: where the local pod's CPU goes"),
+    ):
+        if name not in results:
+            continue
+        out += [f"## {title}", ""]
+        out += [f"- {line}" for line in scenario_lines(name, results[name])]
+        out.append("")
+    errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    if errors:
+        out += ["## Scenarios that failed", ""] + [f"- {k}: {v}" for k, v in errors.items()] + [""]
+    return "\n".join(out)
+
+
+def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
+    if "error" in result:
+        return [f"failed: {result['error']}"]
+    if name == "cache":
+        return cache_scenario.summary_lines(result)
+    if name == "cold_start":
+        return cold_start.summary_lines(result)
+    if name == "scale":
+        return scale.summary_lines(result)
+    if name == "multicore":
+        lines = [
+            f"{n} serving process(es): {r['throughput_per_s']} req/s through the mesh "
+            f"({r['throughput_ratio_to_direct']:.0%} of direct in the same setup), "
+            f"added p50 {r['added_p50_ms']} ms, {r['proxy_cpu_us_per_request']} µs CPU per request"
+            for n, r in result.items()
+            if n.isdigit()
+        ]
+        if "scaling_2_over_1" in result:
+            lines.append(
+                f"2 over 1 process: x{result['scaling_2_over_1']} req/s, "
+                f"x{result['ratio_scaling_2_over_1']} in ratio to direct. The load generator, the echo "
+                "runtime and the pod share this machine's 2 cores."
+            )
+        return lines
+    if name == "cache_sim":
+        return [result["setup"]] + [
+            f"{r['policy']}: hit ratio {r['hit_ratio_median']:.3f} ({r['of_belady_median']:.2f} of Belady)"
+            for r in result["rows"]
+        ]
+    if name == "profile":
+        top = ", ".join(
+            f"{frame} {pct} %" for frame, pct in list(result["top_mesh_inclusive_pct"].items())[:6]
+        )
+        self_top = ", ".join(f"{frame} {pct} %" for frame, pct in list(result["top_self_pct"].items())[:5])
+        return [
+            f"{result['samples']} samples; frames in mesh/ (the mesh's own code, inclusive): "
+            f"{result['mesh_code_pct']} %; grpc's poller thread: {result['grpc_poller_thread_pct']} %",
+            f"most self time: {self_top}",
+            f"mesh functions (inclusive): {top}",
+        ]
+    return [json.dumps(result)[:500]]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="longer runs, more rounds, 100k models")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--out-dir", type=Path, default=HERE, help="where RESULTS.md and results.json go")
+    parser.add_argument("--work-dir", type=Path, default=None, help="scratch (default: a temp dir, removed)")
+    args = parser.parse_args(argv)
+    chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="mesh-load-"))
+    began = time.time()
+    results: dict[str, Any] = {}
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        started = time.time()
+        try:
+            results[name] = run_scenario(name, work_dir, args.full)
+        except Exception as e:  # one failed scenario must not lose the others' figures
+            traceback.print_exc()
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+        print(f"   {name}: {time.time() - started:.0f} s", flush=True)
+        if "error" not in results[name]:
+            for line in scenario_lines(name, results[name]) if name != "hop" else []:
+                print("   " + line, flush=True)
+    meta = {
+        "command": "python -m load_tests.run"
+        + (" --full" if args.full else "")
+        + (f" --only {args.only}" if args.only else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
+        "seconds": round(time.time() - began),
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "results.json").write_text(json.dumps({"meta": meta, **results}, indent=1) + "\n")
+    (args.out_dir / "RESULTS.md").write_text(render(results, meta) + "\n")
+    print(f"wrote {args.out_dir / 'RESULTS.md'} and results.json ({meta['seconds']} s)")
+    if args.work_dir is None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The hop scenario end to end, small: every path answers through real nginx, a grpc.aio proxy, mesh pods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from load_tests.hop import HopSettings, compare_paths, echo_paths, infer_request
+from load_tests.run import goal_rows
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+
+pytestmark = pytest.mark.integration
+
+
+async def test_every_path_serves_and_is_measured(tmp_path: Path) -> None:
+    settings = HopSettings(
+        rounds=1, latency_requests=50, throughput_requests=200, concurrency=4, connections=2
+    )
+    with echo_paths(tmp_path, "hop-test") as routes:
+        summary, rounds = await compare_paths(routes, infer_request("hop-test"), settings)
+        with grpc.insecure_channel(routes["mesh-local"].address) as channel:
+            status = mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId="hop-test"))
+    assert set(summary) >= {"direct", "nginx", "python-proxy", "mesh-local", "mesh-remote"}
+    for path in ("direct", "nginx", "python-proxy", "mesh-local", "mesh-remote"):
+        assert summary[path]["errors"] == 0, path
+        assert rounds[0][path]["latency"].ok == 50 and rounds[0][path]["throughput"].ok == 200
+    for path in ("nginx", "python-proxy", "mesh-local", "mesh-remote"):
+        assert summary[path]["proxy_cpu_us_per_request"] > 0, path
+    # pod-b cannot hold the model (another type): every mesh-remote request was forwarded to pod-a's copy
+    assert status.status == mm.ModelStatusInfo.LOADED
+    assert (
+        summary["mesh-remote"]["proxy_cpu_us_per_request"] > summary["mesh-local"]["proxy_cpu_us_per_request"]
+    )
+
+
+def test_goal_verdicts_say_by_how_much() -> None:
+    results = {
+        "hop": {
+            "echo": {
+                "nginx": {"added_p50_ms": 0.2, "throughput_ratio": 0.9},
+                "mesh-local": {"added_p50_ms": 0.6, "throughput_ratio": 0.45},
+                "mesh_vs_nginx_added_p50": 3.0,
+            }
+        },
+        "cold_start": {"added_ms": {"over_load_ms": {"p50": 20.0}}, "loads_per_model": {"max": 1}},
+    }
+    rows = "\n".join(goal_rows(results))
+    assert "3.0x instead of ≤ 1.5x" in rows
+    assert "35% short" in rows
+    assert rows.count("| met |") == 2  # cold start: both goals
