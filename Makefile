@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both install what they need first.
-.PHONY: setup demo test lint protos
+.PHONY: setup demo test lint protos bench
 
 setup:
 	@deploy/local/setup.sh
@@ -17,3 +17,7 @@ test: setup lint
 
 protos: setup
 	.venv/bin/python -m protos.generate
+
+# The performance harness (load_tests/): quick by default; `make bench ARGS=--full` for the long run.
+bench: setup
+	.venv/bin/python -m load_tests.run $(ARGS)

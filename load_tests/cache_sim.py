@@ -60,6 +60,7 @@ def mesh_hits(w: Workload, policy: EvictionPolicy) -> int:
             cache.start_unload(victim)
             cache.finish_unload(victim)
         cache.finish_load(key, w.sizes[model])
+        cache.touch(key, clock)  # the request that loaded it is served (not counted as a second use)
     return hits
 
 

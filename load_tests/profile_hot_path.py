@@ -10,6 +10,7 @@ into the mesh's own code (any frame in mesh/) and the rest.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,7 @@ from load_tests.hop import echo_paths, infer_request
 from load_tests.loadgen import closed_loop, raw_call
 from mesh.devcluster import VENV_BIN
 
-MESH_FRAME = "/mesh/"
+MESH_FRAME = re.compile(r"[(/]mesh/(?!pod\.py)")  # py-spy prints "name (mesh/proxy.py:12)"; pod.py is main()
 
 
 def summarize_samples(raw_lines: list[str], top: int = 12) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def summarize_samples(raw_lines: list[str], top: int = 12) -> dict[str, Any]:
         self_time[frames[-1]] += count
         if frames[0].startswith("Thread._bootstrap"):
             poller += count
-        mesh_frames = {f for f in frames if MESH_FRAME in f and "mesh/pod.py" not in f}
+        mesh_frames = {f for f in frames if MESH_FRAME.search(f)}
         if mesh_frames:
             in_mesh += count
         for frame in mesh_frames:
