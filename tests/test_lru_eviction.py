@@ -22,7 +22,10 @@ MODEL_FLOOR = 200 * MIB
 @pytest.fixture(scope="module")
 def two_model_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshClients]:
     mesh = LocalMesh(
-        tmp_path_factory.mktemp("lru"), capacity_bytes=500 * MIB, min_model_size_bytes=MODEL_FLOOR
+        tmp_path_factory.mktemp("lru"),
+        capacity_bytes=500 * MIB,
+        min_model_size_bytes=MODEL_FLOOR,
+        pod_args=["--eviction-policy=lru"],  # the default is gdsf
     )
     with mesh:
         clients = open_clients(mesh)
