@@ -85,7 +85,9 @@ class MethodTable:
         return self._infos.get(method, [1])
 
 
-class _HandlerCache:
+class HandlerCache:
+    """One raw-bytes handler per method name, made on first use (bounded: clients choose the names)."""
+
     def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -142,7 +144,7 @@ class InferenceProxy(grpc.GenericRpcHandler):
         self._peers = peers
         self._runtime = runtime
         self._methods = methods
-        self._cache = _HandlerCache()
+        self._cache = HandlerCache()
         metadata = v2.ServerMetadataResponse(name=server_name, version=server_version).SerializeToString()
         self._local: dict[str, Behavior] = {
             V2_SERVICE + "ServerLive": _constant(v2.ServerLiveResponse(live=True).SerializeToString()),
@@ -228,7 +230,7 @@ class PeerHandler(grpc.GenericRpcHandler):
         self._router = router
         self._runtime = runtime
         self._methods = methods
-        self._cache = _HandlerCache()
+        self._cache = HandlerCache()
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method

@@ -34,6 +34,7 @@ from mesh.errors import LostCopy, MeshError, Reroute
 from mesh.peers import Passthrough, PeerPool, peer_outcome
 from mesh.proxy import (
     Behavior,
+    HandlerCache,
     MethodTable,
     call_runtime,
     forwarded_metadata,
@@ -91,20 +92,19 @@ class WorkerProxy(grpc.GenericRpcHandler):
         self._methods = methods
         self._delegate = delegate
         self._usage = usage
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers = HandlerCache()
         self._peers = peers
         self._turn = 0
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            fast = self._methods.refusal(method) is None and method.startswith("/inference.")
-            behavior = self._serve(method) if fast else self._relay(method)
-            handler = grpc.unary_unary_rpc_method_handler(behavior)
-            if len(self._handlers) < 256:  # clients choose method names: bound the cache
-                self._handlers[method] = handler
-        return handler
+        return self._handlers.get(method, lambda: self._behavior(method))
+
+    def _behavior(self, method: str) -> Behavior:
+        """Inference methods are served here when they can be; anything else goes to the main process."""
+        if self._methods.refusal(method) is None and method.startswith("/inference."):
+            return self._serve(method)
+        return self._relay(method)
 
     def _relay(self, method: str) -> Behavior:
         relay = self._delegate.unary_unary(method)
