@@ -3,14 +3,18 @@
 One Python process tops out near 1-2k requests/s (DESIGN.md §7). The pod's
 main process owns everything stateful (the cache, loads, the instance record,
 leader tasks); N-1 workers share its external port through SO_REUSEPORT and
-serve only the common case themselves: a model this pod holds, sent straight
-to the runtime as raw bytes. Everything else — a model held elsewhere or not
-loaded, the management API, a copy the runtime lost — is relayed as raw bytes
-to the main process over a unix socket, where the full routing happens.
+serve only the common cases themselves: a model this pod holds, sent straight
+to the runtime as raw bytes, or one another pod holds, sent straight to that
+pod's internal port. Everything else — a model not loaded anywhere, the
+management API, a copy the runtime lost, an error that needs a decision — is
+relayed as raw bytes to the main process over a unix socket, where the full
+routing happens.
 
-A worker learns which models this pod holds from its own etcd watch (the
-registry names the holders), and reports its hits to the main process every
-second so that LRU order and request rates count every process's traffic.
+A worker learns the holders from its own etcd watch, and reports its hits to
+the main process every second so that eviction order and request rates count
+every process's traffic. Its requests in flight are not pinned in the main
+process's cache: an eviction under one makes the runtime answer NOT_FOUND, and
+the worker relays the request to the main process, which loads the model again.
 """
 
 from __future__ import annotations
