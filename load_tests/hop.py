@@ -19,6 +19,7 @@ spent per request (a figure far less noisy than latency on a shared machine).
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from load_tests.processes import (
 from mesh.devcluster import EtcdServer, LocalMesh
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+
+log = logging.getLogger(__name__)
 
 PYTHON_ADD_ONE_CONFIG = """
 backend: "python"
@@ -285,7 +288,11 @@ async def run_hop(
     for backend in backends:
         model_id = f"hop-{backend}"
         paths = echo_paths if backend == "echo" else triton_paths
-        with paths(work_dir / backend, model_id) as addresses:
-            summary, _ = await compare_paths(addresses, infer_request(model_id), settings)
+        try:
+            with paths(work_dir / backend, model_id) as addresses:
+                summary, _ = await compare_paths(addresses, infer_request(model_id), settings)
+        except Exception as e:  # one backend failing must not lose the other's figures
+            log.exception("hop on %s failed", backend)
+            summary = {"error": f"{type(e).__name__}: {e}"}
         results[backend] = summary
     return results

@@ -37,6 +37,7 @@ from mesh.dispatch import resolve_model_id
 from mesh.errors import LostCopy, MeshError, Reroute
 from mesh.peers import Passthrough, PeerPool, peer_outcome
 from mesh.proxy import (
+    V2_SERVICE,
     Behavior,
     HandlerCache,
     MethodTable,
@@ -61,6 +62,11 @@ DELEGATE_ENV = "MM_WORKER_DELEGATE"
 METHODS_ENV = "MM_WORKER_METHODS"
 PARENT_ENV = "MM_WORKER_PARENT"  # the main process's pid
 REPORT_INTERVAL_S = 1.0
+# What the main process answers itself, never the runtime: its own services, and the server-level v2 calls.
+MESH_SERVICES = ("/mmesh.", "/grpc.")
+MESH_ANSWERED = frozenset(
+    V2_SERVICE + m for m in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady")
+)
 MESH_SERVICE = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
 REFLECTED_SERVICES = (MESH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
@@ -106,7 +112,8 @@ class WorkerProxy(grpc.GenericRpcHandler):
 
     def _behavior(self, method: str) -> Behavior:
         """Inference methods are served here when they can be; anything else goes to the main process."""
-        if self._methods.refusal(method) is None and method.startswith("/inference."):
+        runtime_method = not method.startswith(MESH_SERVICES) and method not in MESH_ANSWERED
+        if runtime_method and self._methods.refusal(method) is None:
             return self._serve(method)
         return self._relay(method)
 

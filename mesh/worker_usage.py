@@ -39,6 +39,9 @@ def parse_usage(raw: bytes) -> dict[str, tuple[int, int]]:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        return {str(m): (int(v[0]), int(v[1])) for m, v in data.items()}
+        usage = {str(m): (int(v[0]), int(v[1])) for m, v in data.items()}
     except (TypeError, IndexError, KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"malformed usage report: {e}") from e
+    if any(count < 1 for count, _ in usage.values()):
+        raise ValueError("malformed usage report: a count below 1")
+    return usage

@@ -40,14 +40,34 @@ def test_goal_verdicts_say_by_how_much() -> None:
     results = {
         "hop": {
             "echo": {
-                "nginx": {"added_p50_ms": 0.2, "throughput_ratio": 0.9},
-                "mesh-local": {"added_p50_ms": 0.6, "throughput_ratio": 0.45},
-                "mesh_vs_nginx_added_p50": 3.0,
+                "nginx": {"added_p50_ms": 0.2, "added_p99_ms": 0.4, "throughput_ratio": 0.9, "errors": 0},
+                "mesh-local": {
+                    "added_p50_ms": 0.6,
+                    "added_p99_ms": 0.5,
+                    "throughput_ratio": 0.45,
+                    "errors": 0,
+                },
             }
         },
-        "cold_start": {"added_ms": {"over_load_ms": {"p50": 20.0}}, "loads_per_model": {"max": 1}},
+        "cold_start": {
+            "added_ms": {"over_load_ms": {"p50": 20.0}},
+            "loads_per_model": {"max": 1, "models_never_loaded": 0},
+            "errors": 0,
+        },
     }
     rows = "\n".join(goal_rows(results))
-    assert "3.0x instead of ≤ 1.5x" in rows
+    assert "3.0x instead of ≤ 1.5x" in rows  # p50
     assert "35% short" in rows
-    assert rows.count("| met |") == 2  # cold start: both goals
+    assert rows.count("| met |") == 3  # p99 (1.25x) and both cold-start goals
+
+
+def test_failed_requests_or_missed_models_never_pass_a_goal() -> None:
+    results = {
+        "cold_start": {
+            "added_ms": {"over_load_ms": {"p50": 20.0}},
+            "loads_per_model": {"max": 1, "models_never_loaded": 2},
+            "errors": 4,
+        },
+    }
+    rows = "\n".join(goal_rows(results))
+    assert "| met |" not in rows and "4 requests failed" in rows

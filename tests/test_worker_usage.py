@@ -18,7 +18,9 @@ def test_usage_log_drains_counts_and_last_use() -> None:
     assert parse_usage(log.drain()) == {}  # a drain starts a new report
 
 
-@pytest.mark.parametrize("raw", [b"[]", b"{", b'{"a": 3}', b'{"a": []}', b'{"a": ["x", 1]}'])
+@pytest.mark.parametrize(
+    "raw", [b"[]", b"{", b'{"a": 3}', b'{"a": []}', b'{"a": ["x", 1]}', b'{"a": [0, 1]}', b'{"a": [-4, 1]}']
+)
 def test_malformed_reports_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         parse_usage(raw)
