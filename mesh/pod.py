@@ -80,7 +80,9 @@ def grpc_server(max_message_bytes: int, reuse_port: bool = False) -> grpc.aio.Se
     return grpc.aio.server(options=grpc_server_options(max_message_bytes, reuse_port))
 
 
-def start_serving_processes(settings: Settings, methods: str) -> list[subprocess.Popen[bytes]]:
+def start_serving_processes(
+    settings: Settings, methods: str, count: int | None = None
+) -> list[subprocess.Popen[bytes]]:
     """The pod's extra serving processes (mesh/serving_worker.py), on its own port; PIDs kept to stop them."""
     env = {
         **os.environ,
@@ -90,8 +92,20 @@ def start_serving_processes(settings: Settings, methods: str) -> list[subprocess
     }
     return [
         subprocess.Popen([*worker_command(), *settings_argv(settings)], env=env, stdin=subprocess.DEVNULL)
-        for _ in range(settings.serving_processes - 1)
+        for _ in range(settings.serving_processes - 1 if count is None else count)
     ]
+
+
+async def keep_serving_processes(
+    settings: Settings, methods: str, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    """A serving process that exits while the pod runs is replaced (its port share would go unserved)."""
+    while True:
+        await asyncio.sleep(1.0)
+        for index, worker in enumerate(workers):
+            if worker.poll() is not None:
+                log.error("serving process %d exited (%s): starting another", worker.pid, worker.returncode)
+                workers[index] = start_serving_processes(settings, methods, count=1)[0]
 
 
 async def stop_serving_processes(workers: list[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> None:
@@ -195,7 +209,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             return instance_record(settings, loader, router, start_ms)
 
         await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
-        workers = start_serving_processes(settings, encode_methods(method_infos, status.allowAnyMethod))
+        worker_methods = encode_methods(method_infos, status.allowAnyMethod)
+        workers = start_serving_processes(settings, worker_methods)
+        keeping = asyncio.create_task(keep_serving_processes(settings, worker_methods, workers))
         scaler = CopyScaler(
             settings.pod_id, table, loader, loader.rates, peers, peer_health, settings.scaleup_rpm_threshold
         )
@@ -217,6 +233,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
 
         await stop.wait()
         log.info("stopping %s: handing its models over", settings.pod_id)
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)
         await stop_serving_processes(workers)
         # No new loads here, and peers stop placing models here once they see shutting_down.
         loader.stopping = True

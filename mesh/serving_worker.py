@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh.dispatch import resolve_model_id
 from mesh.errors import LostCopy, MeshError, Reroute
-from mesh.peers import Passthrough, PeerPool, peer_outcome
+from mesh.peers import Passthrough, PeerHealth, PeerPool, peer_outcome
 from mesh.proxy import (
     V2_SERVICE,
     Behavior,
@@ -95,6 +95,7 @@ class WorkerProxy(grpc.GenericRpcHandler):
         delegate: grpc.aio.Channel,
         usage: UsageLog,
         peers: PeerPool,
+        health: PeerHealth,
     ) -> None:
         self._pod_id = pod_id
         self._table = table
@@ -104,6 +105,7 @@ class WorkerProxy(grpc.GenericRpcHandler):
         self._usage = usage
         self._handlers = HandlerCache()
         self._peers = peers
+        self._health = health
         self._turn = 0
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -186,7 +188,7 @@ class WorkerProxy(grpc.GenericRpcHandler):
     ) -> bytes:
         """Straight to a pod holding the model (one hop, as the main process would); else relay."""
         self._turn += 1
-        live = sorted(p for p in holders if p in self._table.instances)
+        live = sorted(p for p in holders if self._health.alive(p))
         if not live:
             return await self._relayed(relay, request, context)
         pod = live[self._turn % len(live)]
@@ -205,6 +207,8 @@ class WorkerProxy(grpc.GenericRpcHandler):
             if isinstance(outcome, Passthrough):  # the model's own answer: final
                 await context.abort(outcome.code, outcome.details)
                 raise AssertionError("unreachable") from None
+            if isinstance(outcome, Reroute) and outcome.unreachable:
+                self._health.unreachable(pod)  # not tried again until its lease would have run out
             return await self._relayed(relay, request, context)  # the main process retries elsewhere
 
 
@@ -253,7 +257,18 @@ async def run_worker(
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed
         server.add_generic_rpc_handlers(
-            (WorkerProxy(settings.pod_id, table, runtime, methods, delegate_channel, usage, peers),)
+            (
+                WorkerProxy(
+                    settings.pod_id,
+                    table,
+                    runtime,
+                    methods,
+                    delegate_channel,
+                    usage,
+                    peers,
+                    PeerHealth(table, suspect_s=settings.lease_ttl_s),
+                ),
+            )
         )
         server.add_insecure_port(settings.address)
         await server.start()

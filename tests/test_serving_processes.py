@@ -84,3 +84,18 @@ def test_worker_stops_with_the_pod_even_when_the_pod_is_killed(two_process_pod: 
     worker = two_process_pod.worker
     psutil.Process(two_process_pod.pod.process.pid).kill()  # no chance to stop its workers itself
     poll_until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 15, "worker exit")
+
+
+def test_a_serving_process_that_dies_is_replaced(two_process_pod: TwoProcessPod) -> None:
+    pod = two_process_pod.pod
+    two_process_pod.worker.kill()
+    poll_until(lambda: not two_process_pod.worker.is_running(), 10, "worker gone")
+
+    def replaced() -> bool:
+        workers = [
+            c for c in psutil.Process(pod.process.pid).children() if c.pid != two_process_pod.worker.pid
+        ]
+        return any("mesh.serving_worker" in " ".join(c.cmdline()) for c in workers)
+
+    poll_until(replaced, 15, "a new serving process")
+    wait_for_serving_processes(pod, 2)
