@@ -31,7 +31,11 @@ CAPACITY = 100 * MIB
 @pytest.fixture(scope="module")
 def triton_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshClients]:
     with LocalMesh(
-        tmp_path_factory.mktemp("triton-mesh"), pods=0, triton_pods=1, capacity_bytes=CAPACITY
+        tmp_path_factory.mktemp("triton-mesh"),
+        pods=0,
+        triton_pods=1,
+        capacity_bytes=CAPACITY,
+        pod_args=["--eviction-policy=lru"],  # the eviction test names the least recently used model
     ) as mesh:
         clients = open_clients(mesh)
         yield clients
