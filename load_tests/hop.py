@@ -39,33 +39,12 @@ from load_tests.processes import (
     start_echo_pod,
     wait_for_serving_processes,
 )
+from mesh.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
 from mesh.devcluster import EtcdServer, LocalMesh
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
 log = logging.getLogger(__name__)
-
-PYTHON_ADD_ONE_CONFIG = """
-backend: "python"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU count: 1 } ]
-"""
-
-PYTHON_ADD_ONE_MODEL = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x + 1)]))
-        return responses
-"""
 
 
 @dataclass(frozen=True)
@@ -260,8 +239,8 @@ def triton_paths(work_dir: Path, model_id: str = "hop-triton") -> Iterator[dict[
     """A Triton pod holding a python-backend model; an echo pod (no python type) forwards to it."""
     source = work_dir / "models" / "add-one"
     (source / "1").mkdir(parents=True, exist_ok=True)
-    (source / "config.pbtxt").write_text(PYTHON_ADD_ONE_CONFIG)
-    (source / "1" / "model.py").write_text(PYTHON_ADD_ONE_MODEL)
+    (source / "config.pbtxt").write_text(ADD_ONE_CONFIG)  # the adapter renames it to the model id
+    (source / "1" / "model.py").write_text(ADD_ONE_MODEL)
     with LocalMesh(work_dir / "mesh", pods=0, triton_pods=1) as mesh, contextlib.ExitStack() as stack:
         assert mesh.etcd is not None
         holder = mesh.stacks[0]

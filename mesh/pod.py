@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh.cache import EvictionPolicy, ModelCache
 from mesh.dispatch import Router
+from mesh.entry import run_until_signalled
 from mesh.leader import LeaderTasks
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
@@ -263,24 +263,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_pod(settings, stop)
-
-    loop_factory = None
-    if settings.event_loop == "uvloop":
-        import uvloop  # optional: measured in load_tests/
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(run())
+    run_until_signalled(settings, lambda stop: run_pod(settings, stop))
 
 
 if __name__ == "__main__":

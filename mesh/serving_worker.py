@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.dispatch import resolve_model_id
+from mesh.entry import run_until_signalled
 from mesh.errors import LostCopy, MeshError, Reroute
 from mesh.peers import Passthrough, PeerHealth, PeerPool, peer_outcome
 from mesh.proxy import (
@@ -299,21 +299,10 @@ def worker_command() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     """A worker takes the pod's own flags; the main process adds the delegate and methods to its env."""
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     delegate = os.environ[DELEGATE_ENV]
     methods = decode_methods(os.environ[METHODS_ENV])
     parent = int(os.environ[PARENT_ENV])
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, delegate, methods, parent, stop)
-
-    asyncio.run(run())
+    run_until_signalled(settings, lambda stop: run_worker(settings, delegate, methods, parent, stop))
 
 
 if __name__ == "__main__":
