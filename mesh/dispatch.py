@@ -25,6 +25,7 @@ from mesh.placement import choose_load_target, serves_type
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.routing import RoutingTable
 from mesh.status import PoolStats, live_copies, pool_stats, unexpired_failures
+from mesh.store import StoreError
 from mesh.target import RequestTarget, TargetKind
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Router:
         max_load_failures: int,
         load_timeout_s: float = 120.0,
         max_attempts: int = 3,
+        registry_revision: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.pod_id = pod_id
         self._table = table
@@ -78,12 +80,37 @@ class Router:
         self._max_failures = max_load_failures
         self._max_attempts = max_attempts
         self._load_timeout_s = load_timeout_s
+        self._registry_revision = registry_revision
         self._turn = 0
         self._unplaced: dict[str, float] = {}  # model -> when no pod could take it
 
     # -- resolution -------------------------------------------------------------------
     def model_id(self, target: RequestTarget) -> str:
         return resolve_model_id(self._table, target)
+
+    async def model_id_after_miss(self, target: RequestTarget) -> str:
+        """``model_id`` for a target this pod's view did not know, asked again once the view is current."""
+        try:
+            return self.model_id(target)
+        except MeshError as miss:
+            if miss.code is not grpc.StatusCode.NOT_FOUND or not await self.view_current():
+                raise
+            return self.model_id(target)
+
+    async def view_current(self, timeout_s: float = 2.0) -> bool:
+        """Wait until this pod's view reaches etcd's present revision; False if that cannot be had now.
+
+        A model registered through another pod a moment ago may not have reached this pod's watch yet, so
+        a miss waits (bounded) for the view before NOT_FOUND is the answer. Only misses pay the etcd read;
+        with etcd down the view answers as it is.
+        """
+        if self._registry_revision is None:
+            return False
+        try:
+            await self._table.wait_for_revision(await self._registry_revision(), timeout_s)
+        except (StoreError, TimeoutError):
+            return False
+        return True
 
     def ready(self, target: RequestTarget) -> bool:
         """Registered and loaded on a live pod; never triggers a load."""

@@ -160,14 +160,19 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     async def getModelStatus(
         self, request: mm.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> mm.ModelStatusInfo:
-        return self._status(_required(request.modelId, "modelId"))
+        model_id = _required(request.modelId, "modelId")
+        if self._table.model(model_id) is None:  # perhaps registered through another pod a moment ago
+            await self._router.view_current()
+        return self._status(model_id)
 
     @_grpc_errors
     async def ensureLoaded(
         self, request: mm.EnsureLoadedRequest, context: grpc.aio.ServicerContext
     ) -> mm.ModelStatusInfo:
         model_id = _required(request.modelId, "modelId")
-        if self._table.model(model_id) is None:
+        if self._table.model(model_id) is None and (
+            not await self._router.view_current() or self._table.model(model_id) is None
+        ):
             raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
         return await self._load(model_id, request.lastUsedTime or None, request.sync)
 

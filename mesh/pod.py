@@ -173,6 +173,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             settings.load_failure_expiry_s,
             settings.max_load_failures,
             load_timeout_s=load_timeout_s + 10,  # the adapter's own timeout fires first
+            registry_revision=store.current_revision,
         )
         gateway = RestGateway(router, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes)
 

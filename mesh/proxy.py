@@ -167,7 +167,10 @@ class InferenceProxy(grpc.GenericRpcHandler):
             metadata = context.invocation_metadata() or ()
             try:
                 target = request_target(metadata, request)
-                model_id = self._router.model_id(target)
+                try:
+                    model_id = self._router.model_id(target)
+                except MeshError:  # perhaps registered elsewhere a moment ago
+                    model_id = await self._router.model_id_after_miss(target)
                 outgoing = forwarded_metadata(metadata)
                 if self._router.only_copy_here(model_id):  # the common case, without the general machinery
                     field1 = target.id if target.kind is TargetKind.NAME else None

@@ -125,7 +125,7 @@ class RestGateway:
             return error(501, "REST inference needs the runtime's REST address (--runtime-rest)")
         body = await request.read()
         try:
-            model_id = self._router.model_id(self._target(request))
+            model_id = await self._router.model_id_after_miss(self._target(request))
 
             async def here() -> web.Response:
                 response = await self._call(self._runtime_base, request, model_id, body, internal=False)

@@ -147,6 +147,18 @@ class EtcdStore:
                 log.warning("etcd watch broken (%s); resuming from revision %s", e, next_revision)
                 await asyncio.sleep(0.5)
 
+    async def current_revision(self) -> int:
+        """etcd's revision now (a linearizable read): what this pod's view must reach to be current."""
+        await self._client.connect()
+        request = rpc.RangeRequest(key=self.prefix.encode(), count_only=True)
+        try:
+            result = await self._client.kvstub.Range(
+                request, timeout=self._timeout_s, metadata=self._client.metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise StoreError(f"{e.code().name}: {e.details()}") from e
+        return int(result.header.revision)
+
     # -- registry -----------------------------------------------------------------
     async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
         """One etcd transaction; the raw response carries the revision it was applied at.
