@@ -235,19 +235,25 @@ def echo_paths(
 
 
 @contextlib.contextmanager
-def triton_paths(work_dir: Path, model_id: str = "hop-triton") -> Iterator[dict[str, Route]]:
+def triton_paths(
+    work_dir: Path, model_id: str = "hop-triton", pod_args: list[str] | None = None
+) -> Iterator[dict[str, Route]]:
     """A Triton pod holding a python-backend model; an echo pod (no python type) forwards to it."""
     source = work_dir / "models" / "add-one"
     (source / "1").mkdir(parents=True, exist_ok=True)
     (source / "config.pbtxt").write_text(ADD_ONE_CONFIG)  # the adapter renames it to the model id
     (source / "1" / "model.py").write_text(ADD_ONE_MODEL)
-    with LocalMesh(work_dir / "mesh", pods=0, triton_pods=1) as mesh, contextlib.ExitStack() as stack:
+    pod_args = pod_args or []
+    with (
+        LocalMesh(work_dir / "mesh", pods=0, triton_pods=1, pod_args=pod_args) as mesh,
+        contextlib.ExitStack() as stack,
+    ):
         assert mesh.etcd is not None
         holder = mesh.stacks[0]
         assert holder.pod is not None
         echo = EchoProcess.start(work_dir / "echo-b", "echo-b")
         stack.callback(echo.stop)
-        remote = start_echo_pod(work_dir / "pod-b", mesh.etcd, echo, "pod-b")
+        remote = start_echo_pod(work_dir / "pod-b", mesh.etcd, echo, "pod-b", extra_args=pod_args)
         stack.callback(remote.process.stop)
         nginx = NginxProcess.start(work_dir / "nginx", holder.runtime.grpc_address)
         stack.callback(nginx.stop)
@@ -260,15 +266,24 @@ def triton_paths(work_dir: Path, model_id: str = "hop-triton") -> Iterator[dict[
         }
 
 
+# Each backend twice: the pods' external port served by grpc.aio (--front=grpc), then by the HTTP/2 front.
+HOP_BACKENDS = ("echo", "echo-h2", "triton", "triton-h2")
+
+
 async def run_hop(
-    work_dir: Path, settings: HopSettings, backends: tuple[str, ...] = ("echo", "triton")
+    work_dir: Path, settings: HopSettings, backends: tuple[str, ...] = HOP_BACKENDS
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"settings": settings.__dict__}
     for backend in backends:
-        model_id = f"hop-{backend}"
-        paths = echo_paths if backend == "echo" else triton_paths
+        runtime, _, front = backend.partition("-")
+        model_id = f"hop-{runtime}"
+        pod_args = [f"--front={front or 'grpc'}"]
         try:
-            with paths(work_dir / backend, model_id) as addresses:
+            if runtime == "echo":
+                context = echo_paths(work_dir / backend, model_id, pod_args=pod_args)
+            else:
+                context = triton_paths(work_dir / backend, model_id, pod_args=pod_args)
+            with context as addresses:
                 summary, _ = await compare_paths(addresses, infer_request(model_id), settings)
         except Exception as e:  # one backend failing must not lose the other's figures
             log.exception("hop on %s failed", backend)

@@ -25,12 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from load_tests import cache_scenario, cache_sim, cold_start, scale
-from load_tests.hop import HopSettings, run_hop
+from load_tests.hop import HOP_BACKENDS, HopSettings, run_hop
 from load_tests.multicore import run_multicore
 from load_tests.profile_hot_path import run_profile
 from mesh.devcluster_triton import triton_installed
 
 HERE = Path(__file__).parent
+HOP_TITLES = {
+    "echo": "echo backend, --front=grpc",
+    "echo-h2": "echo backend, --front=h2",
+    "triton": "Triton python backend, --front=grpc",
+    "triton-h2": "Triton python backend, --front=h2",
+}
 SCENARIOS = ("hop", "multicore", "cache", "cold_start", "scale", "cache_sim", "profile")
 
 
@@ -43,7 +49,7 @@ def hop_settings(full: bool) -> HopSettings:
 def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
     directory = work_dir / name
     if name == "hop":
-        backends = ("echo", "triton") if triton_installed() else ("echo",)
+        backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2")
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
     if name == "multicore":
         settings = hop_settings(full)
@@ -108,7 +114,7 @@ def goal_rows(results: dict[str, Any]) -> list[str]:
         )
         rows.append(f"| {goal} | {measured} | {verdict} |")
 
-    for backend, title in (("echo", "echo backend"), ("triton", "Triton python backend")):
+    for backend, title in HOP_TITLES.items():
         summary = results.get("hop", {}).get(backend)
         if not summary or "error" in summary:
             continue
@@ -228,9 +234,8 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     hop = results.get("hop")
     if hop:
         out += ["## Hop: what one pass through the mesh costs", ""]
-        for backend in ("echo", "triton"):
+        for backend, title in HOP_TITLES.items():
             if backend in hop:
-                title = "in-repo grpc.aio echo runtime" if backend == "echo" else "Triton python backend"
                 table = (
                     [f"failed: {hop[backend]['error']}"]
                     if "error" in hop[backend]

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from mesh.cache import EvictionPolicy, ModelCache
 from mesh.dispatch import Router
 from mesh.entry import run_until_signalled
+from mesh.h2_front import H2Front
 from mesh.leader import LeaderTasks
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
@@ -42,6 +43,7 @@ from mesh.serving_worker import (
     PARENT_ENV,
     delegate_address,
     encode_methods,
+    relay_path,
     worker_command,
 )
 from mesh.settings import Settings, parse_settings, settings_argv
@@ -175,8 +177,20 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             load_timeout_s=load_timeout_s + 10,  # the adapter's own timeout fires first
             registry_revision=store.current_revision,
         )
-        gateway = RestGateway(router, settings.runtime_rest, SERVER_NAME, VERSION, settings.max_message_bytes)
 
+        front: H2Front | None = None
+        if settings.front == "h2":  # the front serves the port and relays to grpc.aio on the unix socket
+            front = H2Front(
+                router, methods, settings.runtime_serving, relay_path(settings), settings.max_message_bytes
+            )
+        gateway = RestGateway(
+            router,
+            settings.runtime_rest,
+            SERVER_NAME,
+            VERSION,
+            settings.max_message_bytes,
+            front_counts=front.counts.copy if front is not None else None,
+        )
         server = grpc_server(settings.max_message_bytes, reuse_port=settings.serving_processes > 1)
         transitions = Transitions(store, table, router)
         servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
@@ -190,10 +204,11 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         server.add_generic_rpc_handlers(
             (InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION),)
         )
-        server.add_insecure_port(settings.address)
-        if settings.serving_processes > 1:  # the other serving processes relay what they do not serve
+        if front is None:
+            server.add_insecure_port(settings.address)
+        if settings.serving_processes > 1 or front is not None:  # they relay what they do not serve
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(delegate_address(settings).removeprefix("unix:"))
+                os.unlink(relay_path(settings))
             server.add_insecure_port(delegate_address(settings))
         # Peers reach this pod on a port of its own: what arrives there is served here, never forwarded.
         internal = grpc_server(settings.max_message_bytes)
@@ -201,6 +216,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         internal.add_insecure_port(f"{settings.host}:{settings.internal_port}")
         await internal.start()
         await server.start()
+        if front is not None:
+            await front.start(settings.host, settings.grpc_port, reuse_port=settings.serving_processes > 1)
         if settings.rest_port:
             await gateway.start(settings.host, settings.rest_port, settings.internal_rest_port)
         for service in ("", mesh_service, "inference.GRPCInferenceService"):
@@ -246,6 +263,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await loader.unload_all(drain_s=5)
         await health_servicer.enter_graceful_shutdown()
         await gateway.stop()
+        if front is not None:
+            await front.stop(grace_s=5)
         await server.stop(grace=5)
         await internal.stop(grace=5)
         for task in (keep_alive, scaling, leader, watching):

@@ -8,6 +8,7 @@ parsed. Server-level paths and model readiness are answered by the mesh.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from urllib.parse import quote
 
@@ -47,9 +48,16 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> w
 
 class RestGateway:
     def __init__(
-        self, router: Router, runtime_rest: str, server_name: str, version: str, max_body_bytes: int
+        self,
+        router: Router,
+        runtime_rest: str,
+        server_name: str,
+        version: str,
+        max_body_bytes: int,
+        front_counts: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self._router = router
+        self._front_counts = front_counts
         self._runtime_base = f"http://{runtime_rest}" if runtime_rest else ""
         self._metadata = {"name": server_name, "version": version, "extensions": []}
         self._session: aiohttp.ClientSession | None = None
@@ -74,6 +82,7 @@ class RestGateway:
                 web.get("/v2/health/ready", self._live),
                 web.get("/v2", self._server_metadata),
                 web.get("/mesh/pools", self._pools),
+                web.get("/mesh/front", self._front),
                 web.get(model + "/ready", self._model_ready),
                 web.get(versioned + "/ready", self._model_ready),
                 web.get(model, self._forward),
@@ -106,6 +115,12 @@ class RestGateway:
     async def _pools(self, request: web.Request) -> web.Response:
         """Per pool: pods, capacity and use, request rate, models that could not be placed."""
         return web.json_response({pool: asdict(stats) for pool, stats in self._router.pool_stats().items()})
+
+    async def _front(self, request: web.Request) -> web.Response:
+        """--front=h2: gRPC streams answered on the fast path, relayed to grpc.aio, and replayed there."""
+        if self._front_counts is None:
+            return error(404, "this pod runs the grpc.aio front (--front=grpc)")
+        return web.json_response(self._front_counts())
 
     @staticmethod
     def _target(request: web.Request) -> RequestTarget:

@@ -71,9 +71,13 @@ MESH_SERVICE = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
 REFLECTED_SERVICES = (MESH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
+def relay_path(settings: Settings) -> str:
+    """The unix socket the main process serves its external API on, for its workers and its h2 front."""
+    return f"/tmp/modelmesh-{settings.pod_id}-{settings.grpc_port}.sock"
+
+
 def delegate_address(settings: Settings) -> str:
-    """The unix socket the main process serves its external API on, for its workers only."""
-    return f"unix:/tmp/modelmesh-{settings.pod_id}-{settings.grpc_port}.sock"
+    return "unix:" + relay_path(settings)
 
 
 def encode_methods(method_infos: dict[str, list[int]], allow_any: bool) -> str:

@@ -61,9 +61,16 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--serving-processes", "MM_SERVING_PROCESSES", "1", "processes sharing the gRPC port (SO_REUSEPORT)"
     ),
+    Option(
+        "--front",
+        "MM_FRONT",
+        "grpc",
+        "what serves the external gRPC port: grpc (grpc.aio) or h2 (frame-level fast path, grpc.aio behind)",
+    ),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
 )
 EVENT_LOOPS = ("asyncio", "uvloop")
+FRONTS = ("grpc", "h2")
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class Settings:
     runtime_ready_timeout_s: float = 120.0
     event_loop: str = "asyncio"
     serving_processes: int = 1
+    front: str = "grpc"
     log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
     model_types: list[str] = field(default_factory=list)
@@ -142,6 +150,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
             elif name == "event_loop":
                 if raw not in EVENT_LOOPS:
                     raise ValueError(f"{raw!r} is not one of {', '.join(EVENT_LOOPS)}")
+                values[name] = raw
+            elif name == "front":
+                if raw not in FRONTS:
+                    raise ValueError(f"{raw!r} is not one of {', '.join(FRONTS)}")
                 values[name] = raw
             elif name == "model_types":
                 values[name] = [t.strip().lower() for t in raw.split(",") if t.strip()]

@@ -1,0 +1,458 @@
+"""The HTTP/2 front (``--front h2``): the external gRPC port, served a frame at a time.
+
+A grpc.aio server spends about half a millisecond of CPU on every call it proxies (load_tests:
+RESULTS.md); this front takes the common call off it. Per stream, top to bottom:
+
+  receive HEADERS + DATA -> ModelInfer / ModelMetadata in one uncompressed message? -> resolve the model
+  (mm-* header or field 1) -> is the only copy here? -> write the concrete id into field 1 -> send the
+  frames to the runtime on this connection's runtime stream -> pass the answer back.
+
+Every other stream (the management API, health, reflection, server-level calls, models held elsewhere or
+not loaded, errors, streaming) is relayed frame by frame, unchanged, to the pod's grpc.aio server on its
+unix socket, which does what it always did. A fast-path answer of NOT_FOUND or UNAVAILABLE from the
+runtime (it lost the model, or it is down) is not passed on: the request is replayed through the relay,
+whose general route repairs the copy or goes to another pod. So the front decides nothing the grpc.aio
+path would decide differently; it only skips it when the answer is plain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from mesh.dispatch import Router
+from mesh.errors import MeshError
+from mesh.h2_endpoint import H2Endpoint
+from mesh.h2_wire import ErrorCode, Headers, grpc_error_headers, header
+from mesh.proxy import V2_SERVICE, MethodTable
+from mesh.target import TargetError, TargetKind, request_target
+from mesh.wire import WireFormatError, inject_string, read_string_field
+
+log = logging.getLogger(__name__)
+
+FAST_METHODS = (V2_SERVICE + "ModelInfer", V2_SERVICE + "ModelMetadata")
+REPLAYED_STATUSES = frozenset({b"5", b"14"})  # NOT_FOUND, UNAVAILABLE: the general route decides
+_DROPPED_TO_RUNTIME = (b"mm-", b"content-length")
+
+
+@dataclass(slots=True)
+class ClientStream:
+    """One client stream and where it went."""
+
+    id: int
+    headers: Headers
+    buffered: bool  # a fast-path candidate: held until the request is complete
+    body: bytearray = field(default_factory=bytearray)
+    upstream: H2Endpoint | None = None
+    upstream_id: int = 0
+    model_id: str | None = None  # on the fast path: in flight for the model (released at the end)
+    ended: bool = False  # the client has sent all of its request
+    response_headers: Headers | None = None
+    response_body: bytearray = field(default_factory=bytearray)
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    model_id: str
+    body: bytes  # the gRPC message, with the concrete id in field 1
+
+
+class H2Front:
+    def __init__(
+        self,
+        router: Router,
+        methods: MethodTable,
+        runtime_address: str,
+        relay_path: str,
+        max_message_bytes: int,
+    ) -> None:
+        self._router = router
+        self._runtime_host, _, port = runtime_address.rpartition(":")
+        self._runtime_port = int(port)
+        self._relay_path = relay_path
+        self.max_message_bytes = max_message_bytes
+        self._fast = frozenset(
+            m for m in FAST_METHODS if methods.refusal(m) is None and methods.id_path(m) == [1]
+        )
+        self._server: asyncio.base_events.Server | None = None
+        self.connections: set[FrontConnection] = set()
+        self.counts = {"fast": 0, "relayed": 0, "replayed": 0}  # streams, for /mesh/front
+        self._idle = asyncio.Event()  # set when no stream is in flight (waited for on stop)
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FrontConnection(self).client, sock=listening_socket(host, port, reuse_port)
+        )
+
+    async def stop(self, grace_s: float) -> None:
+        """No new connections; GOAWAY to clients; streams in flight get ``grace_s`` to finish."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.client.close()
+        if any(c.streams for c in self.connections):
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+        for connection in list(self.connections):
+            connection.close()
+
+    # -- the decision ------------------------------------------------------------------------
+    def fast_route(self, headers: Headers, body: bytes) -> FastRoute | None:
+        """The model and rewritten message when this pod's runtime answers the request as it is."""
+        if len(body) < 5 or body[0] != 0:  # compressed, or no message: the relay handles it
+            return None
+        size = int.from_bytes(body[1:5], "big")
+        if size != len(body) - 5 or size > self.max_message_bytes:
+            return None
+        message = body[5:]
+        named = [
+            (k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in headers if k.startswith(b"mm-")
+        ]
+        if any(key.endswith("-bin") for key, _ in named):
+            return None
+        try:
+            target = request_target(named, message)
+            model_id = self._router.model_id(target)
+            if not self._router.only_copy_here(model_id):
+                return None
+            field1 = target.id if target.kind is TargetKind.NAME else read_string_field(message, 1)
+            if field1 != model_id:
+                message = inject_string(message, [1], model_id)
+        except (TargetError, MeshError, WireFormatError):
+            return None  # the relay words the error
+        return FastRoute(model_id, b"\x00" + len(message).to_bytes(4, "big") + message)
+
+    def is_fast_method(self, path: bytes | None) -> bool:
+        return path is not None and path.decode("latin-1") in self._fast
+
+    async def open_runtime(self, handler: FrontConnection) -> H2Endpoint:
+        loop = asyncio.get_running_loop()
+        _, endpoint = await loop.create_connection(
+            lambda: H2Endpoint(handler, client_side=True), self._runtime_host, self._runtime_port
+        )
+        return endpoint
+
+    async def open_relay(self, handler: FrontConnection) -> H2Endpoint:
+        loop = asyncio.get_running_loop()
+        _, endpoint = await loop.create_unix_connection(
+            lambda: H2Endpoint(handler, client_side=True), self._relay_path
+        )
+        return endpoint
+
+    def serving(self, model_id: str) -> None:
+        self._router.acquire(model_id)
+
+    def served(self, model_id: str) -> None:
+        self._router.release(model_id)
+
+    def stream_done(self) -> None:
+        if not any(c.streams for c in self.connections):
+            self._idle.set()
+
+
+class FrontConnection:
+    """One client connection, and the runtime and relay connections its streams use."""
+
+    def __init__(self, front: H2Front) -> None:
+        self._front = front
+        self.client = H2Endpoint(self, client_side=False)
+        self.streams: dict[int, ClientStream] = {}
+        self._upstreams: dict[H2Endpoint, dict[int, ClientStream]] = {}
+        self._runtime: asyncio.Task[H2Endpoint] | None = None
+        self._relay: asyncio.Task[H2Endpoint] | None = None
+        self._waiting: set[asyncio.Task[None]] = set()
+        front.connections.add(self)
+
+    def close(self) -> None:
+        self.client.hard_close()
+        for endpoint in list(self._upstreams):
+            endpoint.hard_close()
+
+    # -- StreamHandler ----------------------------------------------------------------------
+    def on_headers(self, endpoint: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        if endpoint is self.client:
+            self._client_headers(stream_id, headers, end_stream)
+            return
+        stream = self._upstreams.get(endpoint, {}).get(stream_id)
+        if stream is None:
+            return
+        if not stream.buffered:  # relayed: straight back
+            self.client.send_headers(stream.id, headers, end_stream)
+            if end_stream:
+                self._finish(stream)
+            return
+        if not end_stream:
+            stream.response_headers = headers
+            return
+        if header(headers, b"grpc-status") in REPLAYED_STATUSES:
+            self._replay(stream)
+            return
+        if stream.response_headers is not None:
+            self.client.send_headers(stream.id, stream.response_headers)
+            self.client.send_data(stream.id, bytes(stream.response_body))
+        self.client.send_headers(stream.id, headers, end_stream=True)
+        self._finish(stream)
+
+    def on_data(self, endpoint: H2Endpoint, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if endpoint is self.client:
+            self._client_data(stream_id, data, end_stream)
+            return
+        stream = self._upstreams.get(endpoint, {}).get(stream_id)
+        if stream is None:
+            return
+        if stream.buffered:
+            stream.response_body += data
+            if end_stream:  # a response without trailers is not gRPC: let the relay answer
+                self._replay(stream)
+            return
+        self.client.send_data(stream.id, data, end_stream)
+        if end_stream:
+            self._finish(stream)
+
+    def on_reset(self, endpoint: H2Endpoint, stream_id: int, code: int) -> None:
+        if endpoint is self.client:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                if stream.upstream is not None:
+                    stream.upstream.reset(stream.upstream_id)
+                self._finish(stream)
+            return
+        stream = self._upstreams.get(endpoint, {}).get(stream_id)
+        if stream is None:
+            return
+        if stream.buffered:
+            self._replay(stream)
+        else:
+            self.client.reset(stream.id, _error_code(code))
+            self._finish(stream)
+
+    def on_closed(self, endpoint: H2Endpoint) -> None:
+        if endpoint is self.client:
+            for stream in list(self.streams.values()):
+                if stream.upstream is not None:
+                    stream.upstream.reset(stream.upstream_id)
+                self._finish(stream)
+            for upstream in list(self._upstreams):
+                upstream.hard_close()
+            for task in self._waiting:
+                task.cancel()
+            self._front.connections.discard(self)
+            return
+        orphans = self._upstreams.pop(endpoint, {})  # the next stream opens a new connection (not accepting)
+        for stream in list(orphans.values()):
+            if stream.buffered:
+                self._replay(stream)
+            else:
+                self.client.reset(stream.id, ErrorCode.INTERNAL_ERROR)
+                self._finish(stream)
+
+    def on_backlog(self, endpoint: H2Endpoint, high: bool) -> None:
+        """A peer is not taking what we send: stop reading from the side that produces it."""
+        if endpoint is self.client:
+            for upstream in self._upstreams:
+                upstream.pause_reading(high)
+        else:
+            self.client.pause_reading(high)
+
+    # -- client side ------------------------------------------------------------------------
+    def _client_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:  # the client's trailers
+            if stream.buffered:
+                if end_stream:
+                    self._complete(stream)
+            elif stream.upstream is not None:
+                stream.upstream.send_headers(stream.upstream_id, headers, end_stream)
+            return
+        if not self.client.accepting:
+            self.client.reset(stream_id, ErrorCode.REFUSED_STREAM)
+            return
+        buffered = self._front.is_fast_method(header(headers, b":path"))
+        stream = ClientStream(stream_id, headers, buffered, ended=end_stream)
+        self.streams[stream_id] = stream
+        if not buffered:
+            self._relay_stream(stream, b"", end_stream)
+        elif end_stream:
+            self._complete(stream)
+
+    def _client_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        stream.ended = stream.ended or end_stream
+        if not stream.buffered:
+            if stream.upstream is None:  # the relay is still connecting: sent when it is open
+                stream.body += data
+                return
+            stream.upstream.send_data(stream.upstream_id, data, end_stream)
+            return
+        stream.body += data
+        if (
+            len(stream.body) > self._front.max_message_bytes + 5
+        ):  # too big for the fast path: the relay refuses it
+            stream.buffered = False
+            body = bytes(stream.body)
+            stream.body = bytearray()
+            self._relay_stream(stream, body, end_stream)
+        elif end_stream:
+            self._complete(stream)
+
+    def _complete(self, stream: ClientStream) -> None:
+        """The whole request is here: the runtime answers it directly, or the relay does."""
+        route = self._front.fast_route(stream.headers, bytes(stream.body))
+        if route is None:
+            stream.buffered = False
+            body = bytes(stream.body)
+            stream.body = bytearray()
+            self._relay_stream(stream, body, True)
+            return
+        stream.model_id = route.model_id
+        self._front.serving(route.model_id)
+        self._front.counts["fast"] += 1
+        headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_TO_RUNTIME))
+        self._send(stream, "runtime", headers, route.body, True)
+
+    def _relay_stream(self, stream: ClientStream, body: bytes, end_stream: bool) -> None:
+        self._front.counts["relayed"] += 1
+        self._send(stream, "relay", stream.headers, body, end_stream)
+
+    def _replay(self, stream: ClientStream) -> None:
+        """A fast-path attempt the general route must decide: send the original request to the relay."""
+        self._front.counts["replayed"] += 1
+        self._detach(stream)
+        if stream.model_id is not None:
+            self._front.served(stream.model_id)
+            stream.model_id = None
+        stream.buffered = False
+        stream.response_headers = None
+        stream.response_body = bytearray()
+        body = bytes(stream.body)
+        stream.body = bytearray()
+        self._relay_stream(stream, body, True)
+
+    # -- upstream side ----------------------------------------------------------------------
+    def _send(self, stream: ClientStream, to: str, headers: Headers, body: bytes, end_stream: bool) -> None:
+        task = self._connection(to)
+        if task.done() and task.exception() is None and task.result().accepting:
+            self._start_upstream(stream, task.result(), headers, body, end_stream)
+            return
+        waiter = asyncio.ensure_future(self._send_when_open(stream, to, headers, body, end_stream))
+        self._waiting.add(waiter)
+        waiter.add_done_callback(self._waiting.discard)
+
+    async def _send_when_open(
+        self, stream: ClientStream, to: str, headers: Headers, body: bytes, end_stream: bool
+    ) -> None:
+        try:
+            endpoint = await asyncio.shield(self._connection(to))
+        except (OSError, ConnectionError) as e:
+            log.warning("front: cannot reach the %s: %s", to, e)
+            if to == "runtime":
+                self._replay_after_failure(stream, body)
+            else:  # the pod's own server is gone (stopping): say so as gRPC does
+                self.client.send_headers(
+                    stream.id, grpc_error_headers(14, f"mesh pod unavailable: {e}"), True
+                )
+                self._finish(stream)
+            return
+        if self.streams.get(stream.id) is not stream:
+            return  # the client gave up meanwhile
+        late = bytes(stream.body) if not stream.buffered else b""  # data that arrived while connecting
+        if late:
+            stream.body = bytearray()
+        self._start_upstream(stream, endpoint, headers, body + late, end_stream or stream.ended)
+
+    def _replay_after_failure(self, stream: ClientStream, body: bytes) -> None:
+        if stream.model_id is not None:
+            self._front.served(stream.model_id)
+            stream.model_id = None
+        stream.buffered = False
+        self._relay_stream(stream, bytes(stream.body) or body, True)
+
+    def _connection(self, to: str) -> asyncio.Task[H2Endpoint]:
+        task = self._runtime if to == "runtime" else self._relay
+        stale = (
+            task is not None and task.done() and (task.exception() is not None or not task.result().accepting)
+        )
+        if task is None or stale:
+            opener = self._front.open_runtime if to == "runtime" else self._front.open_relay
+            task = asyncio.ensure_future(opener(self))
+            task.add_done_callback(_retrieve)
+            if to == "runtime":
+                self._runtime = task
+            else:
+                self._relay = task
+        return task
+
+    def _start_upstream(
+        self, stream: ClientStream, endpoint: H2Endpoint, headers: Headers, body: bytes, end_stream: bool
+    ) -> None:
+        stream.upstream = endpoint
+        stream.upstream_id = endpoint.new_stream()
+        self._upstreams.setdefault(endpoint, {})[stream.upstream_id] = stream
+        endpoint.send_headers(stream.upstream_id, headers, end_stream and not body)
+        if body:
+            endpoint.send_data(stream.upstream_id, body, end_stream)
+
+    def _detach(self, stream: ClientStream) -> None:
+        if stream.upstream is not None:
+            self._upstreams.get(stream.upstream, {}).pop(stream.upstream_id, None)
+            stream.upstream = None
+
+    def _finish(self, stream: ClientStream) -> None:
+        self._detach(stream)
+        self.streams.pop(stream.id, None)
+        if stream.model_id is not None:
+            self._front.served(stream.model_id)
+            stream.model_id = None
+        self._front.stream_done()
+
+
+def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A listening socket the way grpc makes one, so that SO_REUSEPORT puts both in one group.
+
+    grpc binds an IPv4 address as its v4-mapped IPv6 form on a dual-stack socket; the kernel spreads
+    connections only over sockets of the same family, so the front does the same where it can.
+    """
+    try:
+        ipaddress.IPv4Address(host)
+        family, address = socket.AF_INET6, ("::" if host == "0.0.0.0" else "::ffff:" + host)
+    except ValueError:
+        family, address = socket.AF_INET6 if ":" in host else socket.AF_INET, host
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # no IPv6 here
+        family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = host
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _error_code(code: int) -> ErrorCode:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.CANCEL
+
+
+def _retrieve(task: asyncio.Task[H2Endpoint]) -> None:
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.exception()

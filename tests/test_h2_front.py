@@ -1,0 +1,184 @@
+"""--front=h2 against real processes: etcd, the echo runtime, two mesh pods, grpcio and tritonclient clients.
+
+The front answers the plain case itself and relays the rest to the pod's grpc.aio server; these tests
+check both halves through the one port, and count which half answered (/mesh/front).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2 as v2
+
+from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
+from load_tests.hop import infer_request, register
+from load_tests.processes import EchoProcess, start_echo_pod
+from mesh.devcluster import EtcdServer, PodProcess
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class FrontPods:
+    holder: PodProcess  # holds the echo models (--front=h2)
+    forwarder: PodProcess  # serves no echo type: every inference goes to the holder (--front=h2)
+    echo: EchoProcess
+
+    def counts(self, pod: PodProcess) -> dict[str, int]:
+        with urllib.request.urlopen(f"http://{pod.rest_address}/mesh/front", timeout=10) as reply:
+            return json.loads(reply.read())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontPods]:
+    work = tmp_path_factory.mktemp("h2front")
+    etcd = EtcdServer.start(work / "etcd")
+    started: list[PodProcess] = []
+    echoes: list[EchoProcess] = []
+    try:
+        echo_a = EchoProcess.start(work / "echo-a", "echo-a")
+        echoes.append(echo_a)
+        echo_b = EchoProcess.start(work / "echo-b", "echo-b")
+        echoes.append(echo_b)
+        holder = start_echo_pod(work / "pod-a", etcd, echo_a, "pod-a", extra_args=["--front=h2"])
+        started.append(holder)
+        forwarder = start_echo_pod(
+            work / "pod-b", etcd, echo_b, "pod-b", model_types="not-" + MODEL_TYPE, extra_args=["--front=h2"]
+        )
+        started.append(forwarder)
+        register(holder.address, "echo-1", MODEL_TYPE, "size=1000")
+        yield FrontPods(holder, forwarder, echo_a)
+    finally:
+        for pod in started:
+            pod.process.stop()
+        for echo in echoes:
+            echo.stop()
+        etcd.process.stop()
+
+
+def infer(
+    address: str, body: bytes, metadata: tuple[tuple[str, str], ...] = (), timeout: float = 30
+) -> bytes:
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        response: bytes = channel.unary_unary(INFER_METHOD)(body, metadata=metadata, timeout=timeout)
+        return response
+
+
+def model_name(response: bytes) -> str:
+    parsed = v2.ModelInferResponse()
+    parsed.ParseFromString(response)
+    return parsed.model_name
+
+
+def test_a_model_held_here_is_answered_on_the_fast_path(pods: FrontPods) -> None:
+    before = pods.counts(pods.holder)
+    for _ in range(20):
+        assert model_name(infer(pods.holder.address, infer_request("echo-1"))) == "echo-1"
+    after = pods.counts(pods.holder)
+    assert after["fast"] - before["fast"] == 20
+    assert after["relayed"] == before["relayed"]
+
+
+def test_the_id_header_names_the_model_and_is_not_passed_to_the_runtime(pods: FrontPods) -> None:
+    before = pods.counts(pods.holder)
+    response = infer(pods.holder.address, infer_request("something-else"), (("mm-model-id", "echo-1"),))
+    assert model_name(response) == "echo-1"  # field 1 was rewritten: the runtime answered for echo-1
+    assert pods.counts(pods.holder)["fast"] == before["fast"] + 1
+
+
+def test_the_management_api_and_server_calls_are_relayed_on_the_same_port(pods: FrontPods) -> None:
+    before = pods.counts(pods.holder)
+    with grpc.insecure_channel(pods.holder.address) as channel:
+        status = mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId="echo-1"))
+        live = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerLive",
+            request_serializer=v2.ServerLiveRequest.SerializeToString,
+            response_deserializer=v2.ServerLiveResponse.FromString,
+        )(v2.ServerLiveRequest(), timeout=10)
+    assert status.status == mm.ModelStatusInfo.LOADED
+    assert live.live
+    assert pods.counts(pods.holder)["relayed"] >= before["relayed"] + 2
+
+
+@pytest.mark.parametrize(
+    ("body", "metadata", "code"),
+    [
+        (infer_request("never-registered"), (), grpc.StatusCode.NOT_FOUND),
+        (
+            infer_request("echo-1"),
+            (("mm-model-id", "a"), ("mm-vmodel-id", "b")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (b"\xff\xff\xff", (), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_errors_are_worded_by_the_general_route(
+    pods: FrontPods, body: bytes, metadata: tuple[tuple[str, str], ...], code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        infer(pods.holder.address, body, metadata)
+    assert e.value.code() == code  # type: ignore[attr-defined]
+
+
+def test_a_request_larger_than_the_http2_windows_reaches_the_runtime_whole(pods: FrontPods) -> None:
+    """3 MiB is many frames and far past the 64 KiB default windows: credit must be waited for, not lost."""
+    before = pods.counts(pods.holder)
+    body = infer_request("echo-1", payload_bytes=3 << 20)
+    assert model_name(infer(pods.holder.address, body)) == "echo-1"
+    assert pods.counts(pods.holder)["fast"] == before["fast"] + 1
+
+
+def test_a_request_over_the_message_limit_is_refused_by_size(pods: FrontPods) -> None:
+    body = infer_request("echo-1", payload_bytes=17 << 20)  # the pods' limit: 16 MiB
+    with pytest.raises(grpc.RpcError) as e:
+        infer(pods.holder.address, body)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+
+
+def test_a_model_held_elsewhere_is_relayed_and_forwarded(pods: FrontPods) -> None:
+    before = pods.counts(pods.forwarder)
+    assert model_name(infer(pods.forwarder.address, infer_request("echo-1"))) == "echo-1"
+    after = pods.counts(pods.forwarder)
+    assert after["relayed"] == before["relayed"] + 1 and after["fast"] == before["fast"]
+
+
+async def test_many_concurrent_streams_on_one_connection_all_answer(pods: FrontPods) -> None:
+    async with grpc.aio.insecure_channel(pods.holder.address) as channel:
+        call = channel.unary_unary(INFER_METHOD)
+        bodies = [
+            infer_request("echo-1", payload_bytes=size) for size in (16, 1024, 70_000) for _ in range(100)
+        ]
+        answers = await asyncio.gather(*(call(body, timeout=60) for body in bodies))
+    assert [model_name(a) for a in answers] == ["echo-1"] * len(bodies)
+
+
+def test_a_client_that_speaks_no_http2_is_dropped_and_the_pod_serves_on(pods: FrontPods) -> None:
+    host, port = pods.holder.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 64)
+        received = b""
+        while chunk := raw.recv(65536):  # the pod answers GOAWAY and closes the connection
+            received += chunk
+    assert received  # at least our SETTINGS and a GOAWAY came back before the close
+    assert model_name(infer(pods.holder.address, infer_request("echo-1"))) == "echo-1"
+
+
+def test_a_lost_copy_is_replayed_through_the_general_route_and_reloaded(pods: FrontPods) -> None:
+    """The runtime answers NOT_FOUND for a model the pod holds (it lost it): the front does not pass it on."""
+    register(pods.holder.address, "echo-lost", MODEL_TYPE, "size=1000")
+    with grpc.insecure_channel(pods.echo.address) as channel:  # the runtime forgets it behind the mesh's back
+        channel.unary_unary("/mmesh.ModelRuntime/unloadModel")(b"\n\x09echo-lost", timeout=10)
+    before = pods.counts(pods.holder)
+    assert model_name(infer(pods.holder.address, infer_request("echo-lost"))) == "echo-lost"
+    after = pods.counts(pods.holder)
+    assert after["replayed"] == before["replayed"] + 1
+    assert pods.echo.stats()["loads"]["echo-lost"] == 2  # reloaded once
