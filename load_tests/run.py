@@ -207,6 +207,16 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
         f"{mesh['added_p50_ms']} ms against the naive proxy's {floor['added_p50_ms']} ms. The gap to the "
         "goals is the cost of a Python grpc.aio server and client per request, not the mesh's routing.",
     ]
+    h2 = results.get("hop", {}).get("echo-h2")
+    if h2 and "mesh-local" in h2:
+        local, h2_nginx = h2["mesh-local"], h2["nginx"]
+        lines[0] += (
+            " With --front=h2 (mesh/h2_front.py: the plain case never enters grpc.aio) the same pass costs "
+            f"{local.get('proxy_cpu_us_per_request')} µs of CPU per request, adds p50 "
+            f"{local['added_p50_ms']} ms (nginx in that run: {h2_nginx['added_p50_ms']} ms) and keeps "
+            f"{local['throughput_ratio']:.0%} of direct's throughput "
+            f"(nginx {h2_nginx['throughput_ratio']:.0%})."
+        )
     profile = results.get("profile")
     if profile and "mesh_code_pct" in profile:
         lines[0] += (

@@ -59,6 +59,39 @@ class StreamHandler(Protocol):
     def on_backlog(self, endpoint: H2Endpoint, high: bool) -> None: ...
 
 
+class WriteBatch:
+    """Writes made while frames are handled go out together: one send per connection per event.
+
+    A response's HEADERS, DATA and trailers, produced while handling one read from the runtime, become
+    one write to the client instead of three.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending: dict[H2Endpoint, list[bytes]] = {}
+
+    def __enter__(self) -> None:
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._pending:
+            self.flush()
+
+    def add(self, endpoint: H2Endpoint, data: bytes) -> bool:
+        """Hold ``data`` for ``endpoint`` if a batch is open; False: write it now."""
+        if not self._depth:
+            return False
+        self._pending.setdefault(endpoint, []).append(data)
+        return True
+
+    def flush(self, only: H2Endpoint | None = None) -> None:
+        for endpoint in [only] if only is not None else list(self._pending):
+            chunks = self._pending.pop(endpoint, None)
+            if chunks:
+                endpoint.write_now(b"".join(chunks))
+
+
 class _Outgoing:
     __slots__ = ("end_queued", "queue", "window")
 
@@ -69,8 +102,9 @@ class _Outgoing:
 
 
 class H2Endpoint(asyncio.Protocol):
-    def __init__(self, handler: StreamHandler, client_side: bool) -> None:
+    def __init__(self, handler: StreamHandler, client_side: bool, batch: WriteBatch | None = None) -> None:
         self._handler = handler
+        self._batch = batch or WriteBatch()
         self._client_side = client_side  # True: we opened the connection (streams we start are odd)
         self._reader = FrameReader(self._on_frame, DEFAULT_MAX_FRAME, expect_preface=not client_side)
         self._decoder = BlockDecoder()
@@ -87,7 +121,6 @@ class H2Endpoint(asyncio.Protocol):
         self.open = True
         self.accepting = True  # False after the peer's GOAWAY: start no new streams here
         self.last_stream_id = 0  # the highest stream the peer started (for our GOAWAY)
-        self.ready = asyncio.get_running_loop().create_future()  # the connection is usable
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,20 +129,17 @@ class H2Endpoint(asyncio.Protocol):
         settings = settings_frame({Setting.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW, Setting.ENABLE_PUSH: 0})
         opening = (PREFACE if self._client_side else b"") + settings
         transport.write(opening + window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW))
-        if not self.ready.done():
-            self.ready.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._reader.feed(data)
+            with self._batch:
+                self._reader.feed(data)
         except ProtocolError as e:
             log.warning("HTTP/2 protocol error from a peer: %s", e)
             self.abort(e.code, str(e))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = self.accepting = False
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("connection lost before it was ready"))
         self._handler.on_closed(self)
 
     def pause_writing(self) -> None:  # the kernel's buffer is full: let the other side wait too
@@ -119,6 +149,14 @@ class H2Endpoint(asyncio.Protocol):
         self._handler.on_backlog(self, False)
 
     # -- sending ------------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if not self._batch.add(self, data):
+            self.write_now(data)
+
+    def write_now(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
     def new_stream(self) -> int:
         stream_id = self._next_stream
         self._next_stream += 2
@@ -137,7 +175,7 @@ class H2Endpoint(asyncio.Protocol):
             queued.queue.append((True, block))
             queued.end_queued = True
             return
-        self._transport.write(headers_frames(stream_id, block, self._peer_max_frame, end_stream))
+        self._write(headers_frames(stream_id, block, self._peer_max_frame, end_stream))
         if end_stream:
             self._outgoing.pop(stream_id, None)
 
@@ -151,11 +189,9 @@ class H2Endpoint(asyncio.Protocol):
             self._peer_window -= size
             if size <= self._peer_max_frame:  # the common case: one frame
                 flags = Flag.END_STREAM if end_stream else 0
-                self._transport.write(frame(FrameType.DATA, flags, stream_id, data))
+                self._write(frame(FrameType.DATA, flags, stream_id, data))
             else:
-                self._transport.write(
-                    b"".join(data_frames(stream_id, data, self._peer_max_frame, end_stream))
-                )
+                self._write(b"".join(data_frames(stream_id, data, self._peer_max_frame, end_stream)))
             if end_stream:
                 del self._outgoing[stream_id]
             return
@@ -171,22 +207,24 @@ class H2Endpoint(asyncio.Protocol):
         if outgoing is not None:
             self._backlog -= sum(len(chunk) for trailers, chunk in outgoing.queue if not trailers)
         if self._transport is not None and self.open:
-            self._transport.write(rst_stream(stream_id, code))
+            self._write(rst_stream(stream_id, code))
 
     def abort(self, code: ErrorCode, message: str = "") -> None:
         if self._transport is not None and self.open:
-            self._transport.write(goaway(self.last_stream_id, code, message))
+            self._write(goaway(self.last_stream_id, code, message))
+            self._batch.flush(self)
             self._transport.close()
         self.open = self.accepting = False
 
     def close(self) -> None:
         """GOAWAY with no error: streams in flight finish, the peer starts no more."""
         if self._transport is not None and self.open:
-            self._transport.write(goaway(self.last_stream_id, ErrorCode.NO_ERROR))
+            self._write(goaway(self.last_stream_id, ErrorCode.NO_ERROR))
         self.accepting = False
 
     def hard_close(self) -> None:
         if self._transport is not None:
+            self._batch.flush(self)
             self._transport.close()
         self.open = self.accepting = False
 
@@ -224,7 +262,7 @@ class H2Endpoint(asyncio.Protocol):
                         del self._outgoing[stream_id]
                         break
         if writes:
-            self._transport.write(b"".join(writes))
+            self._write(b"".join(writes))
         if self._backlog <= BACKLOG_HIGH // 2:
             self._handler.on_backlog(self, False)
 
@@ -258,7 +296,7 @@ class H2Endpoint(asyncio.Protocol):
                 self._apply_settings(parse_settings(payload))
         elif kind == FrameType.PING:
             if not flags & Flag.ACK and self._transport is not None:
-                self._transport.write(frame(FrameType.PING, Flag.ACK, 0, payload))
+                self._write(frame(FrameType.PING, Flag.ACK, 0, payload))
         elif kind == FrameType.WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
         elif kind == FrameType.RST_STREAM:
@@ -274,7 +312,7 @@ class H2Endpoint(asyncio.Protocol):
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         self._consumed += len(payload)
         if self._consumed >= REFILL_AT and self._transport is not None:
-            self._transport.write(window_update(0, self._consumed))
+            self._write(window_update(0, self._consumed))
             self._consumed = 0
         data = strip_padding(flags, payload, FrameType.DATA) if flags & Flag.PADDED else payload
         self._handler.on_data(self, stream_id, data, bool(flags & Flag.END_STREAM))
@@ -291,7 +329,7 @@ class H2Endpoint(asyncio.Protocol):
         if Setting.MAX_FRAME_SIZE in settings:
             self._peer_max_frame = settings[Setting.MAX_FRAME_SIZE]
         if self._transport is not None:
-            self._transport.write(frame(FrameType.SETTINGS, Flag.ACK, 0))
+            self._write(frame(FrameType.SETTINGS, Flag.ACK, 0))
         self._flush()
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from mesh.dispatch import Router
 from mesh.errors import MeshError
-from mesh.h2_endpoint import H2Endpoint
+from mesh.h2_endpoint import H2Endpoint, WriteBatch
 from mesh.h2_wire import ErrorCode, Headers, grpc_error_headers, header
 from mesh.proxy import V2_SERVICE, MethodTable
 from mesh.target import TargetError, TargetKind, request_target
@@ -134,14 +134,16 @@ class H2Front:
     async def open_runtime(self, handler: FrontConnection) -> H2Endpoint:
         loop = asyncio.get_running_loop()
         _, endpoint = await loop.create_connection(
-            lambda: H2Endpoint(handler, client_side=True), self._runtime_host, self._runtime_port
+            lambda: H2Endpoint(handler, client_side=True, batch=handler.batch),
+            self._runtime_host,
+            self._runtime_port,
         )
         return endpoint
 
     async def open_relay(self, handler: FrontConnection) -> H2Endpoint:
         loop = asyncio.get_running_loop()
         _, endpoint = await loop.create_unix_connection(
-            lambda: H2Endpoint(handler, client_side=True), self._relay_path
+            lambda: H2Endpoint(handler, client_side=True, batch=handler.batch), self._relay_path
         )
         return endpoint
 
@@ -161,7 +163,8 @@ class FrontConnection:
 
     def __init__(self, front: H2Front) -> None:
         self._front = front
-        self.client = H2Endpoint(self, client_side=False)
+        self.batch = WriteBatch()  # the client's and the upstreams' writes, sent once per event
+        self.client = H2Endpoint(self, client_side=False, batch=self.batch)
         self.streams: dict[int, ClientStream] = {}
         self._upstreams: dict[H2Endpoint, dict[int, ClientStream]] = {}
         self._runtime: asyncio.Task[H2Endpoint] | None = None
@@ -354,7 +357,7 @@ class FrontConnection:
         except (OSError, ConnectionError) as e:
             log.warning("front: cannot reach the %s: %s", to, e)
             if to == "runtime":
-                self._replay_after_failure(stream, body)
+                self._replay(stream)
             else:  # the pod's own server is gone (stopping): say so as gRPC does
                 self.client.send_headers(
                     stream.id, grpc_error_headers(14, f"mesh pod unavailable: {e}"), True
@@ -367,13 +370,6 @@ class FrontConnection:
         if late:
             stream.body = bytearray()
         self._start_upstream(stream, endpoint, headers, body + late, end_stream or stream.ended)
-
-    def _replay_after_failure(self, stream: ClientStream, body: bytes) -> None:
-        if stream.model_id is not None:
-            self._front.served(stream.model_id)
-            stream.model_id = None
-        stream.buffered = False
-        self._relay_stream(stream, bytes(stream.body) or body, True)
 
     def _connection(self, to: str) -> asyncio.Task[H2Endpoint]:
         task = self._runtime if to == "runtime" else self._relay
