@@ -64,8 +64,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--front",
         "MM_FRONT",
-        "grpc",
-        "what serves the external gRPC port: grpc (grpc.aio) or h2 (frame-level fast path, grpc.aio behind)",
+        "h2",
+        "what serves the external gRPC port: h2 (frame-level fast path, grpc.aio behind) or grpc (grpc.aio)",
     ),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
 )
@@ -100,7 +100,7 @@ class Settings:
     runtime_ready_timeout_s: float = 120.0
     event_loop: str = "asyncio"
     serving_processes: int = 1
-    front: str = "grpc"
+    front: str = "h2"
     log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
     model_types: list[str] = field(default_factory=list)

@@ -15,11 +15,12 @@ from protos import model_mesh_pb2_grpc as mm_grpc
 pytestmark = pytest.mark.integration
 
 
-async def test_every_path_serves_and_is_measured(tmp_path: Path) -> None:
+@pytest.mark.parametrize("front", ["h2", "grpc"])
+async def test_every_path_serves_and_is_measured(tmp_path: Path, front: str) -> None:
     settings = HopSettings(
         rounds=1, latency_requests=50, throughput_requests=200, concurrency=4, connections=2
     )
-    with echo_paths(tmp_path, "hop-test") as routes:
+    with echo_paths(tmp_path, "hop-test", pod_args=[f"--front={front}"]) as routes:
         summary, rounds = await compare_paths(routes, infer_request("hop-test"), settings)
         with grpc.insecure_channel(routes["mesh-local"].address) as channel:
             status = mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId="hop-test"))

@@ -46,6 +46,13 @@ def test_event_loop() -> None:
         parse_settings(["--event-loop", "trio"], env={})
 
 
+def test_front() -> None:
+    assert parse_settings([], env={}).front == "h2"
+    assert parse_settings([], env={"MM_FRONT": "grpc"}).front == "grpc"
+    with pytest.raises(SystemExit):
+        parse_settings(["--front", "nginx"], env={})
+
+
 def test_settings_round_trip_through_flags() -> None:
     """A pod's serving processes are started with the pod's settings written back as flags."""
     settings = parse_settings(
