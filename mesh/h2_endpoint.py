@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Protocol, cast
 
 from mesh.h2_wire import (
     DEFAULT_MAX_FRAME,
@@ -124,11 +124,10 @@ class H2Endpoint(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         settings = settings_frame({Setting.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW, Setting.ENABLE_PUSH: 0})
         opening = (PREFACE if self._client_side else b"") + settings
-        transport.write(opening + window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW))
+        self.write_now(opening + window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW))
 
     def data_received(self, data: bytes) -> None:
         try:

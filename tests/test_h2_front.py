@@ -12,6 +12,7 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -34,8 +35,12 @@ class FrontPods:
     echo: EchoProcess
 
     def counts(self, pod: PodProcess) -> dict[str, int]:
-        with urllib.request.urlopen(f"http://{pod.rest_address}/mesh/front", timeout=10) as reply:
-            return json.loads(reply.read())  # type: ignore[no-any-return]
+        return front_counts(pod)
+
+
+def front_counts(pod: PodProcess) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://{pod.rest_address}/mesh/front", timeout=10) as reply:
+        return json.loads(reply.read())  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +187,22 @@ def test_a_lost_copy_is_replayed_through_the_general_route_and_reloaded(pods: Fr
     after = pods.counts(pods.holder)
     assert after["replayed"] == before["replayed"] + 1
     assert pods.echo.stats()["loads"]["echo-lost"] == 2  # reloaded once
+
+
+def test_the_front_runs_on_uvloop(tmp_path: Path) -> None:
+    """uvloop's transports are not asyncio's classes: the front must not depend on that."""
+    etcd = EtcdServer.start(tmp_path / "etcd")
+    echo: EchoProcess | None = None
+    pod: PodProcess | None = None
+    try:
+        echo = EchoProcess.start(tmp_path / "echo", "echo-uv")
+        pod = start_echo_pod(tmp_path / "pod", etcd, echo, "pod-uv", extra_args=["--event-loop=uvloop"])
+        register(pod.address, "echo-uv", MODEL_TYPE, "size=1000")
+        assert model_name(infer(pod.address, infer_request("echo-uv"))) == "echo-uv"
+        assert front_counts(pod)["fast"] == 1
+    finally:
+        if pod is not None:
+            pod.process.stop()
+        if echo is not None:
+            echo.stop()
+        etcd.process.stop()
