@@ -134,6 +134,25 @@ class Router:
         record = self._table.model(model_id)
         return record is None or len(record.holders) < 2
 
+    def holder_now(self, model_id: str) -> str | None:
+        """The pod that serves ``model_id`` with no load and no wait: this one or a live holder, else None.
+
+        The choice among copies is ``choose``'s (least busy, ties rotating); a model that needs a load,
+        or one this view does not know, is the general route's to decide.
+        """
+        if self.only_copy_here(model_id):
+            return self.pod_id
+        record = self._table.model(model_id)
+        if record is None:
+            return None
+        holders = sorted(live_copies(record.holders, self._health.live_instances()))
+        if not holders:
+            return None
+        pod = self._least_busy(model_id, holders)
+        if pod == self.pod_id and not self._loader.is_loaded(model_id):
+            return None  # the registry lists this pod, but the copy is still on its way
+        return pod
+
     def choose(self, model_id: str, excluded: set[str], preferred: str | None = None) -> str:
         """The pod to serve ``model_id``: this one (``self.pod_id``) or a peer. Raises when none can."""
         here_ok = self.pod_id not in excluded

@@ -25,9 +25,10 @@ import socket
 from dataclasses import dataclass, field
 
 from mesh.dispatch import Router
-from mesh.errors import MeshError
+from mesh.errors import MeshError, Reroute
 from mesh.h2_endpoint import H2Endpoint, WriteBatch
 from mesh.h2_wire import ErrorCode, Headers, grpc_error_headers, header
+from mesh.peers import INTERNAL_MODEL_HEADER
 from mesh.proxy import V2_SERVICE, MethodTable
 from mesh.target import TargetError, TargetKind, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
@@ -35,8 +36,14 @@ from mesh.wire import WireFormatError, inject_string, read_string_field
 log = logging.getLogger(__name__)
 
 FAST_METHODS = (V2_SERVICE + "ModelInfer", V2_SERVICE + "ModelMetadata")
-REPLAYED_STATUSES = frozenset({b"5", b"14"})  # NOT_FOUND, UNAVAILABLE: the general route decides
-_DROPPED_TO_RUNTIME = (b"mm-", b"content-length")
+# Answers the general route decides on instead: from the runtime NOT_FOUND (it lost the model) and
+# UNAVAILABLE (it is down); from a peer also ABORTED (redirect) and INTERNAL (its load failed).
+REPLAYED_FROM_RUNTIME = frozenset({b"5", b"14"})
+REPLAYED_FROM_PEER = frozenset({b"5", b"10", b"13", b"14"})
+_DROPPED_UPSTREAM = (b"mm-", b"content-length")
+INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
+RUNTIME = "runtime"
+RELAY = "relay"
 
 
 @dataclass(slots=True)
@@ -49,7 +56,8 @@ class ClientStream:
     body: bytearray = field(default_factory=bytearray)
     upstream: H2Endpoint | None = None
     upstream_id: int = 0
-    model_id: str | None = None  # on the fast path: in flight for the model (released at the end)
+    model_id: str | None = None  # served here on the fast path: in flight for the model (released at the end)
+    via_peer: bool = False  # on the fast path to a peer that holds the model
     ended: bool = False  # the client has sent all of its request
     response_headers: Headers | None = None
     response_body: bytearray = field(default_factory=bytearray)
@@ -59,6 +67,7 @@ class ClientStream:
 class FastRoute:
     model_id: str
     body: bytes  # the gRPC message, with the concrete id in field 1
+    peer_address: str | None = None  # None: this pod's runtime; else the holder's internal port
 
 
 class H2Front:
@@ -80,7 +89,7 @@ class H2Front:
         )
         self._server: asyncio.base_events.Server | None = None
         self.connections: set[FrontConnection] = set()
-        self.counts = {"fast": 0, "relayed": 0, "replayed": 0}  # streams, for /mesh/front
+        self.counts = {"fast": 0, "fast_to_peer": 0, "relayed": 0, "replayed": 0}  # streams, for /mesh/front
         self._idle = asyncio.Event()  # set when no stream is in flight (waited for on stop)
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
@@ -119,33 +128,36 @@ class H2Front:
         try:
             target = request_target(named, message)
             model_id = self._router.model_id(target)
-            if not self._router.only_copy_here(model_id):
+            pod = self._router.holder_now(model_id)
+            if pod is None:
                 return None
+            if pod != self._router.pod_id:  # the peer writes the id into field 1 itself
+                return FastRoute(model_id, body, self._router.instance(pod).internal_address)
             field1 = target.id if target.kind is TargetKind.NAME else read_string_field(message, 1)
             if field1 != model_id:
                 message = inject_string(message, [1], model_id)
-        except (TargetError, MeshError, WireFormatError):
+        except (TargetError, MeshError, Reroute, WireFormatError):
             return None  # the relay words the error
         return FastRoute(model_id, b"\x00" + len(message).to_bytes(4, "big") + message)
 
     def is_fast_method(self, path: bytes | None) -> bool:
         return path is not None and path.decode("latin-1") in self._fast
 
-    async def open_runtime(self, handler: FrontConnection) -> H2Endpoint:
+    async def open(self, handler: FrontConnection, to: str) -> H2Endpoint:
+        """A connection for ``handler``'s streams: to this pod's runtime, its relay, or a peer's address."""
         loop = asyncio.get_running_loop()
-        _, endpoint = await loop.create_connection(
-            lambda: H2Endpoint(handler, client_side=True, batch=handler.batch),
-            self._runtime_host,
-            self._runtime_port,
-        )
-        return endpoint
 
-    async def open_relay(self, handler: FrontConnection) -> H2Endpoint:
-        loop = asyncio.get_running_loop()
-        _, endpoint = await loop.create_unix_connection(
-            lambda: H2Endpoint(handler, client_side=True, batch=handler.batch), self._relay_path
-        )
-        return endpoint
+        def endpoint() -> H2Endpoint:
+            return H2Endpoint(handler, client_side=True, batch=handler.batch)
+
+        if to == RELAY:
+            _, opened = await loop.create_unix_connection(endpoint, self._relay_path)
+        elif to == RUNTIME:
+            _, opened = await loop.create_connection(endpoint, self._runtime_host, self._runtime_port)
+        else:
+            host, _, port = to.rpartition(":")
+            _, opened = await loop.create_connection(endpoint, host, int(port))
+        return opened
 
     def serving(self, model_id: str) -> None:
         self._router.acquire(model_id)
@@ -167,8 +179,7 @@ class FrontConnection:
         self.client = H2Endpoint(self, client_side=False, batch=self.batch)
         self.streams: dict[int, ClientStream] = {}
         self._upstreams: dict[H2Endpoint, dict[int, ClientStream]] = {}
-        self._runtime: asyncio.Task[H2Endpoint] | None = None
-        self._relay: asyncio.Task[H2Endpoint] | None = None
+        self._connections: dict[str, asyncio.Task[H2Endpoint]] = {}  # runtime, relay, peer addresses
         self._waiting: set[asyncio.Task[None]] = set()
         front.connections.add(self)
 
@@ -193,9 +204,12 @@ class FrontConnection:
         if not end_stream:
             stream.response_headers = headers
             return
-        if header(headers, b"grpc-status") in REPLAYED_STATUSES:
+        replayed = REPLAYED_FROM_PEER if stream.via_peer else REPLAYED_FROM_RUNTIME
+        if header(headers, b"grpc-status") in replayed:
             self._replay(stream)
             return
+        if stream.via_peer:  # the peer's own trailers are not the client's business
+            headers = tuple((k, v) for k, v in headers if not k.startswith(b"mm-internal-"))
         if stream.response_headers is not None:
             self.client.send_headers(stream.id, stream.response_headers)
             self.client.send_data(stream.id, bytes(stream.response_body))
@@ -315,15 +329,21 @@ class FrontConnection:
             stream.body = bytearray()
             self._relay_stream(stream, body, True)
             return
+        headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_UPSTREAM))
+        if route.peer_address is not None:
+            self._front.counts["fast_to_peer"] += 1
+            stream.via_peer = True
+            headers = (*headers, (INTERNAL_MODEL, route.model_id.encode()))
+            self._send(stream, route.peer_address, headers, route.body, True)
+            return
         stream.model_id = route.model_id
         self._front.serving(route.model_id)
         self._front.counts["fast"] += 1
-        headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_TO_RUNTIME))
-        self._send(stream, "runtime", headers, route.body, True)
+        self._send(stream, RUNTIME, headers, route.body, True)
 
     def _relay_stream(self, stream: ClientStream, body: bytes, end_stream: bool) -> None:
         self._front.counts["relayed"] += 1
-        self._send(stream, "relay", stream.headers, body, end_stream)
+        self._send(stream, RELAY, stream.headers, body, end_stream)
 
     def _replay(self, stream: ClientStream) -> None:
         """A fast-path attempt the general route must decide: send the original request to the relay."""
@@ -332,7 +352,7 @@ class FrontConnection:
         if stream.model_id is not None:
             self._front.served(stream.model_id)
             stream.model_id = None
-        stream.buffered = False
+        stream.buffered = stream.via_peer = False
         stream.response_headers = None
         stream.response_body = bytearray()
         body = bytes(stream.body)
@@ -356,7 +376,7 @@ class FrontConnection:
             endpoint = await asyncio.shield(self._connection(to))
         except (OSError, ConnectionError) as e:
             log.warning("front: cannot reach the %s: %s", to, e)
-            if to == "runtime":
+            if to != RELAY:
                 self._replay(stream)
             else:  # the pod's own server is gone (stopping): say so as gRPC does
                 self.client.send_headers(
@@ -372,18 +392,11 @@ class FrontConnection:
         self._start_upstream(stream, endpoint, headers, body + late, end_stream or stream.ended)
 
     def _connection(self, to: str) -> asyncio.Task[H2Endpoint]:
-        task = self._runtime if to == "runtime" else self._relay
-        stale = (
-            task is not None and task.done() and (task.exception() is not None or not task.result().accepting)
-        )
-        if task is None or stale:
-            opener = self._front.open_runtime if to == "runtime" else self._front.open_relay
-            task = asyncio.ensure_future(opener(self))
+        task = self._connections.get(to)
+        if task is None or (task.done() and (task.exception() is not None or not task.result().accepting)):
+            task = asyncio.ensure_future(self._front.open(self, to))
             task.add_done_callback(_retrieve)
-            if to == "runtime":
-                self._runtime = task
-            else:
-                self._relay = task
+            self._connections[to] = task
         return task
 
     def _start_upstream(

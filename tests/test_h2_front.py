@@ -24,6 +24,7 @@ from load_tests.processes import EchoProcess, start_echo_pod
 from mesh.devcluster import EtcdServer, PodProcess
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.support import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -149,11 +150,37 @@ def test_a_request_over_the_message_limit_is_refused_by_size(pods: FrontPods) ->
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
 
 
-def test_a_model_held_elsewhere_is_relayed_and_forwarded(pods: FrontPods) -> None:
+def test_a_model_held_elsewhere_goes_straight_to_the_holder(pods: FrontPods) -> None:
     before = pods.counts(pods.forwarder)
     assert model_name(infer(pods.forwarder.address, infer_request("echo-1"))) == "echo-1"
     after = pods.counts(pods.forwarder)
-    assert after["relayed"] == before["relayed"] + 1 and after["fast"] == before["fast"]
+    assert after["fast_to_peer"] == before["fast_to_peer"] + 1
+    assert after["relayed"] == before["relayed"] and after["fast"] == before["fast"]
+
+
+def test_a_model_not_loaded_anywhere_is_loaded_through_the_relay(pods: FrontPods) -> None:
+    with grpc.insecure_channel(pods.forwarder.address) as channel:
+        mm_grpc.ModelMeshStub(channel).registerModel(
+            mm.RegisterModelRequest(
+                modelId="echo-cold", modelInfo=mm.ModelInfo(type=MODEL_TYPE, path="size=10")
+            )
+        )
+    before = pods.counts(pods.forwarder)
+    assert model_name(infer(pods.forwarder.address, infer_request("echo-cold"))) == "echo-cold"
+    after = pods.counts(pods.forwarder)
+    assert after["relayed"] >= before["relayed"] + 1
+    assert pods.echo.stats()["loads"]["echo-cold"] == 1
+    with grpc.insecure_channel(pods.forwarder.address) as channel:  # this pod's view has seen the copy
+        stub = mm_grpc.ModelMeshStub(channel)
+        poll_until(
+            lambda: (
+                stub.getModelStatus(mm.GetStatusRequest(modelId="echo-cold")).status
+                == mm.ModelStatusInfo.LOADED
+            ),
+            what="the forwarding pod sees the loaded copy",
+        )
+    assert model_name(infer(pods.forwarder.address, infer_request("echo-cold"))) == "echo-cold"
+    assert pods.counts(pods.forwarder)["fast_to_peer"] == after["fast_to_peer"] + 1  # loaded: now direct
 
 
 async def test_many_concurrent_streams_on_one_connection_all_answer(pods: FrontPods) -> None:
