@@ -127,6 +127,9 @@ class Router:
         return instance
 
     # -- choice ------------------------------------------------------------------------
+    def loaded_here(self, model_id: str) -> bool:
+        return self._loader.is_loaded(model_id)
+
     def only_copy_here(self, model_id: str) -> bool:
         """Loaded here and nowhere else: the request is served here, no choice to make."""
         if not self._loader.is_loaded(model_id):

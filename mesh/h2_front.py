@@ -28,7 +28,7 @@ from mesh.dispatch import Router
 from mesh.errors import MeshError, Reroute
 from mesh.h2_endpoint import H2Endpoint, WriteBatch
 from mesh.h2_wire import ErrorCode, Headers, grpc_error_headers, header
-from mesh.peers import INTERNAL_MODEL_HEADER
+from mesh.peers import AVOID_HEADER, INTERNAL_MODEL_HEADER
 from mesh.proxy import V2_SERVICE, MethodTable
 from mesh.target import TargetError, TargetKind, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
@@ -42,6 +42,7 @@ REPLAYED_FROM_RUNTIME = frozenset({b"5", b"14"})
 REPLAYED_FROM_PEER = frozenset({b"5", b"10", b"13", b"14"})
 _DROPPED_UPSTREAM = (b"mm-", b"content-length")
 INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
+AVOID = AVOID_HEADER.encode()
 RUNTIME = "runtime"
 RELAY = "relay"
 
@@ -78,8 +79,10 @@ class H2Front:
         runtime_address: str,
         relay_path: str,
         max_message_bytes: int,
+        internal: bool = False,
     ) -> None:
         self._router = router
+        self._internal = internal  # the internal port: peers name the model; served here or relayed
         self._runtime_host, _, port = runtime_address.rpartition(":")
         self._runtime_port = int(port)
         self._relay_path = relay_path
@@ -120,6 +123,8 @@ class H2Front:
         if size != len(body) - 5 or size > self.max_message_bytes:
             return None
         message = body[5:]
+        if self._internal:
+            return self._internal_route(headers, body)
         named = [
             (k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in headers if k.startswith(b"mm-")
         ]
@@ -138,6 +143,25 @@ class H2Front:
                 message = inject_string(message, [1], model_id)
         except (TargetError, MeshError, Reroute, WireFormatError):
             return None  # the relay words the error
+        return FastRoute(model_id, b"\x00" + len(message).to_bytes(4, "big") + message)
+
+    def _internal_route(self, headers: Headers, body: bytes) -> FastRoute | None:
+        """A peer's forwarded request: straight to the runtime when the model is loaded here.
+
+        Anything the peer handler has to decide (a load, the peer's avoid list) is relayed to it.
+        """
+        model = header(headers, INTERNAL_MODEL)
+        if model is None or header(headers, AVOID) is not None:
+            return None
+        model_id = model.decode("utf-8", "replace")
+        if not self._router.loaded_here(model_id):
+            return None
+        message = body[5:]
+        try:
+            if read_string_field(message, 1) != model_id:
+                message = inject_string(message, [1], model_id)
+        except WireFormatError:
+            return None
         return FastRoute(model_id, b"\x00" + len(message).to_bytes(4, "big") + message)
 
     def is_fast_method(self, path: bytes | None) -> bool:

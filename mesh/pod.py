@@ -178,10 +178,15 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             registry_revision=store.current_revision,
         )
 
-        front: H2Front | None = None
-        if settings.front == "h2":  # the front serves the port and relays to grpc.aio on the unix socket
+        # --front=h2: both gRPC ports are served by the HTTP/2 front, grpc.aio behind each on a unix socket
+        front = internal_front = None
+        internal_relay = relay_path(settings, settings.internal_port)
+        if settings.front == "h2":
             front = H2Front(
                 router, methods, settings.runtime_serving, relay_path(settings), settings.max_message_bytes
+            )
+            internal_front = H2Front(
+                router, methods, settings.runtime_serving, internal_relay, settings.max_message_bytes, True
             )
         gateway = RestGateway(
             router,
@@ -189,7 +194,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             SERVER_NAME,
             VERSION,
             settings.max_message_bytes,
-            front_counts=front.counts.copy if front is not None else None,
+            front_counts=(lambda: front_counts(front, internal_front)) if front is not None else None,
         )
         server = grpc_server(settings.max_message_bytes, reuse_port=settings.serving_processes > 1)
         transitions = Transitions(store, table, router)
@@ -213,11 +218,17 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         # Peers reach this pod on a port of its own: what arrives there is served here, never forwarded.
         internal = grpc_server(settings.max_message_bytes)
         internal.add_generic_rpc_handlers((PeerHandler(router, runtime, methods),))
-        internal.add_insecure_port(f"{settings.host}:{settings.internal_port}")
+        if internal_front is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(internal_relay)
+            internal.add_insecure_port("unix:" + internal_relay)
+        else:
+            internal.add_insecure_port(f"{settings.host}:{settings.internal_port}")
         await internal.start()
         await server.start()
-        if front is not None:
+        if front is not None and internal_front is not None:
             await front.start(settings.host, settings.grpc_port, reuse_port=settings.serving_processes > 1)
+            await internal_front.start(settings.host, settings.internal_port)
         if settings.rest_port:
             await gateway.start(settings.host, settings.rest_port, settings.internal_rest_port)
         for service in ("", mesh_service, "inference.GRPCInferenceService"):
@@ -263,8 +274,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await loader.unload_all(drain_s=5)
         await health_servicer.enter_graceful_shutdown()
         await gateway.stop()
-        if front is not None:
-            await front.stop(grace_s=5)
+        for serving_front in (front, internal_front):
+            if serving_front is not None:
+                await serving_front.stop(grace_s=5)
         await server.stop(grace=5)
         await internal.stop(grace=5)
         for task in (keep_alive, scaling, leader, watching):
@@ -279,6 +291,14 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await asyncio.gather(watch, return_exceptions=True)
         await runtime.close()
         await store.close()
+
+
+def front_counts(front: H2Front | None, internal: H2Front | None) -> dict[str, int]:
+    """Streams per path on both ports (/mesh/front)."""
+    counts = dict(front.counts) if front is not None else {}
+    if internal is not None:
+        counts.update({f"internal_{k}": v for k, v in internal.counts.items() if k != "fast_to_peer"})
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> None:

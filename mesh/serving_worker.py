@@ -71,9 +71,12 @@ MESH_SERVICE = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
 REFLECTED_SERVICES = (MESH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
-def relay_path(settings: Settings) -> str:
-    """The unix socket the main process serves its external API on, for its workers and its h2 front."""
-    return f"/tmp/modelmesh-{settings.pod_id}-{settings.grpc_port}.sock"
+def relay_path(settings: Settings, port: int | None = None) -> str:
+    """The unix socket the main process serves a port's gRPC on (default: the external one).
+
+    The external one is for its workers and its h2 front; the internal one for the internal port's front.
+    """
+    return f"/tmp/modelmesh-{settings.pod_id}-{port or settings.grpc_port}.sock"
 
 
 def delegate_address(settings: Settings) -> str:

@@ -151,11 +151,14 @@ def test_a_request_over_the_message_limit_is_refused_by_size(pods: FrontPods) ->
 
 
 def test_a_model_held_elsewhere_goes_straight_to_the_holder(pods: FrontPods) -> None:
-    before = pods.counts(pods.forwarder)
+    """Both ends skip grpc.aio: the forwarder's front to the holder's internal port, its front to the runtime."""
+    before, holder_before = pods.counts(pods.forwarder), pods.counts(pods.holder)
     assert model_name(infer(pods.forwarder.address, infer_request("echo-1"))) == "echo-1"
-    after = pods.counts(pods.forwarder)
+    after, holder_after = pods.counts(pods.forwarder), pods.counts(pods.holder)
     assert after["fast_to_peer"] == before["fast_to_peer"] + 1
     assert after["relayed"] == before["relayed"] and after["fast"] == before["fast"]
+    assert holder_after["internal_fast"] == holder_before["internal_fast"] + 1
+    assert holder_after["internal_relayed"] == holder_before["internal_relayed"]
 
 
 def test_a_model_not_loaded_anywhere_is_loaded_through_the_relay(pods: FrontPods) -> None:
