@@ -151,7 +151,7 @@ def test_a_request_over_the_message_limit_is_refused_by_size(pods: FrontPods) ->
 
 
 def test_a_model_held_elsewhere_goes_straight_to_the_holder(pods: FrontPods) -> None:
-    """Both ends skip grpc.aio: the forwarder's front to the holder's internal port, its front to the runtime."""
+    """Neither end uses grpc.aio: the forwarder's front sends to the holder's, which calls the runtime."""
     before, holder_before = pods.counts(pods.forwarder), pods.counts(pods.holder)
     assert model_name(infer(pods.forwarder.address, infer_request("echo-1"))) == "echo-1"
     after, holder_after = pods.counts(pods.forwarder), pods.counts(pods.holder)
