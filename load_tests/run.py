@@ -199,13 +199,13 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
         return []
     mesh, floor, nginx = echo["mesh-local"], echo["python-proxy"], echo["nginx"]
     lines = [
-        "Where the proxy goals are missed: a pass through the mesh-local pod costs "
+        "Where the time goes. With --front=grpc a pass through the mesh-local pod costs "
         f"{mesh.get('proxy_cpu_us_per_request')} µs of CPU per request, the least a grpc.aio proxy can do "
         f"(load_tests/naive_proxy.py) {floor.get('proxy_cpu_us_per_request')} µs, nginx "
         f"{nginx.get('proxy_cpu_us_per_request')} µs; the mesh's throughput is "
         f"{mesh['throughput_per_s'] / floor['throughput_per_s']:.0%} of the naive proxy's and its added p50 "
-        f"{mesh['added_p50_ms']} ms against the naive proxy's {floor['added_p50_ms']} ms. The gap to the "
-        "goals is the cost of a Python grpc.aio server and client per request, not the mesh's routing.",
+        f"{mesh['added_p50_ms']} ms against the naive proxy's {floor['added_p50_ms']} ms: that front's gap "
+        "to the goals is what a Python grpc.aio server and client cost per request, not the mesh's routing.",
     ]
     h2 = results.get("hop", {}).get("echo-h2")
     if h2 and "mesh-local" in h2:
