@@ -23,7 +23,7 @@ from load_tests.hop import echo_paths, infer_request
 from load_tests.loadgen import closed_loop, raw_call
 from mesh.devcluster import VENV_BIN
 
-MESH_FRAME = re.compile(r"[(/]mesh/(?!pod\.py)")  # py-spy prints "name (mesh/proxy.py:12)"; pod.py is main()
+MESH_FRAME = re.compile(r"[(/]mesh/(?!pod\.py|entry\.py)")  # "name (mesh/proxy.py:12)"; pod/entry: main()
 
 
 def summarize_samples(raw_lines: list[str], top: int = 12) -> dict[str, Any]:

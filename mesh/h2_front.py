@@ -23,14 +23,15 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from mesh.dispatch import Router
 from mesh.errors import MeshError, Reroute
 from mesh.h2_endpoint import H2Endpoint, WriteBatch
 from mesh.h2_wire import ErrorCode, Headers, grpc_error_headers, header
 from mesh.peers import AVOID_HEADER, INTERNAL_MODEL_HEADER
 from mesh.proxy import V2_SERVICE, MethodTable
-from mesh.target import TargetError, TargetKind, request_target
+from mesh.records import InstanceRecord
+from mesh.target import RequestTarget, TargetError, TargetKind, request_target
 from mesh.wire import WireFormatError, inject_string, read_string_field
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,20 @@ INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
 AVOID = AVOID_HEADER.encode()
 RUNTIME = "runtime"
 RELAY = "relay"
+
+
+class FrontRouting(Protocol):
+    """What the front asks of the routing: mesh/dispatch.py's Router in the main process, and a serving
+    worker's own view in the others."""
+
+    pod_id: str
+
+    def model_id(self, target: RequestTarget) -> str: ...
+    def holder_now(self, model_id: str) -> str | None: ...
+    def loaded_here(self, model_id: str) -> bool: ...
+    def instance(self, pod_id: str) -> InstanceRecord: ...
+    def acquire(self, model_id: str) -> None: ...
+    def release(self, model_id: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -74,7 +89,7 @@ class FastRoute:
 class H2Front:
     def __init__(
         self,
-        router: Router,
+        router: FrontRouting,
         methods: MethodTable,
         runtime_address: str,
         relay_path: str,
@@ -206,6 +221,9 @@ class FrontConnection:
         self._connections: dict[str, asyncio.Task[H2Endpoint]] = {}  # runtime, relay, peer addresses
         self._waiting: set[asyncio.Task[None]] = set()
         front.connections.add(self)
+        # Opened now, not on the first stream: a client's first call should not wait for two handshakes.
+        self._connection(RELAY)
+        self._connection(RUNTIME)
 
     def close(self) -> None:
         self.client.hard_close()

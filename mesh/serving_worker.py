@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from mesh.dispatch import resolve_model_id
 from mesh.entry import run_until_signalled
 from mesh.errors import LostCopy, MeshError, Reroute
+from mesh.h2_front import H2Front
 from mesh.peers import Passthrough, PeerHealth, PeerPool, peer_outcome
 from mesh.proxy import (
     V2_SERVICE,
@@ -46,11 +48,12 @@ from mesh.proxy import (
     grpc_server_options,
     message_size_options,
 )
+from mesh.records import InstanceRecord
 from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
 from mesh.settings import Settings, parse_settings
 from mesh.store import EtcdStore
-from mesh.target import TargetError, request_target
+from mesh.target import RequestTarget, TargetError, request_target
 from mesh.wire import WireFormatError
 from mesh.worker_usage import USAGE_METHOD, UsageLog
 from protos import model_mesh_pb2
@@ -219,6 +222,52 @@ class WorkerProxy(grpc.GenericRpcHandler):
             return await self._relayed(relay, request, context)  # the main process retries elsewhere
 
 
+class WorkerRouting:
+    """The HTTP/2 front's routing in a worker: this worker's view of etcd, hits reported to the main process.
+
+    Holding a copy means the registry names this pod; a copy the runtime lost answers NOT_FOUND and the
+    front replays the request through the main process, as the grpc.aio worker does.
+    """
+
+    def __init__(self, pod_id: str, table: RoutingTable, usage: UsageLog, health: PeerHealth) -> None:
+        self.pod_id = pod_id
+        self._table = table
+        self._usage = usage
+        self._health = health
+        self._turn = 0
+
+    def model_id(self, target: RequestTarget) -> str:
+        return resolve_model_id(self._table, target)
+
+    def holder_now(self, model_id: str) -> str | None:
+        record = self._table.model(model_id)
+        if record is None:
+            return None
+        if self.pod_id in record.holders:
+            return self.pod_id
+        live = sorted(p for p in record.holders if self._health.alive(p))
+        if not live:
+            return None
+        self._turn += 1
+        return live[self._turn % len(live)]
+
+    def loaded_here(self, model_id: str) -> bool:
+        record = self._table.model(model_id)
+        return record is not None and self.pod_id in record.holders
+
+    def instance(self, pod_id: str) -> InstanceRecord:
+        versioned = self._table.instances.get(pod_id)
+        if versioned is None:
+            raise MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} is gone")
+        return versioned.record
+
+    def acquire(self, model_id: str) -> None:
+        self._usage.hit(model_id, int(time.time() * 1000))
+
+    def release(self, model_id: str) -> None:
+        pass  # the main process pins its own requests only (see the module docstring)
+
+
 async def report_usage(usage: UsageLog, internal_address: str, stop: asyncio.Event) -> None:
     async with grpc.aio.insecure_channel(internal_address) as channel:
         send = channel.unary_unary(USAGE_METHOD)
@@ -243,6 +292,35 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
+async def start_grpc_worker(
+    settings: Settings,
+    table: RoutingTable,
+    runtime: RuntimeClient,
+    methods: MethodTable,
+    delegate: grpc.aio.Channel,
+    usage: UsageLog,
+    peers: PeerPool,
+    peer_health: PeerHealth,
+) -> Callable[[], Awaitable[None]]:
+    """--front=grpc: the worker's own grpc.aio server on the pod's port; returns how to stop it."""
+    server = grpc.aio.server(options=grpc_server_options(settings.max_message_bytes, reuse_port=True))
+    health_checks = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
+    reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed
+    proxy = WorkerProxy(settings.pod_id, table, runtime, methods, delegate, usage, peers, peer_health)
+    server.add_generic_rpc_handlers((proxy,))
+    server.add_insecure_port(settings.address)
+    await server.start()
+    for service in ("", MESH_SERVICE, "inference.GRPCInferenceService"):  # as the main process
+        await health_checks.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop() -> None:
+        await health_checks.enter_graceful_shutdown()
+        await server.stop(grace=5)
+
+    return stop
+
+
 async def run_worker(
     settings: Settings, delegate: str, methods: MethodTable, parent: int, stop: asyncio.Event
 ) -> None:
@@ -259,35 +337,28 @@ async def run_worker(
     peers = PeerPool(settings.max_message_bytes)
     try:
         await asyncio.wait_for(synced.wait(), timeout=30)
-        server = grpc.aio.server(options=grpc_server_options(settings.max_message_bytes, reuse_port=True))
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed
-        server.add_generic_rpc_handlers(
-            (
-                WorkerProxy(
-                    settings.pod_id,
-                    table,
-                    runtime,
-                    methods,
-                    delegate_channel,
-                    usage,
-                    peers,
-                    PeerHealth(table, suspect_s=settings.lease_ttl_s),
-                ),
+        peer_health = PeerHealth(table, suspect_s=settings.lease_ttl_s)
+        stop_serving: Callable[[], Awaitable[None]]
+        if settings.front == "h2":  # the main process's front, over this worker's view; relays to main
+            front = H2Front(
+                WorkerRouting(settings.pod_id, table, usage, peer_health),
+                methods,
+                settings.runtime_serving,
+                delegate.removeprefix("unix:"),
+                settings.max_message_bytes,
             )
-        )
-        server.add_insecure_port(settings.address)
-        await server.start()
-        for service in ("", MESH_SERVICE, "inference.GRPCInferenceService"):  # as the main process
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await front.start(settings.host, settings.grpc_port, reuse_port=True)
+            stop_serving = functools.partial(front.stop, 5.0)
+        else:
+            stop_serving = await start_grpc_worker(
+                settings, table, runtime, methods, delegate_channel, usage, peers, peer_health
+            )
         reporting = asyncio.create_task(
             report_usage(usage, f"{settings.host}:{settings.internal_port}", stop)
         )
         log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)
         await stop.wait()
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(grace=5)
+        await stop_serving()
         await reporting
     finally:
         for task in (watch, orphaned):

@@ -11,11 +11,21 @@ import grpc
 import pytest
 import tritonclient.grpc as triton
 
-from mesh.devcluster import LocalMesh
+from mesh.devcluster import EtcdServer, LocalMesh
 from mesh.records import InstanceRecord
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.support import ExampleModel, train_iris
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A real etcd of the test's own, on free ports."""
+    server = EtcdServer.start(tmp_path)
+    try:
+        yield server
+    finally:
+        server.process.stop()
 
 
 @dataclass(frozen=True)

@@ -219,20 +219,16 @@ def test_a_lost_copy_is_replayed_through_the_general_route_and_reloaded(pods: Fr
     assert pods.echo.stats()["loads"]["echo-lost"] == 2  # reloaded once
 
 
-def test_the_front_runs_on_uvloop(tmp_path: Path) -> None:
+def test_the_front_runs_on_uvloop(tmp_path: Path, etcd: EtcdServer) -> None:
     """uvloop's transports are not asyncio's classes: the front must not depend on that."""
-    etcd = EtcdServer.start(tmp_path / "etcd")
-    echo: EchoProcess | None = None
-    pod: PodProcess | None = None
+    echo = EchoProcess.start(tmp_path / "echo", "echo-uv")
     try:
-        echo = EchoProcess.start(tmp_path / "echo", "echo-uv")
         pod = start_echo_pod(tmp_path / "pod", etcd, echo, "pod-uv", extra_args=["--event-loop=uvloop"])
-        register(pod.address, "echo-uv", MODEL_TYPE, "size=1000")
-        assert model_name(infer(pod.address, infer_request("echo-uv"))) == "echo-uv"
-        assert front_counts(pod)["fast"] == 1
-    finally:
-        if pod is not None:
+        try:
+            register(pod.address, "echo-uv", MODEL_TYPE, "size=1000")
+            assert model_name(infer(pod.address, infer_request("echo-uv"))) == "echo-uv"
+            assert front_counts(pod)["fast"] == 1
+        finally:
             pod.process.stop()
-        if echo is not None:
-            echo.stop()
-        etcd.process.stop()
+    finally:
+        echo.stop()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -15,15 +14,6 @@ from mesh.routing import RoutingTable
 from mesh.store import EtcdStore, Unchanged
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer.start(tmp_path)
-    try:
-        yield server
-    finally:
-        server.process.stop()
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -23,15 +22,6 @@ from mesh.target import RequestTarget, TargetKind
 pytestmark = pytest.mark.integration
 
 FRESH = RequestTarget(TargetKind.NAME, "fresh")
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer.start(tmp_path)
-    try:
-        yield server
-    finally:
-        server.process.stop()
 
 
 @pytest.fixture
