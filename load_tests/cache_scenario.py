@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2 as v2
 
-from load_tests.cache_sim import Workload, belady_hits, gdsf_hits, lru_hits, make_workload
+from load_tests.cache_sim import Workload, belady_hits, gdsf_hits, lfu_size_hits, lru_hits, make_workload
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.loadgen import percentile, raw_call
 from load_tests.processes import EchoProcess, start_echo_pod
@@ -156,6 +156,8 @@ def simulate(w: Workload) -> dict[str, Any]:
         "gdsf": gdsf_hits(w),
         "gdsf_pod_path": pod_path_hits(w, EvictionPolicy.GDSF),
         "lru_pod_path": pod_path_hits(w, EvictionPolicy.LRU),
+        "lfu-size": lfu_size_hits(w),
+        "lfu-size_pod_path": pod_path_hits(w, EvictionPolicy.LFU_SIZE),
         "belady": belady_hits(w),
     }
     return {
@@ -339,7 +341,7 @@ async def run_policy(
 
 def agreement(mesh: dict[str, Any], simulated: dict[str, Any], policy: str) -> dict[str, Any]:
     """The mesh's hit ratio next to the simulation's for the same policy (pure)."""
-    names = {"lru": ("lru", "lru_pod_path"), "gdsf": ("gdsf", "gdsf_pod_path")}[policy]
+    names = (policy, f"{policy}_pod_path")
     out: dict[str, Any] = {"mesh_hit_ratio": mesh["hit_ratio"]}
     for name in names:
         out[f"simulated_{name}_hit_ratio"] = simulated["hit_ratio"][name]
@@ -354,14 +356,15 @@ async def run_cache(
     *,
     models: int | None = None,
     requests: int | None = None,
-    policies: Sequence[str] = ("lru", "gdsf"),
+    policies: Sequence[str] = ("lru", "gdsf", "lfu-size"),
     load_ms: int = LOAD_MS,
     seed: int = SEED,
 ) -> dict[str, Any]:
     """Run the cache scenario under ``work_dir``; a JSON-able dict of the figures.
 
     ``full`` picks 1000 models and 20000 requests (quick: 300 and 3000); ``models`` and ``requests``
-    override them. Each of ``policies`` (``lru``, ``gdsf``) runs on its own fresh etcd, runtime and pod.
+    override them. Each of ``policies`` (``lru``, ``gdsf``, ``lfu-size``) runs on its own fresh etcd,
+    runtime and pod.
     """
     for policy in policies:
         EvictionPolicy(policy)  # ValueError early for an unknown policy
@@ -415,8 +418,8 @@ async def run_cache(
             "one trace (one seed): a single run, not a median over seeds as cache_sim reports",
             "the pod's LRU clock is wall-clock milliseconds: requests within one millisecond tie, and ties "
             "go to the model id's order, where the simulation's clock ticks once per request",
-            "the pod counts the request that caused a load as a use after the load (GDSF's uses are one "
-            "higher than cache_sim's): simulation 'gdsf_pod_path' drives ModelCache that way",
+            "the '<policy>_pod_path' simulations drive ModelCache call for call as the pod does (a load, "
+            "then the request that caused it); they match cache_sim's own replay exactly",
             "Belady (evict the model used furthest in the future) is the optimum only when all models have "
             "one size; with sizes that vary it is the reference DESIGN.md names, not a bound: a size-aware "
             "policy can beat it, most easily when the cache holds only a few models",
@@ -438,7 +441,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         "simulated hit ratio: "
         + ", ".join(
             f"{name} {sim['hit_ratio'][name]:.3f} ({sim['of_belady'][name]:.2f} of Belady)"
-            for name in ("lru", "gdsf", "gdsf_pod_path", "belady")
+            for name in ("lru", "gdsf", "lfu-size", "belady")
         ),
     ]
     for policy, m in result["mesh"].items():
@@ -469,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
     parser.add_argument("--models", type=int)
     parser.add_argument("--requests", type=int)
-    parser.add_argument("--policies", default="lru,gdsf", help="comma-separated: lru, gdsf")
+    parser.add_argument(
+        "--policies", default="lru,gdsf,lfu-size", help="comma-separated: lru, gdsf, lfu-size"
+    )
     parser.add_argument("--load-ms", type=int, default=LOAD_MS, help="the echo runtime's time per load")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument(

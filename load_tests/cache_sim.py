@@ -1,8 +1,10 @@
-"""Cache policies side by side on one trace: the mesh's own byte-LRU, GreedyDual-Size-Frequency, and Belady.
+"""Cache policies side by side on one trace: the mesh's own byte-LRU, GreedyDual-Size-Frequency, lfu-size
+(uses per byte, decayed, remembered across evictions), and Belady.
 
 A Zipf request trace over many models of lognormal sizes, a capacity that holds a fraction of all bytes, and
-the request hit ratio each policy reaches on exactly the same trace. LRU and GDSF run mesh/cache.py itself;
-Belady (evict the model whose next use is furthest away) is the offline reference the design measures against.
+the request hit ratio each policy reaches on exactly the same trace. LRU, GDSF and lfu-size run mesh/cache.py
+itself; Belady (evict the model whose next use is furthest away) is the offline reference the design measures
+against.
 This is the simulation half of the "cache" scenario; the other half (the mesh's hit ratio under the same trace
 against real runtimes) belongs to the load-test harness.
 
@@ -72,6 +74,10 @@ def gdsf_hits(w: Workload) -> int:
     return mesh_hits(w, EvictionPolicy.GDSF)
 
 
+def lfu_size_hits(w: Workload) -> int:
+    return mesh_hits(w, EvictionPolicy.LFU_SIZE)
+
+
 def belady_hits(w: Workload) -> int:
     """Evict the model used furthest in the future (never again first): the offline reference."""
     never = len(w.trace)
@@ -105,6 +111,7 @@ def belady_hits(w: Workload) -> int:
 POLICIES: dict[str, Callable[[Workload], int]] = {
     "lru (mesh)": lru_hits,
     "gdsf (mesh)": gdsf_hits,
+    "lfu-size (mesh)": lfu_size_hits,
     "belady": belady_hits,
 }
 

@@ -261,7 +261,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         ]
     for name, title in (
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
-        ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF and Belady"),
+        ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF, lfu-size and Belady"),
         ("cold_start", "Cold start: a burst of first requests"),
         ("scale", "Scale: many models, many pods"),
         ("cache_sim", "Cache policies alone, simulated on a longer trace"),

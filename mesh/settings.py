@@ -51,7 +51,12 @@ OPTIONS: tuple[Option, ...] = (
         "--scaleup-rpm-threshold", "MM_SCALEUP_RPM_THRESHOLD", "2000", "requests/min per copy that add a copy"
     ),
     Option("--rate-interval-s", "MM_RATE_INTERVAL_S", "10", "how often copy counts are checked"),
-    Option("--eviction-policy", "MM_EVICTION_POLICY", "gdsf", "which model a full pod unloads: gdsf or lru"),
+    Option(
+        "--eviction-policy",
+        "MM_EVICTION_POLICY",
+        "lfu-size",
+        "which model a full pod unloads: lfu-size, gdsf or lru",
+    ),
     Option("--max-load-failures", "MM_MAX_LOAD_FAILURES", "3", "stop after this many unexpired failures"),
     Option(
         "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
@@ -94,7 +99,7 @@ class Settings:
     load_timeout_s: float = 120.0
     load_failure_expiry_s: float = 900.0
     max_load_failures: int = 3
-    eviction_policy: str = "gdsf"
+    eviction_policy: str = "lfu-size"
     scaleup_rpm_threshold: float = 2000.0
     rate_interval_s: float = 10.0
     runtime_ready_timeout_s: float = 120.0

@@ -1,6 +1,8 @@
-"""Byte-weighted LRU accounting (pure)."""
+"""The cache's byte accounting and its eviction policies: LRU, GDSF and lfu-size (pure)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -163,3 +165,193 @@ def test_the_request_that_caused_a_load_counts_once() -> None:
     assert entry is not None and entry.uses == 1
     cache.touch("m", 3)
     assert entry.uses == 2
+
+
+# -- lfu-size: uses per byte, decayed, remembered across evictions -----------------------------------------
+LFU = EvictionPolicy.LFU_SIZE
+
+
+def served(cache: ModelCache, model_id: str, size: int, clock: int) -> None:
+    """One request for ``model_id`` as the pod serves it: a miss loads it first, then the request is a use."""
+    if model_id not in cache:
+        cache.start_load(model_id, size, clock)
+        cache.finish_load(model_id, size)
+    cache.touch(model_id, clock)
+
+
+def evicted(cache: ModelCache, model_id: str) -> None:
+    cache.start_unload(model_id)
+    cache.finish_unload(model_id)
+
+
+def test_lfu_size_is_a_policy_by_name() -> None:
+    assert EvictionPolicy("lfu-size") is LFU
+
+
+def test_lfu_size_keeps_what_is_used_often_per_byte() -> None:
+    cache = ModelCache(100, LFU)
+    for t in range(1, 6):
+        served(cache, "small-hot", 10, t)  # five uses of 10 bytes
+    served(cache, "big-cold", 80, 10)  # one use, the most recent
+    assert cache.plan_eviction(20) == ["big-cold"]
+    served(cache, "big-cold", 80, 11)
+    assert cache.plan_eviction(20) == ["big-cold"]  # two uses of 80 bytes: still fewer per byte
+
+
+def test_lfu_size_the_request_that_caused_a_load_counts_once() -> None:
+    cache = ModelCache(100, LFU)
+    cache.start_load("m", 10, 1)
+    entry = cache.entry("m")
+    assert entry is not None
+    loaded_with = entry.frequency
+    cache.finish_load("m", 10)
+    cache.touch("m", 1)  # the request that loaded it
+    assert entry.uses == 1 and entry.frequency == loaded_with
+    cache.touch("m", 2)
+    assert entry.uses == 2 and entry.frequency > loaded_with
+
+
+def returning_favourite(history_limit: int) -> ModelCache:
+    """ "fav" is used seven times and evicted; "rival" (same size) is used twice; then "fav" comes back."""
+    cache = ModelCache(100, LFU, history_limit=history_limit)
+    for t in range(7):
+        served(cache, "fav", 50, t)
+    evicted(cache, "fav")
+    served(cache, "rival", 50, 10)
+    served(cache, "rival", 50, 11)
+    served(cache, "fav", 50, 12)  # the miss that brings it back
+    return cache
+
+
+def test_lfu_size_a_returning_model_resumes_its_frequency() -> None:
+    cache = returning_favourite(history_limit=16)
+    fav, rival = cache.entry("fav"), cache.entry("rival")
+    assert fav is not None and rival is not None
+    assert fav.uses == 1  # uses since this load, as GDSF counts them
+    assert fav.frequency > 3 * rival.frequency  # about seven uses (decayed a little) against two
+    assert cache.remembered_frequency("fav") is None  # taken back out of the history
+    assert cache.plan_eviction(50) == ["rival"]
+
+
+def test_lfu_size_without_the_history_a_returning_model_starts_again_from_one_use() -> None:
+    # The same sequence with the history turned off: "fav" is back to one use and goes first. (GDSF
+    # likewise restarts its count at 1 and keeps no history.)
+    cache = returning_favourite(history_limit=0)
+    fav, rival = cache.entry("fav"), cache.entry("rival")
+    assert fav is not None and rival is not None and fav.frequency < rival.frequency
+    assert cache.history_size == 0
+    assert cache.plan_eviction(50) == ["fav"]
+    gdsf = ModelCache(100, EvictionPolicy.GDSF)
+    for t in range(7):
+        served(gdsf, "fav", 50, t)
+    evicted(gdsf, "fav")
+    served(gdsf, "fav", 50, 12)
+    assert gdsf.entry("fav").uses == 1 and gdsf.history_size == 0  # type: ignore[union-attr]
+
+
+def test_lfu_size_the_history_is_bounded_forgetting_the_earliest_departures() -> None:
+    cache = ModelCache(1000, LFU, history_limit=3)
+    for i in range(10):
+        served(cache, f"m{i}", 10, i)
+        evicted(cache, f"m{i}")
+        assert cache.history_size == min(i + 1, 3)
+    assert [m for m in (f"m{i}" for i in range(10)) if cache.remembered_frequency(m) is not None] == [
+        "m7",
+        "m8",
+        "m9",
+    ]
+
+
+def test_lfu_size_a_second_departure_counts_as_the_latest() -> None:
+    cache = ModelCache(1000, LFU, history_limit=2)
+    for model_id in ("a", "b"):
+        served(cache, model_id, 10, 1)
+        evicted(cache, model_id)
+    served(cache, "a", 10, 2)  # back, resuming its frequency, and out again: now the latest departure
+    evicted(cache, "a")
+    served(cache, "c", 10, 3)
+    evicted(cache, "c")
+    assert cache.remembered_frequency("b") is None
+    assert cache.remembered_frequency("a") is not None and cache.remembered_frequency("c") is not None
+
+
+def test_lfu_size_history_stays_bounded_on_a_long_trace() -> None:
+    cache = ModelCache(300, LFU, history_limit=20)
+    for t in range(2000):
+        model_id = f"m{(t * 7919) % 97}"
+        served(cache, model_id, 10 + (t * 31) % 90, t)
+        for victim in cache.plan_eviction(0) or []:
+            evicted(cache, victim)
+        assert cache.history_size <= 20 and cache.used <= cache.capacity
+
+
+def test_lfu_size_a_use_weighs_twice_one_made_a_half_life_earlier() -> None:
+    # One model held: the half-life is half_life_per_model (10) uses of it.
+    cache = ModelCache(100, LFU, half_life_per_model=10)
+    cache.start_load("a", 10, 0)  # the first use (nothing held yet: the half-life is 10 as well)
+    cache.finish_load("a", 10)
+    cache.touch("a", 0)
+    entry = cache.entry("a")
+    assert entry is not None
+    increments = [entry.frequency]
+    for t in range(1, 11):
+        before = entry.frequency
+        cache.touch("a", t)
+        increments.append(entry.frequency - before)
+    assert increments[10] / increments[0] == pytest.approx(2.0)
+
+
+def test_lfu_size_an_old_favourite_that_stops_being_used_gives_way() -> None:
+    def after_a_quiet_spell(half_life_per_model: float) -> list[str] | None:
+        cache = ModelCache(100, LFU, half_life_per_model=half_life_per_model)
+        for t in range(8):
+            served(cache, "old-favourite", 50, t)  # eight uses, then no more
+        for t in range(8, 14):
+            served(cache, "newcomer", 50, t)  # six uses since
+        return cache.plan_eviction(50)
+
+    assert after_a_quiet_spell(half_life_per_model=1) == ["old-favourite"]  # recent uses weigh more
+    assert after_a_quiet_spell(half_life_per_model=1e12) == ["newcomer"]  # no decay: plain counts, 6 < 8
+
+
+def test_lfu_size_decay_rescales_without_overflow_or_changing_the_order() -> None:
+    # A tiny half-life makes every use weigh 2**100 or more times the one before: without rescaling the
+    # frequencies would overflow to inf after a handful of rounds and every model would tie.
+    cache = ModelCache(30, LFU, half_life_per_model=0.01)
+    for model_id in ("a", "b", "c"):
+        served(cache, model_id, 10, 0)
+    for t in range(1, 200):
+        for model_id in ("b", "c", "a"):
+            cache.touch(model_id, t)
+    frequencies = [cache.entry(m).frequency for m in ("a", "b", "c")]  # type: ignore[union-attr]
+    assert all(math.isfinite(f) and 0 < f < 2.0**200 for f in frequencies)
+    assert cache.plan_eviction(30) == ["b", "c", "a"]  # the last used is worth by far the most
+
+
+def test_lfu_size_evictions_follow_frequency_per_byte() -> None:
+    cache = ModelCache(100, LFU, half_life_per_model=1e12)  # no decay: plain counts, easy to read
+    for model_id, size, uses in (("a", 40, 4), ("b", 20, 1), ("c", 10, 2), ("d", 30, 6)):
+        for t in range(uses):
+            served(cache, model_id, size, t)
+    # per byte: a 0.1, b 0.05, c 0.2, d 0.2 (c's uses are older, so by a hair it is worth less)
+    assert cache.plan_eviction(10) == ["b"]
+    assert cache.plan_eviction(30) == ["b", "a"]
+    assert cache.plan_eviction(70) == ["b", "a", "c"]
+    assert cache.plan_eviction(71) == ["b", "a", "c", "d"]
+    assert cache.plan_eviction(30, pinned=frozenset({"b"})) == ["a"]
+    assert cache.plan_eviction(81, pinned=frozenset({"b"})) is None  # a, c and d free only 80
+
+
+def test_lfu_size_a_huge_batch_of_reported_uses_neither_overflows_nor_loses_the_order() -> None:
+    # Another serving process reports its uses in one touch: with one model held the half-life is 10 uses,
+    # so a million uses is 2**100000 in weight, far past what a float holds.
+    cache = ModelCache(100, LFU)
+    served(cache, "busy", 50, 1)
+    cache.touch("busy", 2, uses=1_000_000)
+    served(cache, "idle", 50, 3)
+    cache.touch("idle", 4, uses=2)
+    busy, idle = cache.entry("busy"), cache.entry("idle")
+    assert busy is not None and idle is not None
+    assert math.isfinite(busy.frequency) and math.isfinite(idle.frequency)
+    assert busy.uses == 1_000_001
+    assert cache.plan_eviction(50) == ["idle"]

@@ -93,7 +93,7 @@ def test_pod_time_split_uses_only_models_loaded_once() -> None:
 async def test_cache_scenario_small(tmp_path: Path) -> None:
     result = await run_cache(tmp_path, models=60, requests=400)
     sim, mesh = result["simulation"], result["mesh"]
-    assert set(mesh) == {"lru", "gdsf"}
+    assert set(mesh) == {"lru", "gdsf", "lfu-size"}
     for policy, m in mesh.items():
         assert m["errors"] == 0, (policy, m["error_codes"])
         assert m["ok"] == m["requests"] - m["refused_oversize"] == 400 - m["refused_oversize"]
@@ -114,6 +114,7 @@ async def test_cache_scenario_small(tmp_path: Path) -> None:
     tolerance = 0.02
     assert abs(mesh["lru"]["hit_ratio"] - sim["hit_ratio"]["lru"]) <= tolerance
     assert abs(mesh["gdsf"]["hit_ratio"] - sim["hit_ratio"]["gdsf_pod_path"]) <= tolerance
+    assert abs(mesh["lfu-size"]["hit_ratio"] - sim["hit_ratio"]["lfu-size_pod_path"]) <= tolerance
     # the pod really runs the policy it was given: GDSF keeps the small popular models LRU throws out
     assert mesh["gdsf"]["hits"] > mesh["lru"]["hits"]
 
