@@ -219,10 +219,11 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
         )
     profile = results.get("profile")
     if profile and "mesh_code_pct" in profile:
+        top = ", ".join(f"{frame} {pct} %" for frame, pct in list(profile["top_self_pct"].items())[:2])
         lines[0] += (
-            f" The profile agrees: {profile['mesh_code_pct']} % of the pod's samples are in mesh/ code, "
-            f"{profile['grpc_poller_thread_pct']} % in grpc's poller thread, the rest in grpc's call "
-            "machinery and the event loop."
+            f" The profile (the default front, under load): {profile['mesh_code_pct']} % of the pod's "
+            f"samples are in mesh/ code, {profile['grpc_poller_thread_pct']} % in grpc's poller thread; "
+            f"most self time: {top}."
         )
     return [*lines, ""]
 
