@@ -4,15 +4,16 @@ A grpc.aio server spends about half a millisecond of CPU on every call it proxie
 RESULTS.md); this front takes the common call off it. Per stream, top to bottom:
 
   receive HEADERS + DATA -> ModelInfer / ModelMetadata in one uncompressed message? -> resolve the model
-  (mm-* header or field 1) -> is the only copy here? -> write the concrete id into field 1 -> send the
-  frames to the runtime on this connection's runtime stream -> pass the answer back.
+  (mm-* header or field 1) -> loaded here, or on a peer? -> here: write the concrete id into field 1 and
+  send the frames to the runtime; on a peer: send them to its internal port -> pass the answer back.
 
-Every other stream (the management API, health, reflection, server-level calls, models held elsewhere or
-not loaded, errors, streaming) is relayed frame by frame, unchanged, to the pod's grpc.aio server on its
-unix socket, which does what it always did. A fast-path answer of NOT_FOUND or UNAVAILABLE from the
-runtime (it lost the model, or it is down) is not passed on: the request is replayed through the relay,
-whose general route repairs the copy or goes to another pod. So the front decides nothing the grpc.aio
-path would decide differently; it only skips it when the answer is plain.
+Every other stream (the management API, health, reflection, server-level calls, models not loaded
+anywhere, errors, streaming) is relayed frame by frame, unchanged, to the pod's grpc.aio server on its
+unix socket, which does what it always did. An answer the general route would act on (the runtime lost
+the model or is down; a peer redirected, failed the load or is down) is not passed on: the request is
+replayed through the relay, which repairs the copy or goes to another pod. So the front decides nothing
+the grpc.aio path would decide differently; it only skips it when the answer is plain. On the internal
+port (``internal=True``) the peer names the model, and only a model loaded here takes the fast path.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from mesh.peers import AVOID_HEADER, INTERNAL_MODEL_HEADER
 from mesh.proxy import V2_SERVICE, MethodTable
 from mesh.records import InstanceRecord
 from mesh.target import RequestTarget, TargetError, TargetKind, request_target
-from mesh.wire import WireFormatError, inject_string, read_string_field
+from mesh.wire import WireFormatError, with_model_id
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,15 @@ class H2Front:
 
     # -- the decision ------------------------------------------------------------------------
     def fast_route(self, headers: Headers, body: bytes) -> FastRoute | None:
-        """The model and rewritten message when this pod's runtime answers the request as it is."""
+        """Where the request goes without the general route (the runtime here, or a holding peer), or None."""
         if len(body) < 5 or body[0] != 0:  # compressed, or no message: the relay handles it
             return None
         size = int.from_bytes(body[1:5], "big")
         if size != len(body) - 5 or size > self.max_message_bytes:
             return None
-        message = body[5:]
         if self._internal:
             return self._internal_route(headers, body)
+        message = body[5:]
         named = [
             (k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in headers if k.startswith(b"mm-")
         ]
@@ -153,12 +154,10 @@ class H2Front:
                 return None
             if pod != self._router.pod_id:  # the peer writes the id into field 1 itself
                 return FastRoute(model_id, body, self._router.instance(pod).internal_address)
-            field1 = target.id if target.kind is TargetKind.NAME else read_string_field(message, 1)
-            if field1 != model_id:
-                message = inject_string(message, [1], model_id)
+            field1 = target.id if target.kind is TargetKind.NAME else None
+            return FastRoute(model_id, _with_model_id(body, message, model_id, field1))
         except (TargetError, MeshError, Reroute, WireFormatError):
             return None  # the relay words the error
-        return FastRoute(model_id, b"\x00" + len(message).to_bytes(4, "big") + message)
 
     def _internal_route(self, headers: Headers, body: bytes) -> FastRoute | None:
         """A peer's forwarded request: straight to the runtime when the model is loaded here.
@@ -171,13 +170,10 @@ class H2Front:
         model_id = model.decode("utf-8", "replace")
         if not self._router.loaded_here(model_id):
             return None
-        message = body[5:]
         try:
-            if read_string_field(message, 1) != model_id:
-                message = inject_string(message, [1], model_id)
+            return FastRoute(model_id, _with_model_id(body, body[5:], model_id))
         except WireFormatError:
             return None
-        return FastRoute(model_id, b"\x00" + len(message).to_bytes(4, "big") + message)
 
     def is_fast_method(self, path: bytes | None) -> bool:
         return path is not None and path.decode("latin-1") in self._fast
@@ -352,9 +348,7 @@ class FrontConnection:
             stream.upstream.send_data(stream.upstream_id, data, end_stream)
             return
         stream.body += data
-        if (
-            len(stream.body) > self._front.max_message_bytes + 5
-        ):  # too big for the fast path: the relay refuses it
+        if len(stream.body) > self._front.max_message_bytes + 5:  # too big: the relay refuses it
             stream.buffered = False
             body = bytes(stream.body)
             stream.body = bytearray()
@@ -494,6 +488,12 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _with_model_id(body: bytes, message: bytes, model_id: str, field1: str | None = None) -> bytes:
+    """``body`` (one gRPC message, ``message`` its payload) with the concrete id in field 1."""
+    spliced = with_model_id(message, [1], model_id, field1)
+    return body if spliced is message else b"\x00" + len(spliced).to_bytes(4, "big") + spliced
 
 
 def _error_code(code: int) -> ErrorCode:

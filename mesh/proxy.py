@@ -35,7 +35,7 @@ from mesh.peers import (
 )
 from mesh.runtime_client import RuntimeClient
 from mesh.target import TargetError, TargetKind, request_target
-from mesh.wire import WireFormatError, inject_string, read_string_field
+from mesh.wire import WireFormatError, with_model_id
 from mesh.worker_usage import USAGE_METHOD, parse_usage
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,9 @@ async def call_runtime(
     timeout_s: float | None,
     field1: str | None = None,
 ) -> bytes:
-    """Write the concrete id into the request and send it to this pod's runtime.
-
-    ``field1``: the request's field 1 when the caller has read it already (saves a second scan).
-    """
-    if id_path == [1] and field1 is not None:
-        if field1 != model_id:
-            request = inject_string(request, id_path, model_id)
-    elif len(id_path) > 1 or read_string_field(request, id_path[0]) != model_id:
-        request = inject_string(request, id_path, model_id)
+    """Write the concrete id into the request and send it to this pod's runtime (``field1``: see
+    ``with_model_id``)."""
+    request = with_model_id(request, id_path, model_id, field1)
     try:
         response: bytes = await runtime.method(method)(request, timeout=timeout_s, metadata=metadata)
         return response

@@ -125,3 +125,15 @@ def inject_string(data: bytes, path: Sequence[int], value: str) -> bytes:
         inner = data[spans[-1][1] : spans[-1][2]] if spans else b""
         payload = inject_string(inner, path[1:], value)
     return _length_delimited(number, payload) + _without_spans(data, spans)
+
+
+def with_model_id(request: bytes, id_path: Sequence[int], model_id: str, field1: str | None = None) -> bytes:
+    """The request with ``model_id`` at ``id_path``: the same object when it is there already.
+
+    ``field1``: the request's field 1 when the caller has read it already (saves a second scan).
+    """
+    if list(id_path) == [1] and field1 is not None:
+        return request if field1 == model_id else inject_string(request, id_path, model_id)
+    if len(id_path) == 1 and read_string_field(request, id_path[0]) == model_id:
+        return request
+    return inject_string(request, id_path, model_id)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import service_pb2 as v2
 
-from mesh.wire import WireFormatError, encode_varint, field_spans, inject_string, read_string_field
+from mesh.wire import (
+    WireFormatError,
+    encode_varint,
+    field_spans,
+    inject_string,
+    read_string_field,
+    with_model_id,
+)
 
 
 def infer_request(name: str = "iris", **kwargs: object) -> v2.ModelInferRequest:
@@ -98,3 +105,14 @@ def test_varint_round_trip(value: int) -> None:
     data = b"\x10" + encoded + b"\x0a\x01z"
     assert read_string_field(data, 1) == "z"
     assert len(encoded) == max(1, (value.bit_length() + 6) // 7)
+
+
+def test_with_model_id_leaves_a_request_that_names_the_model_as_it_is() -> None:
+    request = v2.ModelInferRequest(model_name="m", id="x").SerializeToString()
+    assert with_model_id(request, [1], "m") is request
+    assert with_model_id(request, [1], "m", field1="m") is request
+    changed = v2.ModelInferRequest.FromString(with_model_id(request, [1], "concrete"))
+    assert changed.model_name == "concrete" and changed.id == "x"
+    # the caller's reading of field 1 is trusted: no second scan
+    hinted = with_model_id(request, [1], "concrete", field1="m")
+    assert v2.ModelInferRequest.FromString(hinted).model_name == "concrete"
