@@ -72,6 +72,58 @@ OPTIONS: tuple[Option, ...] = (
         "h2",
         "what serves the external gRPC port: h2 (frame-level fast path, grpc.aio behind) or grpc (grpc.aio)",
     ),
+    # Limits on what one client can make a pod hold (both fronts, the internal port, REST where it applies)
+    Option("--max-connections", "MM_MAX_CONNECTIONS", "4096", "client connections per gRPC port and process"),
+    Option(
+        "--max-concurrent-streams",
+        "MM_MAX_CONCURRENT_STREAMS",
+        "100",
+        "streams one connection may have open (advertised in SETTINGS)",
+    ),
+    Option(
+        "--max-header-list-bytes",
+        "MM_MAX_HEADER_LIST_BYTES",
+        "16384",
+        "decoded size of one header list (RFC 7541 entry sizes), advertised",
+    ),
+    Option(
+        "--max-header-block-bytes",
+        "MM_MAX_HEADER_BLOCK_BYTES",
+        "32768",
+        "encoded size of one header block (HEADERS + CONTINUATION) before it is decoded",
+    ),
+    Option(
+        "--max-continuation-frames",
+        "MM_MAX_CONTINUATION_FRAMES",
+        "16",
+        "CONTINUATION frames in one header block",
+    ),
+    Option(
+        "--write-buffer-bytes",
+        "MM_WRITE_BUFFER_BYTES",
+        str(1024 * 1024),
+        "bytes written to a client and not yet taken by it, past which the client is not read",
+    ),
+    Option(
+        "--max-buffered-bytes",
+        "MM_MAX_BUFFERED_BYTES",
+        str(64 * 1024 * 1024),
+        "request and answer bytes held for one connection (requests past it wait, answers close it)",
+    ),
+    Option(
+        "--max-resets-per-s",
+        "MM_MAX_RESETS_PER_S",
+        "200",
+        "stream resets a client may send per second (burst: twice the concurrent streams)",
+    ),
+    Option("--handshake-timeout-s", "MM_HANDSHAKE_TIMEOUT_S", "10", "time for a preface + SETTINGS"),
+    Option("--idle-timeout-s", "MM_IDLE_TIMEOUT_S", "300", "close a connection with no open stream after"),
+    Option(
+        "--request-read-timeout-s",
+        "MM_REQUEST_READ_TIMEOUT_S",
+        "30",
+        "time for a unary request (or a header block) to arrive in full once started",
+    ),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
 )
 EVENT_LOOPS = ("asyncio", "uvloop")
@@ -106,6 +158,17 @@ class Settings:
     event_loop: str = "asyncio"
     serving_processes: int = 1
     front: str = "h2"
+    max_connections: int = 4096
+    max_concurrent_streams: int = 100
+    max_header_list_bytes: int = 16384
+    max_header_block_bytes: int = 32768
+    max_continuation_frames: int = 16
+    write_buffer_bytes: int = 1024 * 1024
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    max_resets_per_s: float = 200.0
+    handshake_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    request_read_timeout_s: float = 30.0
     log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
     model_types: list[str] = field(default_factory=list)
