@@ -1,22 +1,27 @@
-"""One HTTP/2 connection end, either side: framing, SETTINGS, PING, flow control, header blocks.
+"""The front's end of an upstream HTTP/2 connection (to the runtime, the relay or a peer): framing,
+SETTINGS, PING, flow control, header blocks.
 
-What streams mean is left to a ``StreamHandler`` (the front on the client side, the front's upstream
-bookkeeping on the runtime side). Sending respects the peer's windows and frame size: DATA that does
-not fit waits for its WINDOW_UPDATE. Receiving opens wide windows and tops the connection window up as
-it is consumed; a backlog the peer will not take pauses reading on the other side instead (see
-``on_backlog``), so memory stays bounded without per-stream credit bookkeeping.
+Clients are served through ``h2`` (mesh/h2_client.py); this lean codec talks only to the pod's own
+upstreams, which are grpc servers, and costs a fraction of ``h2``'s CPU per call. What streams mean is
+left to a ``StreamHandler`` (mesh/h2_upstream.py). Sending respects the peer's windows and frame
+size: DATA that does not fit waits for its WINDOW_UPDATE. Receiving opens wide windows and tops the
+connection window up as it is consumed; a backlog the peer will not take pauses reading the clients that
+feed it (see ``on_backlog``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections import deque
 from typing import Protocol, cast
 
 from mesh.h2_wire import (
     DEFAULT_MAX_FRAME,
     DEFAULT_WINDOW,
+    MAX_FRAME,
     MAX_WINDOW,
     PREFACE,
     WINDOW_INCREMENT,
@@ -42,6 +47,15 @@ from mesh.h2_wire import (
 
 log = logging.getLogger(__name__)
 
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY on a TCP transport: a small write must not wait for the peer's delayed ACK (40 ms)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 RECEIVE_WINDOW = MAX_WINDOW  # per stream and per connection: credit is topped up as bytes are consumed
 REFILL_AT = 1 << 30
 BACKLOG_HIGH = 8 << 20  # queued bytes the peer's windows do not let us send yet
@@ -59,23 +73,29 @@ class StreamHandler(Protocol):
     def on_backlog(self, endpoint: H2Endpoint, high: bool) -> None: ...
 
 
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
 class WriteBatch:
     """Writes made while frames are handled go out together: one send per connection per event.
 
     A response's HEADERS, DATA and trailers, produced while handling one read from the runtime, become
-    one write to the client instead of three.
+    one write to the client instead of three. Upstream endpoints hand their bytes over (``add``); client
+    connections, whose bytes ``h2`` holds, ask to be flushed at the end (``defer``).
     """
 
     def __init__(self) -> None:
         self._depth = 0
         self._pending: dict[H2Endpoint, list[bytes]] = {}
+        self._deferred: dict[Flushable, None] = {}
 
     def __enter__(self) -> None:
         self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
-        if self._depth == 0 and self._pending:
+        if self._depth == 0 and (self._pending or self._deferred):
             self.flush()
 
     def add(self, endpoint: H2Endpoint, data: bytes) -> bool:
@@ -85,11 +105,23 @@ class WriteBatch:
         self._pending.setdefault(endpoint, []).append(data)
         return True
 
+    def defer(self, connection: Flushable) -> bool:
+        """Flush ``connection`` when the batch ends; False: no batch is open, flush it now."""
+        if not self._depth:
+            return False
+        self._deferred[connection] = None
+        return True
+
     def flush(self, only: H2Endpoint | None = None) -> None:
         for endpoint in [only] if only is not None else list(self._pending):
             chunks = self._pending.pop(endpoint, None)
             if chunks:
                 endpoint.write_now(b"".join(chunks))
+        if only is None:
+            while self._deferred:
+                deferred, self._deferred = self._deferred, {}
+                for connection in deferred:
+                    connection.flush()
 
 
 class _Outgoing:
@@ -118,6 +150,7 @@ class H2Endpoint(asyncio.Protocol):
         self._consumed = 0
         self._partial: tuple[int, int, bytearray] | None = None  # stream, flags, block: CONTINUATION pending
         self._next_stream = 1
+        self.peer_max_streams = MAX_WINDOW  # the peer's MAX_CONCURRENT_STREAMS (unlimited until it says)
         self.open = True
         self.accepting = True  # False after the peer's GOAWAY: start no new streams here
         self.last_stream_id = 0  # the highest stream the peer started (for our GOAWAY)
@@ -125,7 +158,15 @@ class H2Endpoint(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
-        settings = settings_frame({Setting.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW, Setting.ENABLE_PUSH: 0})
+        set_nodelay(self._transport)
+        # No dynamic table from the peer: its header blocks then mean the same every time (BlockDecoder).
+        settings = settings_frame(
+            {
+                Setting.HEADER_TABLE_SIZE: 0,
+                Setting.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW,
+                Setting.ENABLE_PUSH: 0,
+            }
+        )
         opening = (PREFACE if self._client_side else b"") + settings
         self.write_now(opening + window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW))
 
@@ -326,7 +367,12 @@ class H2Endpoint(asyncio.Protocol):
             for outgoing in self._outgoing.values():
                 outgoing.window += delta
         if Setting.MAX_FRAME_SIZE in settings:
-            self._peer_max_frame = settings[Setting.MAX_FRAME_SIZE]
+            value = settings[Setting.MAX_FRAME_SIZE]
+            if not DEFAULT_MAX_FRAME <= value <= MAX_FRAME:
+                raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"MAX_FRAME_SIZE of {value}")
+            self._peer_max_frame = value
+        if Setting.MAX_CONCURRENT_STREAMS in settings:
+            self.peer_max_streams = settings[Setting.MAX_CONCURRENT_STREAMS]
         if self._transport is not None:
             self._write(frame(FrameType.SETTINGS, Flag.ACK, 0))
         self._flush()
@@ -336,7 +382,15 @@ class H2Endpoint(asyncio.Protocol):
             raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong length")
         increment = WINDOW_INCREMENT.unpack(payload)[0] & MAX_WINDOW
         if stream_id == 0:
+            if not increment or self._peer_window + increment > MAX_WINDOW:
+                raise ProtocolError(
+                    ErrorCode.FLOW_CONTROL_ERROR, "connection WINDOW_UPDATE of 0 or past 2^31-1"
+                )
             self._peer_window += increment
         elif (outgoing := self._outgoing.get(stream_id)) is not None:
+            if not increment or outgoing.window + increment > MAX_WINDOW:
+                self.reset(stream_id, ErrorCode.FLOW_CONTROL_ERROR)
+                self._handler.on_reset(self, stream_id, ErrorCode.FLOW_CONTROL_ERROR)
+                return
             outgoing.window += increment
         self._flush()

@@ -1,4 +1,4 @@
-"""The HTTP/2 front (``--front h2``): the external gRPC port, served a frame at a time.
+"""The HTTP/2 front (``--front h2``): the external gRPC port (and the internal one), a stream at a time.
 
 A grpc.aio server spends about half a millisecond of CPU on every call it proxies (load_tests:
 RESULTS.md); this front takes the common call off it. Per stream, top to bottom:
@@ -11,9 +11,13 @@ Every other stream (the management API, health, reflection, server-level calls, 
 anywhere, errors, streaming) is relayed frame by frame, unchanged, to the pod's grpc.aio server on its
 unix socket, which does what it always did. An answer the general route would act on (the runtime lost
 the model or is down; a peer redirected, failed the load or is down) is not passed on: the request is
-replayed through the relay, which repairs the copy or goes to another pod. So the front decides nothing
-the grpc.aio path would decide differently; it only skips it when the answer is plain. On the internal
-port (``internal=True``) the peer names the model, and only a model loaded here takes the fast path.
+replayed through the relay, which repairs the copy or goes to another pod. On the internal port
+(``internal=True``) the peer names the model, and only a model loaded here takes the fast path.
+
+Clients are served through ``h2`` (mesh/h2_client.py), which checks every frame against RFC 9113; the
+front's own limits (mesh/h2_guard.py, ``FrontLimits``) bound what one client can make the pod hold.
+Upstream connections (the runtime, the relay, each peer) are the pod's, shared by every client
+connection (mesh/h2_upstream.py); a client connection holds only its own socket.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mesh.errors import MeshError, Reroute
+from mesh.h2_client import ClientConnection, FrontLimits
 from mesh.h2_endpoint import H2Endpoint, WriteBatch
+from mesh.h2_upstream import RELAY, RUNTIME, Upstreams
 from mesh.h2_wire import ErrorCode, Headers, grpc_error_headers, header
 from mesh.peers import AVOID_HEADER, INTERNAL_MODEL_HEADER
 from mesh.proxy import V2_SERVICE, MethodTable
@@ -45,8 +52,7 @@ REPLAYED_FROM_PEER = frozenset({b"5", b"10", b"13", b"14"})
 _DROPPED_UPSTREAM = (b"mm-", b"content-length")
 INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
 AVOID = AVOID_HEADER.encode()
-RUNTIME = "runtime"
-RELAY = "relay"
+SWEEP_S = 0.5  # how often connections are checked against their timeouts
 
 
 class FrontRouting(Protocol):
@@ -63,13 +69,15 @@ class FrontRouting(Protocol):
     def release(self, model_id: str) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ClientStream:
     """One client stream and where it went."""
 
+    connection: FrontStreams
     id: int
     headers: Headers
     buffered: bool  # a fast-path candidate: held until the request is complete
+    started: float  # monotonic time of its HEADERS (the request-read timeout)
     body: bytearray = field(default_factory=bytearray)
     upstream: H2Endpoint | None = None
     upstream_id: int = 0
@@ -96,39 +104,56 @@ class H2Front:
         relay_path: str,
         max_message_bytes: int,
         internal: bool = False,
+        limits: FrontLimits | None = None,
     ) -> None:
         self._router = router
         self._internal = internal  # the internal port: peers name the model; served here or relayed
-        self._runtime_host, _, port = runtime_address.rpartition(":")
-        self._runtime_port = int(port)
-        self._relay_path = relay_path
         self.max_message_bytes = max_message_bytes
+        self.limits = limits or FrontLimits()
         self._fast = frozenset(
             m for m in FAST_METHODS if methods.refusal(m) is None and methods.id_path(m) == [1]
         )
+        self.batch = WriteBatch()  # every write made while one read is handled goes out once per socket
+        self.upstreams = Upstreams(runtime_address, relay_path, self.batch)
         self._server: asyncio.base_events.Server | None = None
-        self.connections: set[FrontConnection] = set()
+        self._sweeping: asyncio.Task[None] | None = None
+        self.connections: set[ClientConnection] = set()
+        self.accepting = True
         self.counts = {"fast": 0, "fast_to_peer": 0, "relayed": 0, "replayed": 0}  # streams, for /mesh/front
+        self.refused_connections = 0
         self._idle = asyncio.Event()  # set when no stream is in flight (waited for on stop)
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: FrontConnection(self).client, sock=listening_socket(host, port, reuse_port)
+            lambda: ClientConnection(FrontStreams(self), self.limits, self.connections, self.batch),
+            sock=listening_socket(host, port, reuse_port),
         )
+        self._sweeping = asyncio.create_task(self._sweep())
 
     async def stop(self, grace_s: float) -> None:
-        """No new connections; GOAWAY to clients; streams in flight get ``grace_s`` to finish."""
+        """No new connections or streams; streams in flight get ``grace_s`` to finish; then GOAWAY."""
+        self.accepting = False
         if self._server is not None:
             self._server.close()
-        for connection in list(self.connections):
-            connection.client.close()
         if any(c.streams for c in self.connections):
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
         for connection in list(self.connections):
-            connection.close()
+            connection.close(ErrorCode.NO_ERROR)
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            await asyncio.gather(self._sweeping, return_exceptions=True)
+        self.upstreams.close()
+
+    async def _sweep(self) -> None:
+        """Timeouts, checked for every connection twice a second rather than a timer per stream."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                connection.check_timeouts(now)
 
     # -- the decision ------------------------------------------------------------------------
     def fast_route(self, headers: Headers, body: bytes) -> FastRoute | None:
@@ -178,22 +203,6 @@ class H2Front:
     def is_fast_method(self, path: bytes | None) -> bool:
         return path is not None and path.decode("latin-1") in self._fast
 
-    async def open(self, handler: FrontConnection, to: str) -> H2Endpoint:
-        """A connection for ``handler``'s streams: to this pod's runtime, its relay, or a peer's address."""
-        loop = asyncio.get_running_loop()
-
-        def endpoint() -> H2Endpoint:
-            return H2Endpoint(handler, client_side=True, batch=handler.batch)
-
-        if to == RELAY:
-            _, opened = await loop.create_unix_connection(endpoint, self._relay_path)
-        elif to == RUNTIME:
-            _, opened = await loop.create_connection(endpoint, self._runtime_host, self._runtime_port)
-        else:
-            host, _, port = to.rpartition(":")
-            _, opened = await loop.create_connection(endpoint, host, int(port))
-        return opened
-
     def serving(self, model_id: str) -> None:
         self._router.acquire(model_id)
 
@@ -205,35 +214,82 @@ class H2Front:
             self._idle.set()
 
 
-class FrontConnection:
-    """One client connection, and the runtime and relay connections its streams use."""
+class FrontStreams:
+    """What one client connection's streams mean: the fast path, the relay, replays.
+
+    ``ClientConnection`` (h2) calls ``on_*`` for the client's streams; ``Upstreams`` calls ``upstream_*``
+    for the answers. Every stream ends in ``_finish``, which releases what it held.
+    """
 
     def __init__(self, front: H2Front) -> None:
         self._front = front
-        self.batch = WriteBatch()  # the client's and the upstreams' writes, sent once per event
-        self.client = H2Endpoint(self, client_side=False, batch=self.batch)
+        self.client: ClientConnection  # set by ClientConnection itself
         self.streams: dict[int, ClientStream] = {}
-        self._upstreams: dict[H2Endpoint, dict[int, ClientStream]] = {}
-        self._connections: dict[str, asyncio.Task[H2Endpoint]] = {}  # runtime, relay, peer addresses
-        self._waiting: set[asyncio.Task[None]] = set()
-        front.connections.add(self)
-        # Opened now, not on the first stream: a client's first call should not wait for two handshakes.
-        self._connection(RELAY)
-        self._connection(RUNTIME)
 
-    def close(self) -> None:
-        self.client.hard_close()
-        for endpoint in list(self._upstreams):
-            endpoint.hard_close()
-
-    # -- StreamHandler ----------------------------------------------------------------------
-    def on_headers(self, endpoint: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        if endpoint is self.client:
-            self._client_headers(stream_id, headers, end_stream)
+    # -- the client's side --------------------------------------------------------------------
+    def on_request(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        if not self._front.accepting:
+            self.client.reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        stream = self._upstreams.get(endpoint, {}).get(stream_id)
+        buffered = self._front.is_fast_method(header(headers, b":path"))
+        stream = ClientStream(self, stream_id, headers, buffered, time.monotonic(), ended=end_stream)
+        self.streams[stream_id] = stream
+        if not buffered:
+            self._relay_stream(stream, b"", end_stream)
+        elif end_stream:
+            self._complete(stream)
+
+    def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
         if stream is None:
             return
+        stream.ended = stream.ended or end_stream
+        if not stream.buffered:
+            if stream.upstream is None:  # the relay is still connecting: sent when it is open
+                stream.body += data
+                self.client.holding(len(data))
+                return
+            stream.upstream.send_data(stream.upstream_id, data, end_stream)
+            return
+        stream.body += data
+        self.client.holding(len(data))
+        if len(stream.body) > self._front.max_message_bytes + 5:  # too big: the relay refuses it
+            self._unbuffer(stream)
+            self._relay_stream(stream, self._take_body(stream), end_stream)
+        elif end_stream:
+            self._complete(stream)
+
+    def on_trailers(self, stream_id: int, headers: Headers) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        stream.ended = True
+        if stream.buffered:
+            self._complete(stream)
+        elif stream.upstream is not None:
+            stream.upstream.send_headers(stream.upstream_id, headers, True)
+
+    def on_reset(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self._cancel_upstream(stream)
+            self._finish(stream)
+
+    def on_closed(self) -> None:
+        """The client connection is gone: every stream releases what it held, upstream streams reset."""
+        for stream in list(self.streams.values()):
+            self._cancel_upstream(stream)
+            self._finish(stream)
+
+    def timed_out(self, stream_id: int) -> None:
+        """A buffered request that did not arrive in full in time."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self.client.reset(stream_id, ErrorCode.CANCEL)
+            self._finish(stream)
+
+    # -- the answers --------------------------------------------------------------------------
+    def upstream_headers(self, stream: ClientStream, headers: Headers, end_stream: bool) -> None:
         if not stream.buffered:  # relayed: straight back
             self.client.send_headers(stream.id, headers, end_stream)
             if end_stream:
@@ -254,13 +310,7 @@ class FrontConnection:
         self.client.send_headers(stream.id, headers, end_stream=True)
         self._finish(stream)
 
-    def on_data(self, endpoint: H2Endpoint, stream_id: int, data: bytes, end_stream: bool) -> None:
-        if endpoint is self.client:
-            self._client_data(stream_id, data, end_stream)
-            return
-        stream = self._upstreams.get(endpoint, {}).get(stream_id)
-        if stream is None:
-            return
+    def upstream_data(self, stream: ClientStream, data: bytes, end_stream: bool) -> None:
         if stream.buffered:
             stream.response_body += data
             if end_stream:  # a response without trailers is not gRPC: let the relay answer
@@ -270,192 +320,94 @@ class FrontConnection:
         if end_stream:
             self._finish(stream)
 
-    def on_reset(self, endpoint: H2Endpoint, stream_id: int, code: int) -> None:
-        if endpoint is self.client:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                if stream.upstream is not None:
-                    stream.upstream.reset(stream.upstream_id)
-                self._finish(stream)
-            return
-        stream = self._upstreams.get(endpoint, {}).get(stream_id)
-        if stream is None:
-            return
+    def upstream_reset(self, stream: ClientStream, code: int) -> None:
         if stream.buffered:
             self._replay(stream)
         else:
             self.client.reset(stream.id, _error_code(code))
             self._finish(stream)
 
-    def on_closed(self, endpoint: H2Endpoint) -> None:
-        if endpoint is self.client:
-            for stream in list(self.streams.values()):
-                if stream.upstream is not None:
-                    stream.upstream.reset(stream.upstream_id)
-                self._finish(stream)
-            for upstream in list(self._upstreams):
-                upstream.hard_close()
-            for task in self._waiting:
-                task.cancel()
-            self._front.connections.discard(self)
-            return
-        orphans = self._upstreams.pop(endpoint, {})  # the next stream opens a new connection (not accepting)
-        for stream in list(orphans.values()):
-            if stream.buffered:
-                self._replay(stream)
-            else:
-                self.client.reset(stream.id, ErrorCode.INTERNAL_ERROR)
-                self._finish(stream)
-
-    def on_backlog(self, endpoint: H2Endpoint, high: bool) -> None:
-        """A peer is not taking what we send: stop reading from the side that produces it."""
-        if endpoint is self.client:
-            for upstream in self._upstreams:
-                upstream.pause_reading(high)
+    def upstream_lost(self, stream: ClientStream, to: str, error: Exception | None) -> None:
+        """The upstream connection closed under the stream, or could not be opened."""
+        if stream.buffered or (error is not None and to != RELAY):
+            self._replay(stream)
+        elif error is not None:  # the pod's own server is gone (stopping): say so as gRPC does
+            self.client.send_headers(
+                stream.id, grpc_error_headers(14, f"mesh pod unavailable: {error}"), True
+            )
+            self._finish(stream)
         else:
-            self.client.pause_reading(high)
+            self.client.reset(stream.id, ErrorCode.INTERNAL_ERROR)
+            self._finish(stream)
 
-    # -- client side ------------------------------------------------------------------------
-    def _client_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is not None:  # the client's trailers
-            if stream.buffered:
-                if end_stream:
-                    self._complete(stream)
-            elif stream.upstream is not None:
-                stream.upstream.send_headers(stream.upstream_id, headers, end_stream)
-            return
-        if not self.client.accepting:
-            self.client.reset(stream_id, ErrorCode.REFUSED_STREAM)
-            return
-        buffered = self._front.is_fast_method(header(headers, b":path"))
-        stream = ClientStream(stream_id, headers, buffered, ended=end_stream)
-        self.streams[stream_id] = stream
-        if not buffered:
-            self._relay_stream(stream, b"", end_stream)
-        elif end_stream:
-            self._complete(stream)
+    def alive(self, stream: ClientStream) -> bool:
+        return self.streams.get(stream.id) is stream
 
-    def _client_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        stream.ended = stream.ended or end_stream
-        if not stream.buffered:
-            if stream.upstream is None:  # the relay is still connecting: sent when it is open
-                stream.body += data
-                return
-            stream.upstream.send_data(stream.upstream_id, data, end_stream)
-            return
-        stream.body += data
-        if len(stream.body) > self._front.max_message_bytes + 5:  # too big: the relay refuses it
-            stream.buffered = False
-            body = bytes(stream.body)
-            stream.body = bytearray()
-            self._relay_stream(stream, body, end_stream)
-        elif end_stream:
-            self._complete(stream)
+    def late_body(self, stream: ClientStream) -> bytes:
+        """Request data that arrived while the relay was connecting (relayed streams only)."""
+        return b"" if stream.buffered else self._take_body(stream)
 
+    # -- routes ---------------------------------------------------------------------------------
     def _complete(self, stream: ClientStream) -> None:
         """The whole request is here: the runtime answers it directly, or the relay does."""
         route = self._front.fast_route(stream.headers, bytes(stream.body))
         if route is None:
-            stream.buffered = False
-            body = bytes(stream.body)
-            stream.body = bytearray()
-            self._relay_stream(stream, body, True)
+            self._unbuffer(stream)
+            self._relay_stream(stream, self._take_body(stream), True)
             return
         headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_UPSTREAM))
         if route.peer_address is not None:
             self._front.counts["fast_to_peer"] += 1
             stream.via_peer = True
             headers = (*headers, (INTERNAL_MODEL, route.model_id.encode()))
-            self._send(stream, route.peer_address, headers, route.body, True)
+            self._front.upstreams.send(stream, route.peer_address, headers, route.body, True)
             return
         stream.model_id = route.model_id
         self._front.serving(route.model_id)
         self._front.counts["fast"] += 1
-        self._send(stream, RUNTIME, headers, route.body, True)
+        self._front.upstreams.send(stream, RUNTIME, headers, route.body, True)
 
     def _relay_stream(self, stream: ClientStream, body: bytes, end_stream: bool) -> None:
         self._front.counts["relayed"] += 1
-        self._send(stream, RELAY, stream.headers, body, end_stream)
+        self._front.upstreams.send(stream, RELAY, stream.headers, body, end_stream)
 
     def _replay(self, stream: ClientStream) -> None:
         """A fast-path attempt the general route must decide: send the original request to the relay."""
         self._front.counts["replayed"] += 1
-        self._detach(stream)
-        if stream.model_id is not None:
-            self._front.served(stream.model_id)
-            stream.model_id = None
-        stream.buffered = stream.via_peer = False
+        self._front.upstreams.detach(stream)
+        self._release_model(stream)
+        self._unbuffer(stream)
+        stream.via_peer = False
         stream.response_headers = None
         stream.response_body = bytearray()
+        self._relay_stream(stream, self._take_body(stream), True)
+
+    def _unbuffer(self, stream: ClientStream) -> None:
+        stream.buffered = False
+
+    def _take_body(self, stream: ClientStream) -> bytes:
         body = bytes(stream.body)
         stream.body = bytearray()
-        self._relay_stream(stream, body, True)
+        self.client.released(len(body))
+        return body
 
-    # -- upstream side ----------------------------------------------------------------------
-    def _send(self, stream: ClientStream, to: str, headers: Headers, body: bytes, end_stream: bool) -> None:
-        task = self._connection(to)
-        if task.done() and task.exception() is None and task.result().accepting:
-            self._start_upstream(stream, task.result(), headers, body, end_stream)
-            return
-        waiter = asyncio.ensure_future(self._send_when_open(stream, to, headers, body, end_stream))
-        self._waiting.add(waiter)
-        waiter.add_done_callback(self._waiting.discard)
-
-    async def _send_when_open(
-        self, stream: ClientStream, to: str, headers: Headers, body: bytes, end_stream: bool
-    ) -> None:
-        try:
-            endpoint = await asyncio.shield(self._connection(to))
-        except (OSError, ConnectionError) as e:
-            log.warning("front: cannot reach the %s: %s", to, e)
-            if to != RELAY:
-                self._replay(stream)
-            else:  # the pod's own server is gone (stopping): say so as gRPC does
-                self.client.send_headers(
-                    stream.id, grpc_error_headers(14, f"mesh pod unavailable: {e}"), True
-                )
-                self._finish(stream)
-            return
-        if self.streams.get(stream.id) is not stream:
-            return  # the client gave up meanwhile
-        late = bytes(stream.body) if not stream.buffered else b""  # data that arrived while connecting
-        if late:
-            stream.body = bytearray()
-        self._start_upstream(stream, endpoint, headers, body + late, end_stream or stream.ended)
-
-    def _connection(self, to: str) -> asyncio.Task[H2Endpoint]:
-        task = self._connections.get(to)
-        if task is None or (task.done() and (task.exception() is not None or not task.result().accepting)):
-            task = asyncio.ensure_future(self._front.open(self, to))
-            task.add_done_callback(_retrieve)
-            self._connections[to] = task
-        return task
-
-    def _start_upstream(
-        self, stream: ClientStream, endpoint: H2Endpoint, headers: Headers, body: bytes, end_stream: bool
-    ) -> None:
-        stream.upstream = endpoint
-        stream.upstream_id = endpoint.new_stream()
-        self._upstreams.setdefault(endpoint, {})[stream.upstream_id] = stream
-        endpoint.send_headers(stream.upstream_id, headers, end_stream and not body)
-        if body:
-            endpoint.send_data(stream.upstream_id, body, end_stream)
-
-    def _detach(self, stream: ClientStream) -> None:
+    def _cancel_upstream(self, stream: ClientStream) -> None:
         if stream.upstream is not None:
-            self._upstreams.get(stream.upstream, {}).pop(stream.upstream_id, None)
-            stream.upstream = None
+            stream.upstream.reset(stream.upstream_id)
 
-    def _finish(self, stream: ClientStream) -> None:
-        self._detach(stream)
-        self.streams.pop(stream.id, None)
+    def _release_model(self, stream: ClientStream) -> None:
         if stream.model_id is not None:
             self._front.served(stream.model_id)
             stream.model_id = None
+
+    def _finish(self, stream: ClientStream) -> None:
+        self._front.upstreams.detach(stream)
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+        if stream.body:
+            self._take_body(stream)
+        self._release_model(stream)
+        self.client.stream_closed(stream.id)
         self._front.stream_done()
 
 
@@ -463,7 +415,8 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     """A listening socket the way grpc makes one, so that SO_REUSEPORT puts both in one group.
 
     grpc binds an IPv4 address as its v4-mapped IPv6 form on a dual-stack socket; the kernel spreads
-    connections only over sockets of the same family, so the front does the same where it can.
+    connections only over sockets of the same family, so the front does the same where it can. The
+    socket is made with IPPROTO_TCP so that asyncio sets TCP_NODELAY on every accepted socket.
     """
     try:
         ipaddress.IPv4Address(host)
@@ -471,9 +424,9 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     except ValueError:
         family, address = socket.AF_INET6 if ":" in host else socket.AF_INET, host
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError:  # no IPv6 here
-        family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         address = host
     try:
         if family == socket.AF_INET6:
@@ -501,9 +454,3 @@ def _error_code(code: int) -> ErrorCode:
         return ErrorCode(code)
     except ValueError:
         return ErrorCode.CANCEL
-
-
-def _retrieve(task: asyncio.Task[H2Endpoint]) -> None:
-    if not task.cancelled():
-        with contextlib.suppress(Exception):
-            task.exception()

@@ -20,6 +20,7 @@ WINDOW_INCREMENT = struct.Struct(">L")
 SETTING = struct.Struct(">HL")
 DEFAULT_WINDOW = 65_535
 DEFAULT_MAX_FRAME = 16_384
+MAX_FRAME = (1 << 24) - 1
 MAX_WINDOW = (1 << 31) - 1
 
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -63,7 +64,10 @@ class ErrorCode(IntEnum):
     FRAME_SIZE_ERROR = 6
     REFUSED_STREAM = 7
     CANCEL = 8
+    SETTINGS_TIMEOUT = 4
     COMPRESSION_ERROR = 9
+    CONNECT_ERROR = 10
+    ENHANCE_YOUR_CALM = 11
 
 
 class ProtocolError(Exception):
@@ -208,7 +212,12 @@ class BlockEncoder:
 
 
 class BlockDecoder:
-    """Header blocks from one peer (one connection's HPACK state) to header lists."""
+    """Header blocks from one peer (one connection's HPACK state) to header lists.
+
+    The front advertises SETTINGS_HEADER_TABLE_SIZE = 0 to its upstreams. Once the peer's encoder has
+    followed (the table-size update RFC 7541 §4.2 requires), its blocks name only the static table: a
+    block means the same headers every time it arrives, so the frequent ones are remembered.
+    """
 
     def __init__(self, remembered: int = 512) -> None:
         self._decoder = hpack.Decoder()
@@ -219,17 +228,13 @@ class BlockDecoder:
         known = self._known.get(block)
         if known is not None:
             return known
-        table = self._decoder.header_table.dynamic_entries
-        before = tuple(table)
         try:
             headers: Headers = tuple(
                 (bytes(name), bytes(value)) for name, value in self._decoder.decode(block, raw=True)
             )
         except hpack.HPACKError as e:
             raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"bad header block: {e}") from e
-        if tuple(table) != before:
-            self._known.clear()  # the table moved: remembered blocks may mean other headers now
-        elif len(self._known) < self._remembered:
+        if self._decoder.header_table_size == 0 and len(self._known) < self._remembered:
             self._known[block] = headers
         return headers
 

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from mesh.cache import EvictionPolicy, ModelCache
 from mesh.dispatch import Router
 from mesh.entry import run_until_signalled
+from mesh.h2_client import FrontLimits
 from mesh.h2_front import H2Front
 from mesh.leader import LeaderTasks
 from mesh.local_models import ModelLoader
@@ -49,7 +50,7 @@ from mesh.serving_worker import (
 from mesh.settings import Settings, parse_settings, settings_argv
 from mesh.store import EtcdStore, Unchanged
 from mesh.transitions import Transitions
-from protos import model_mesh_pb2, model_mesh_pb2_grpc
+from protos import model_mesh_pb2
 
 log = logging.getLogger("mesh.pod")
 SERVER_NAME = "modelmesh-py"
@@ -182,11 +183,23 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         front = internal_front = None
         internal_relay = relay_path(settings, settings.internal_port)
         if settings.front == "h2":
+            limits = FrontLimits.from_settings(settings)
             front = H2Front(
-                router, methods, settings.runtime_serving, relay_path(settings), settings.max_message_bytes
+                router,
+                methods,
+                settings.runtime_serving,
+                relay_path(settings),
+                settings.max_message_bytes,
+                limits=limits,
             )
             internal_front = H2Front(
-                router, methods, settings.runtime_serving, internal_relay, settings.max_message_bytes, True
+                router,
+                methods,
+                settings.runtime_serving,
+                internal_relay,
+                settings.max_message_bytes,
+                internal=True,
+                limits=limits,
             )
         gateway = RestGateway(
             router,
@@ -199,7 +212,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         server = grpc_server(settings.max_message_bytes, reuse_port=settings.serving_processes > 1)
         transitions = Transitions(store, table, router)
         servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
-        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(servicer, server)
+        servicer.add_to_server(server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         mesh_service = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name

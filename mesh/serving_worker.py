@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from mesh.dispatch import resolve_model_id
 from mesh.entry import run_until_signalled
 from mesh.errors import LostCopy, MeshError, Reroute
+from mesh.h2_client import FrontLimits
 from mesh.h2_front import H2Front
 from mesh.peers import Passthrough, PeerHealth, PeerPool, peer_outcome
 from mesh.proxy import (
@@ -346,6 +347,7 @@ async def run_worker(
                 settings.runtime_serving,
                 delegate.removeprefix("unix:"),
                 settings.max_message_bytes,
+                limits=FrontLimits.from_settings(settings),
             )
             await front.start(settings.host, settings.grpc_port, reuse_port=True)
             stop_serving = functools.partial(front.stop, 5.0)

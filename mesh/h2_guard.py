@@ -1,0 +1,174 @@
+"""A look at a client's frame headers before ``h2`` parses its bytes. Pure, no I/O.
+
+``h2`` validates frames and streams, but holds up to 64 CONTINUATION frames of a header block and hands
+the whole block to ``hpack``, whose decoder applies every dynamic-table-size update it finds at the start
+of a block: a block of a megabyte of updates keeps the event loop busy for seconds. The guard reads only
+the 9-byte frame headers (and the first bytes of each header block), so it stops such a connection before
+the block is buffered or decoded:
+
+- a header block larger than ``max_block_bytes`` or spread over more than ``max_continuations``
+  CONTINUATION frames: ENHANCE_YOUR_CALM;
+- more than two table-size updates at the start of a block (RFC 7541 §4.2 allows two): COMPRESSION_ERROR.
+
+Everything else (the preface, frame sizes, which frame may follow which) is left to ``h2``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from mesh.h2_wire import PREFACE, ErrorCode, Flag, FrameType
+
+_FRAME_HEADER = struct.Struct(">HBBBL")
+_PREFIX = 18  # block bytes that hold three table-size updates of any 32-bit value (1 + 5 bytes each)
+
+
+class GuardViolation(Exception):
+    """The client's bytes break a limit: the connection ends with GOAWAY ``code``."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def leading_table_updates(block: bytes) -> int:
+    """How many dynamic-table-size updates ``block`` (the start of a header block) begins with."""
+    count, position = 0, 0
+    while position < len(block) and block[position] & 0xE0 == 0x20:
+        count += 1
+        if block[position] & 0x1F == 0x1F:  # a multi-byte integer: continuation bytes have the top bit set
+            position += 1
+            while position < len(block) and block[position] & 0x80:
+                position += 1
+        position += 1
+    return count
+
+
+class HeaderBlockGuard:
+    def __init__(self, max_block_bytes: int, max_continuations: int, expect_preface: bool = True) -> None:
+        self._max_block = max_block_bytes
+        self._max_continuations = max_continuations
+        self._preface_left = len(PREFACE) if expect_preface else 0
+        self._header = bytearray()  # an incomplete 9-byte frame header
+        self._skip = 0  # payload bytes of the current frame still to pass over
+        self._kind = -1  # the current frame's type while its payload passes
+        self._headers_start = bytearray()  # the first bytes of a HEADERS frame's payload (pad + priority)
+        self._headers_flags = 0
+        self._headers_length = 0
+        self._prefix = bytearray()  # the first bytes of the open header block
+        self._block_bytes = 0
+        self._continuations = 0
+        self.block_open = False  # a header block has started and END_HEADERS has not come
+
+    @property
+    def partial(self) -> bool:
+        """A frame or a header block has started and not yet finished."""
+        return self.block_open or bool(self._skip) or bool(self._header) or bool(self._headers_start)
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        position, size = 0, len(view)
+        if self._preface_left:
+            taken = min(self._preface_left, size)
+            self._preface_left -= taken
+            position = taken
+        while position < size:
+            if self._skip:
+                taken = min(self._skip, size - position)
+                if self._kind == FrameType.HEADERS:
+                    self._take_headers_payload(view[position : position + taken])
+                elif self._kind == FrameType.CONTINUATION and len(self._prefix) < _PREFIX:
+                    self._add_prefix(view[position : position + taken])
+                self._skip -= taken
+                position += taken
+                if not self._skip:
+                    self._frame_done()
+                continue
+            wanted = 9 - len(self._header)
+            self._header += view[position : position + wanted]
+            position += min(wanted, size - position)
+            if len(self._header) < 9:
+                return
+            high, low, kind, flags, _ = _FRAME_HEADER.unpack(self._header)
+            self._header.clear()
+            self._frame_started(kind, flags, (high << 8) | low)
+
+    def _frame_started(self, kind: int, flags: int, length: int) -> None:
+        self._kind, self._skip = kind, length
+        if kind == FrameType.HEADERS:
+            self.block_open = not flags & Flag.END_HEADERS
+            self._prefix.clear()
+            self._block_bytes, self._continuations = length, 0
+            self._headers_flags, self._headers_length = flags, length
+            self._headers_start.clear()
+        elif kind == FrameType.CONTINUATION and self.block_open:
+            self._continuations += 1
+            self._block_bytes += length
+            if self._continuations > self._max_continuations:
+                raise GuardViolation(
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                    f"a header block in more than {self._max_continuations} CONTINUATION frames",
+                )
+            self.block_open = not flags & Flag.END_HEADERS
+        elif kind == FrameType.CONTINUATION:
+            self._kind = -1  # not part of a block: h2 refuses it
+        else:
+            self.block_open = False  # h2 refuses the interruption itself
+        if self._block_bytes > self._max_block and kind in (FrameType.HEADERS, FrameType.CONTINUATION):
+            raise GuardViolation(ErrorCode.ENHANCE_YOUR_CALM, f"a header block over {self._max_block} bytes")
+        if not length:
+            self._frame_done()
+
+    def _take_headers_payload(self, chunk: memoryview) -> None:
+        """Keep a HEADERS frame's first bytes: padding length and priority come before the block."""
+        wanted = 6 + _PREFIX - len(self._headers_start)
+        if wanted > 0:
+            self._headers_start += chunk[:wanted]
+
+    def _frame_done(self) -> None:
+        if self._kind == FrameType.HEADERS:
+            start = bytes(self._headers_start)
+            self._headers_start.clear()
+            offset, padding = 0, 0
+            if self._headers_flags & Flag.PADDED and start:
+                offset, padding = 1, start[0]
+            if self._headers_flags & Flag.PRIORITY:
+                offset += 5
+            block_length = max(0, self._headers_length - offset - padding)
+            self._add_prefix(memoryview(start[offset : offset + block_length]))
+        if self._kind in (FrameType.HEADERS, FrameType.CONTINUATION) and (
+            len(self._prefix) >= _PREFIX or not self.block_open
+        ):
+            self._check_prefix()
+        self._kind = -1
+
+    def _add_prefix(self, chunk: memoryview) -> None:
+        self._prefix += chunk[: _PREFIX - len(self._prefix)]
+
+    def _check_prefix(self) -> None:
+        if leading_table_updates(bytes(self._prefix)) > 2:
+            raise GuardViolation(
+                ErrorCode.COMPRESSION_ERROR, "more than two table size updates at the start of a header block"
+            )
+
+
+class ResetBudget:
+    """Stream resets a client may send: ``rate`` per second on average, ``burst`` at once (a token bucket).
+
+    Rapid reset (open a stream, cancel it, repeat) costs the pod a runtime call per stream while the
+    client pays two frames; a client past its budget is told ENHANCE_YOUR_CALM and disconnected.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        self._rate = rate_per_s
+        self._burst = burst
+        self._tokens = burst
+        self._at = 0.0
+
+    def spend(self, now: float) -> bool:
+        """One reset at ``now`` (monotonic seconds); False: over budget."""
+        if self._at:
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        self._tokens -= 1
+        return self._tokens >= 0
