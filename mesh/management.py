@@ -2,6 +2,8 @@
 
 Writes go to etcd (CAS); answers are read from this pod's routing table once
 it has caught up with the write, so a caller always sees its own change.
+Requests that do not decode, or carry a string over its limit (mesh/limits.py), are INVALID_ARGUMENT
+before anything is read or written.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from mesh.dispatch import Router
 from mesh.errors import MeshError
+from mesh.limits import request_error
 from mesh.local_models import now_ms
 from mesh.records import ModelRecord
 from mesh.routing import RoutingTable
@@ -38,15 +43,39 @@ BACKDATE_LOAD_NOW_MS = HOUR_MS
 BACKDATE_NOT_LOADED_MS = 6 * HOUR_MS
 
 R = TypeVar("R")
+SERVICE = mm.DESCRIPTOR.services_by_name["ModelMesh"]
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What the request deserializer yields for bytes that are not the method's message: grpc would log a
+    traceback and answer UNKNOWN if the deserializer raised."""
+
+    message: str  # the request message's name
+
+
+def lenient_deserializer(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Undecodable(message_class.DESCRIPTOR.name)
+
+    return deserialize
 
 
 def _grpc_errors(
     method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
-    """Turn MeshError and etcd failures into gRPC status codes."""
+    """Refuse undecodable or oversized requests; turn MeshError and etcd failures into gRPC status codes."""
 
     @wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode {request.message}")
+        too_long = request_error(request)
+        if too_long is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, too_long)
         try:
             return await method(self, request, context)
         except MeshError as e:
@@ -81,6 +110,20 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         self._transitions = transitions
         self._expiry_ms = int(failure_expiry_s * 1000)
         self._background: set[asyncio.Task[None]] = set()
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serve mmesh.ModelMesh on ``server``: the generated registration, with a deserializer that
+        does not raise (an undecodable request is INVALID_ARGUMENT, not UNKNOWN and a logged traceback)."""
+        handlers = {
+            method.name: grpc.unary_unary_rpc_method_handler(
+                getattr(self, method.name),
+                request_deserializer=lenient_deserializer(getattr(mm, method.input_type.name)),
+                response_serializer=getattr(mm, method.output_type.name).SerializeToString,
+            )
+            for method in SERVICE.methods
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+        server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
     def _status(self, model_id: str) -> mm.ModelStatusInfo:
         return model_status(self._table.model(model_id), now_ms(), self._expiry_ms, self._table.instances)

@@ -6,10 +6,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from mesh.limits import MAX_ID_BYTES, id_error
 from mesh.wire import WireFormatError, read_string_field
 
 MODEL_ID_HEADER = "mm-model-id"
 VMODEL_ID_HEADER = "mm-vmodel-id"
+_SURELY_SHORT = MAX_ID_BYTES // 4  # ids of at most this many characters fit the limit in any encoding
 
 
 class TargetKind(Enum):
@@ -52,6 +54,8 @@ def header_target(metadata: Iterable[tuple[str, str | bytes]]) -> RequestTarget 
     target_id = (model_ids or vmodel_ids)[0]
     if not target_id:
         raise TargetError(f"empty {header} header")
+    if len(target_id) > _SURELY_SHORT:
+        _check_length(f"the {header} header", target_id)
     return RequestTarget(kind, target_id)
 
 
@@ -73,4 +77,13 @@ def name_target(name: str | None) -> RequestTarget:
         raise TargetError(f"no model id: send an {MODEL_ID_HEADER} header or set model_name")
     if not name:
         raise TargetError("empty model_name and no model id header")
+    if len(name) > _SURELY_SHORT:
+        _check_length("model_name", name)
     return RequestTarget(TargetKind.NAME, name)
+
+
+def _check_length(what: str, target_id: str) -> None:
+    """An id over the limit is refused before it is looked up, logged or forwarded (mesh/limits.py)."""
+    error = id_error(what, target_id)
+    if error is not None:
+        raise TargetError(error)
