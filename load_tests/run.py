@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from load_tests import cache_scenario, cache_sim, cold_start, scale
+from load_tests import cache_scenario, cache_sim, cold_start, scale, stalls
 from load_tests.hop import HOP_BACKENDS, HopSettings, run_hop
 from load_tests.multicore import run_multicore
 from load_tests.profile_hot_path import run_profile
@@ -37,7 +37,7 @@ HOP_TITLES = {
     "triton": "Triton python backend, --front=grpc",
     "triton-h2": "Triton python backend, --front=h2",
 }
-SCENARIOS = ("hop", "multicore", "cache", "cold_start", "scale", "cache_sim", "profile")
+SCENARIOS = ("hop", "stalls", "multicore", "cache", "cold_start", "scale", "cache_sim", "profile")
 
 
 def hop_settings(full: bool) -> HopSettings:
@@ -46,11 +46,17 @@ def hop_settings(full: bool) -> HopSettings:
     return HopSettings(rounds=5, latency_requests=600, throughput_requests=2000)
 
 
+def stall_settings(full: bool) -> stalls.StallSettings:
+    return stalls.StallSettings(rounds=5, calls=2000) if full else stalls.StallSettings(rounds=3, calls=1000)
+
+
 def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
     directory = work_dir / name
     if name == "hop":
         backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2")
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
+    if name == "stalls":
+        return stalls.run_stalls(directory, stall_settings(full))
     if name == "multicore":
         settings = hop_settings(full)
         settings = HopSettings(**{**settings.__dict__, "connections": 4})
@@ -260,6 +266,21 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "costs beyond that.",
             "",
         ]
+    stall = results.get("stalls")
+    if stall:
+        out += ["## Stalls: sequential tritonclient calls over 30 ms", ""]
+        if "error" in stall:
+            out += [f"failed: {stall['error']}", ""]
+        else:
+            out += [
+                *stalls.stalls_table(stall),
+                "",
+                "A fresh tritonclient.grpc InferenceServerClient per round and path, one infer call at a "
+                "time (1 KiB FP32 input); the pod runs --front=h2 and holds the model. Counts and latencies "
+                "are medians over rounds (the order of the paths alternates); results.json lists each "
+                "round's stalls with their call index.",
+                "",
+            ]
     for name, title in (
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
         ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF, lfu-size and Belady"),
@@ -286,6 +307,8 @@ def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
         return cache_scenario.summary_lines(result)
     if name == "cold_start":
         return cold_start.summary_lines(result)
+    if name == "stalls":
+        return stalls.summary_lines(result)
     if name == "scale":
         return scale.summary_lines(result)
     if name == "multicore":
