@@ -66,32 +66,54 @@ class HeaderBlockGuard:
         return self.block_open or bool(self._skip) or bool(self._header) or bool(self._headers_start)
 
     def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        position, size = 0, len(view)
+        position, size = 0, len(data)
         if self._preface_left:
             taken = min(self._preface_left, size)
             self._preface_left -= taken
             position = taken
+        unpack = _FRAME_HEADER.unpack_from
         while position < size:
-            if self._skip:
-                taken = min(self._skip, size - position)
-                if self._kind == FrameType.HEADERS:
-                    self._take_headers_payload(view[position : position + taken])
-                elif self._kind == FrameType.CONTINUATION and len(self._prefix) < _PREFIX:
-                    self._add_prefix(view[position : position + taken])
-                self._skip -= taken
-                position += taken
-                if not self._skip:
-                    self._frame_done()
+            if self._skip or self._header:
+                position = self._feed_partial(data, position)
                 continue
-            wanted = 9 - len(self._header)
-            self._header += view[position : position + wanted]
-            position += min(wanted, size - position)
-            if len(self._header) < 9:
+            if size - position < 9:
+                self._header += data[position:]
                 return
+            high, low, kind, flags, _ = unpack(data, position)
+            length = (high << 8) | low
+            position += 9
+            if kind > FrameType.CONTINUATION or (
+                kind not in (FrameType.HEADERS, FrameType.CONTINUATION) and not self.block_open
+            ):  # the common case (DATA, WINDOW_UPDATE, PING...): pass over the payload
+                passed = min(length, size - position)
+                position += passed
+                if passed < length:
+                    self._kind, self._skip = -1, length - passed
+                continue
+            self._frame_started(kind, flags, length)
+
+    def _feed_partial(self, data: bytes, position: int) -> int:
+        """Go on with a frame header or payload that an earlier read left unfinished."""
+        size = len(data)
+        if self._skip:
+            taken = min(self._skip, size - position)
+            chunk = memoryview(data)[position : position + taken]
+            if self._kind == FrameType.HEADERS:
+                self._take_headers_payload(chunk)
+            elif self._kind == FrameType.CONTINUATION and len(self._prefix) < _PREFIX:
+                self._add_prefix(chunk)
+            self._skip -= taken
+            if not self._skip:
+                self._frame_done()
+            return position + taken
+        wanted = 9 - len(self._header)
+        self._header += data[position : position + wanted]
+        position += min(wanted, size - position)
+        if len(self._header) == 9:
             high, low, kind, flags, _ = _FRAME_HEADER.unpack(self._header)
             self._header.clear()
             self._frame_started(kind, flags, (high << 8) | low)
+        return position
 
     def _frame_started(self, kind: int, flags: int, length: int) -> None:
         self._kind, self._skip = kind, length
