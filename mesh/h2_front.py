@@ -35,7 +35,7 @@ from mesh.errors import MeshError, Reroute
 from mesh.h2_client import ClientConnection, FrontLimits
 from mesh.h2_endpoint import H2Endpoint, WriteBatch
 from mesh.h2_upstream import RELAY, RUNTIME, Upstreams
-from mesh.h2_wire import ErrorCode, Headers, grpc_error_headers, header
+from mesh.h2_wire import ErrorCode, Headers, clipped_trailers, grpc_error_headers, header
 from mesh.peers import AVOID_HEADER, INTERNAL_MODEL_HEADER
 from mesh.proxy import V2_SERVICE, MethodTable
 from mesh.records import InstanceRecord
@@ -290,6 +290,8 @@ class FrontStreams:
 
     # -- the answers --------------------------------------------------------------------------
     def upstream_headers(self, stream: ClientStream, headers: Headers, end_stream: bool) -> None:
+        if end_stream:
+            headers = clipped_trailers(headers)
         if not stream.buffered:  # relayed: straight back
             self.client.send_headers(stream.id, headers, end_stream)
             if end_stream:

@@ -219,8 +219,9 @@ class BlockDecoder:
     block means the same headers every time it arrives, so the frequent ones are remembered.
     """
 
-    def __init__(self, remembered: int = 512) -> None:
-        self._decoder = hpack.Decoder()
+    def __init__(self, remembered: int = 512, max_header_list_bytes: int = 16 << 20) -> None:
+        # The pod's own upstreams: a long error message in their trailers is passed on, not a protocol error.
+        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_bytes)
         self._known: dict[bytes, Headers] = {}
         self._remembered = remembered
 
@@ -244,6 +245,20 @@ def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+MAX_GRPC_MESSAGE = 4096  # grpc clients refuse trailers over 8 KiB (their metadata limit) by default
+
+
+def clipped_trailers(headers: Headers) -> Headers:
+    """``headers`` with a grpc-message over ``MAX_GRPC_MESSAGE`` bytes cut short, so the client gets the
+    code and the start of the message instead of a metadata-size error."""
+    for name, value in headers:
+        if name == b"grpc-message" and len(value) > MAX_GRPC_MESSAGE:
+            cut = value[:MAX_GRPC_MESSAGE]
+            cut = cut[: cut.rfind(b"%")] if b"%" in cut[-2:] else cut  # no half percent-escape
+            return tuple((k, cut + b"...") if k == b"grpc-message" else (k, v) for k, v in headers)
+    return headers
 
 
 def grpc_error_headers(code: int, message: str) -> Headers:

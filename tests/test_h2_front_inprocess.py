@@ -88,8 +88,11 @@ async def served() -> AsyncIterator[Front]:
 
     async def infer(request: bytes, context: Any) -> bytes:
         runtime.calls += 1
-        if v2.ModelInferRequest.FromString(request).model_name == "slow":
+        name = v2.ModelInferRequest.FromString(request).model_name
+        if name == "slow":
             await runtime.hold.wait()
+        if name == "long-error":  # an error message far over any client's metadata limit
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad input: " + "x" * 100_000)
         return ANSWER
 
     server = grpc.aio.server()
@@ -210,3 +213,19 @@ async def test_the_front_advertises_its_stream_and_header_limits(served: Front) 
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_long_error_message_reaches_its_client_and_nothing_else_fails(served: Front) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        infer = channel.unary_unary(INFER)
+        served.runtime.hold.clear()
+        slow = asyncio.ensure_future(infer(request("slow"), timeout=10))
+        await until(lambda: served.routing.pins["slow"] == 1)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await infer(request("long-error"), timeout=10)
+        assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (failed.value.details() or "").startswith("bad input: xxx")
+        served.runtime.hold.set()
+        assert await slow == ANSWER  # the same runtime connection carried both
+        assert await infer(request("m"), timeout=10) == ANSWER
+    assert served.front.upstreams.open_connections() == 1

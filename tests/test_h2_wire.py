@@ -161,3 +161,14 @@ def test_grpc_error_headers_percent_encode_the_message() -> None:
     headers = dict(grpc_error_headers(5, "model not found: a%b é"))
     assert headers[b"grpc-status"] == b"5"
     assert headers[b"grpc-message"] == b"model not found: a%25b %C3%A9"
+
+
+def test_long_grpc_messages_are_clipped_on_an_escape_boundary() -> None:
+    from mesh.h2_wire import MAX_GRPC_MESSAGE, clipped_trailers
+
+    short = ((b"grpc-status", b"3"), (b"grpc-message", b"bad"))
+    assert clipped_trailers(short) is short
+    long = ((b"grpc-status", b"3"), (b"grpc-message", b"a" * (MAX_GRPC_MESSAGE - 1) + b"%C3%A9" * 10))
+    clipped = dict(clipped_trailers(long))
+    assert clipped[b"grpc-status"] == b"3"
+    assert clipped[b"grpc-message"] == b"a" * (MAX_GRPC_MESSAGE - 1) + b"..."
