@@ -18,7 +18,8 @@ from typing import TypeVar
 
 import grpc
 
-from mesh.errors import LostCopy, MeshError, Reroute
+from mesh.copy_check import RuntimeNotFound
+from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed, ModelLoader, now_ms
 from mesh.peers import LOAD_METHOD, Passthrough, PeerHealth, PeerPool, peer_outcome
 from mesh.placement import choose_load_target, serves_type
@@ -216,16 +217,20 @@ class Router:
         here: Callable[[], Awaitable[T]],
         there: Callable[[str, frozenset[str]], Awaitable[T]],
         last_used_ms: int | None = None,
+        copy_reloaded: bool = False,
     ) -> T:
         """Serve with ``here()`` on this pod (loading first if needed) or ``there(pod_id, avoid)`` on a peer.
 
         ``avoid`` names pods this request found unreachable: the peer must not wait for their claims either.
+        ``here()`` raises RuntimeNotFound for the runtime's "not found": the copy is reloaded (once per
+        request; ``copy_reloaded``: the caller has dropped it already) only when the runtime really lost it;
+        otherwise the runtime's answer is the request's.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         excluded: set[str] = set()
         unreachable: set[str] = set()
-        repaired = False
+        repaired = copy_reloaded
         preferred: str | None = None
         error: MeshError | None = None
         for _ in range(self._max_attempts):
@@ -242,17 +247,19 @@ class Router:
                 raise
             preferred = None
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            generation: int | None = None
             try:
                 if pod != self.pod_id:
                     return await there(pod, frozenset(unreachable))
                 await self.ensure_local(model_id, remaining, last_used_ms)
+                generation = self._loader.copy_generation(model_id)
                 with self.serving(model_id):
                     return await here()
-            except LostCopy as lost:
-                if repaired:
-                    raise lost.answer from None
-                repaired = True  # reload the copy here and try again, once
-                await self.forget_copy(model_id)
+            except RuntimeNotFound as suspect:
+                if not await self.copy_lost(model_id, generation, suspect.said) or repaired:
+                    raise suspect.answer from None  # the request's own error, or a reload did not help
+                repaired = True  # the copy is dropped: load it again and try once more
+                continue
             except LoadClaimed as claimed:
                 preferred = claimed.holder
             except Reroute as reroute:
@@ -317,10 +324,17 @@ class Router:
             if pod != self.pod_id:
                 self._health.unreachable(pod)
 
-    async def forget_copy(self, model_id: str) -> None:
-        """This pod's runtime no longer has the model: drop the copy here and in the registry."""
-        log.warning("the runtime lost %s: reloading it", model_id)
-        await self._loader.unload(model_id)
+    def copy_generation(self, model_id: str) -> int | None:
+        """Which load of the model this pod's copy is: taken before a runtime call, for ``copy_lost``."""
+        return self._loader.copy_generation(model_id)
+
+    async def copy_lost(self, model_id: str, generation: int | None, said: str) -> bool:
+        """After the runtime's "not found" (``said``) for this pod's copy: True when the runtime lost it (the
+        copy is then dropped here and in the registry, so the caller may reload it), False when the runtime
+        has the model and its answer goes to the client unchanged. One runtime check per copy at a time
+        (mesh/copy_check.py).
+        """
+        return await self._loader.copy_lost(model_id, generation, said)
 
     def alive(self, pod_id: str) -> bool:
         return self._health.alive(pod_id)

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from mesh.cache import ModelCache
+from mesh.copy_check import CopyCheck
 from mesh.errors import MeshError, load_failure_code
 from mesh.rates import RateTracker
 from mesh.records import LoadFailure, ModelRecord
@@ -74,6 +75,10 @@ class ModelLoader:
         self.runtime_down = False  # the runtime stopped answering: its models are gone, no loads here
         self._request_done = asyncio.Event()  # a model's last request in flight finished
         self.changed = asyncio.Event()  # set when the models held change: the instance record is republished
+        # Every load here gets the next number: a runtime's "not found" is judged for the copy it came from.
+        self._generations: dict[str, int] = {}
+        self._last_generation = 0
+        self.copy_check = CopyCheck(runtime.model_ready)
 
     # -- hot path ------------------------------------------------------------------
     def is_loaded(self, model_id: str) -> bool:
@@ -85,6 +90,26 @@ class ModelLoader:
 
     def inflight(self, model_id: str) -> int:
         return self._inflight[model_id]
+
+    def copy_generation(self, model_id: str) -> int | None:
+        """Which load of the model the copy here is (None: not loaded here); taken before a runtime call."""
+        return self._generations.get(model_id)
+
+    async def copy_lost(self, model_id: str, generation: int | None, said: str) -> bool:
+        """The runtime answered "not found" (``said``) for copy ``generation`` of the model: did it lose it?
+
+        True: it did, or that copy is gone already (dropped, evicted or replaced since); the copy is out of
+        the cache and the registry when this returns, and the caller may load it again. False: the runtime
+        has the model, so the answer was the request's own (a version or an input the model lacks).
+        """
+        if generation is None or self._generations.get(model_id) != generation:
+            return True
+        if not await self.copy_check.lost(model_id, generation, said):
+            return False
+        if self._generations.get(model_id) == generation:  # the first caller drops it; the rest find it gone
+            log.warning("the runtime lost %s: dropping the copy here, to reload it", model_id)
+            await self.unload(model_id)
+        return True
 
     def acquire(self, model_id: str) -> None:
         self.rates.record(model_id)
@@ -200,6 +225,8 @@ class ModelLoader:
                 code = load_failure_code(e.code())
                 await self._fail(model_id, code, f"load of {model_id} failed on {self.pod_id}: {e.details()}")
             self.cache.finish_load(model_id, size)
+            self._last_generation += 1
+            self._generations[model_id] = self._last_generation
             self.rates.track(model_id)
             log.info("loaded %s on %s (%d bytes) in %d ms", model_id, self.pod_id, size, now_ms() - start)
             written = await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
@@ -278,7 +305,12 @@ class ModelLoader:
     def _begin_unload(self, model_id: str) -> None:
         """Take the model out of the cache (its bytes stay reserved); loads of it wait until it is gone."""
         self.cache.start_unload(model_id)
+        self._forget_copy(model_id)
         self._unloads.setdefault(model_id, asyncio.Event())
+
+    def _forget_copy(self, model_id: str) -> None:
+        self._generations.pop(model_id, None)
+        self.copy_check.forget(model_id)
 
     async def _evict(self, model_id: str) -> None:
         """Stop routing to this copy, then unload it; its bytes stay reserved until the unload returns."""
@@ -329,6 +361,7 @@ class ModelLoader:
         for model_id in models:
             self.cache.start_unload(model_id)
             self.cache.finish_unload(model_id)
+            self._forget_copy(model_id)
             self.rates.forget(model_id)
         await asyncio.gather(*(self._drop_from_registry(m) for m in models))
         self.changed.set()

@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 from tritonclient.grpc import service_pb2 as v2
 
+from mesh.copy_check import RUNTIME_ANSWER_TRAILER, RuntimeNotFound, grpc_not_found, peer_answer
 from mesh.dispatch import Router
-from mesh.errors import LostCopy, MeshError, Reroute
+from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed
 from mesh.peers import (
     AVOID_HEADER,
@@ -31,7 +32,6 @@ from mesh.peers import (
     RUNTIME_DOWN_TRAILER,
     Passthrough,
     PeerPool,
-    peer_outcome,
 )
 from mesh.runtime_client import RuntimeClient
 from mesh.target import TargetError, TargetKind, request_target
@@ -111,16 +111,20 @@ async def call_runtime(
     field1: str | None = None,
 ) -> bytes:
     """Write the concrete id into the request and send it to this pod's runtime (``field1``: see
-    ``with_model_id``)."""
+    ``with_model_id``).
+
+    Raises RuntimeNotFound for the runtime's "not found" (lost model, or a version or input the model
+    lacks: the caller asks ``Router.copy_lost``), Reroute when the runtime is down, else Passthrough.
+    """
     request = with_model_id(request, id_path, model_id, field1)
     try:
         response: bytes = await runtime.method(method)(request, timeout=timeout_s, metadata=metadata)
         return response
     except grpc.aio.AioRpcError as e:
+        if grpc_not_found(e.code(), e.details() or ""):
+            raise RuntimeNotFound(Passthrough(e), f"{e.code().name} {e.details()}") from e
         if e.code() == grpc.StatusCode.UNAVAILABLE:  # the runtime is down: another pod may serve it
             raise Reroute(MeshError(e.code(), f"runtime unavailable: {e.details()}")) from e
-        if e.code() == grpc.StatusCode.NOT_FOUND:  # the runtime lost the model (restarted): reload it once
-            raise LostCopy(Passthrough(e)) from e
         raise Passthrough(e) from e
 
 
@@ -166,8 +170,10 @@ class InferenceProxy(grpc.GenericRpcHandler):
                 except MeshError:  # perhaps registered elsewhere a moment ago
                     model_id = await self._router.model_id_after_miss(target)
                 outgoing = forwarded_metadata(metadata)
+                copy_reloaded = False
                 if self._router.only_copy_here(model_id):  # the common case, without the general machinery
                     field1 = target.id if target.kind is TargetKind.NAME else None
+                    generation = self._router.copy_generation(model_id)
                     self._router.acquire(model_id)
                     try:
                         return await call_runtime(
@@ -180,8 +186,12 @@ class InferenceProxy(grpc.GenericRpcHandler):
                             context.time_remaining(),
                             field1,
                         )
-                    except (LostCopy, Reroute):
-                        pass  # the copy or the runtime is gone: the general route repairs or goes elsewhere
+                    except RuntimeNotFound as suspect:
+                        if not await self._router.copy_lost(model_id, generation, suspect.said):
+                            raise suspect.answer from None  # the model is there: the request's own error
+                        copy_reloaded = True  # dropped: the general route loads it again
+                    except Reroute:
+                        pass  # the runtime is down: the general route goes elsewhere
                     finally:
                         self._router.release(model_id)
 
@@ -197,9 +207,11 @@ class InferenceProxy(grpc.GenericRpcHandler):
                             address, method, request, model_id, outgoing, context.time_remaining(), avoid
                         )
                     except grpc.aio.AioRpcError as e:
-                        raise peer_outcome(e) from e
+                        raise peer_answer(e) from e
 
-                return await self._router.route(model_id, context.time_remaining(), here, there)
+                return await self._router.route(
+                    model_id, context.time_remaining(), here, there, copy_reloaded=copy_reloaded
+                )
             except TargetError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             except WireFormatError as e:
@@ -248,6 +260,7 @@ class PeerHandler(grpc.GenericRpcHandler):
             model_id = await self._loaded_here(metadata, context)
             try:
                 for repaired in (False, True):
+                    generation = self._router.copy_generation(model_id)
                     try:
                         with self._router.serving(model_id):
                             return await call_runtime(
@@ -259,19 +272,18 @@ class PeerHandler(grpc.GenericRpcHandler):
                                 forwarded_metadata(metadata),
                                 context.time_remaining(),
                             )
-                    except LostCopy as lost:
-                        if repaired:
-                            raise lost.answer from None
-                        await self._router.forget_copy(model_id)
-                        await self._loaded_here(metadata, context)
+                    except RuntimeNotFound as suspect:
+                        if not await self._router.copy_lost(model_id, generation, suspect.said) or repaired:
+                            raise suspect.answer from None  # the request's own error, or a reload failed
+                        await self._loaded_here(metadata, context)  # the copy is dropped: load it again
             except WireFormatError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
             except Reroute as e:
                 await context.abort(
                     e.error.code, e.error.message, trailing_metadata=((RUNTIME_DOWN_TRAILER, "1"),)
                 )
-            except Passthrough as e:
-                await context.abort(e.code, e.details)
+            except Passthrough as e:  # the runtime's own answer: final for the sender too, whatever its code
+                await context.abort(e.code, e.details, trailing_metadata=((RUNTIME_ANSWER_TRAILER, "1"),))
             raise AssertionError("unreachable")
 
         return serve

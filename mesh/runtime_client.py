@@ -11,11 +11,14 @@ import time
 from typing import TypeAlias
 
 import grpc
+from tritonclient.grpc import service_pb2 as v2
 
 from protos import model_runtime_pb2 as spi
 from protos import model_runtime_pb2_grpc as spi_grpc
 
 RawUnary: TypeAlias = grpc.aio.UnaryUnaryMultiCallable
+MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
+MODEL_READY_TIMEOUT_S = 5.0  # generous: a busy runtime is slow to answer, and a "no" drops the copy
 
 
 class RuntimeClient:
@@ -78,3 +81,12 @@ class RuntimeClient:
             callable_ = self._serving_channel.unary_unary(full_method)
             self._methods[full_method] = callable_
         return callable_
+
+    async def model_ready(self, model_id: str) -> bool:
+        """The runtime's own v2 ModelReady for the model, with no version: whether it has the model loaded.
+
+        Errors propagate (MLServer answers UNKNOWN for a model it does not have); callers decide.
+        """
+        request = v2.ModelReadyRequest(name=model_id).SerializeToString()
+        answer = await self.method(MODEL_READY)(request, timeout=MODEL_READY_TIMEOUT_S)
+        return bool(v2.ModelReadyResponse.FromString(answer).ready)

@@ -14,7 +14,9 @@ A worker learns the holders from its own etcd watch, and reports its hits to
 the main process every second so that eviction order and request rates count
 every process's traffic. Its requests in flight are not pinned in the main
 process's cache: an eviction under one makes the runtime answer NOT_FOUND, and
-the worker relays the request to the main process, which loads the model again.
+the worker relays the request to the main process. Every runtime "not found" is
+relayed so: the main process alone asks the runtime whether it lost the model
+(mesh/copy_check.py), and reloads it or passes the runtime's answer on.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mesh.copy_check import RuntimeNotFound, peer_answer
 from mesh.dispatch import resolve_model_id
 from mesh.entry import run_until_signalled
-from mesh.errors import LostCopy, MeshError, Reroute
+from mesh.errors import MeshError, Reroute
 from mesh.h2_client import FrontLimits
 from mesh.h2_front import H2Front
-from mesh.peers import Passthrough, PeerHealth, PeerPool, peer_outcome
+from mesh.peers import Passthrough, PeerHealth, PeerPool
 from mesh.proxy import (
     V2_SERVICE,
     Behavior,
@@ -175,7 +178,7 @@ class WorkerProxy(grpc.GenericRpcHandler):
                     forwarded_metadata(metadata),
                     context.time_remaining(),
                 )
-            except (LostCopy, Reroute):  # the copy is gone or the runtime is down: the main process decides
+            except (RuntimeNotFound, Reroute):  # lost copy or bad request; runtime down: main decides
                 return await self._relayed(relay, request, context)
             except WireFormatError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
@@ -214,7 +217,7 @@ class WorkerProxy(grpc.GenericRpcHandler):
                 context.time_remaining(),
             )
         except grpc.aio.AioRpcError as e:
-            outcome = peer_outcome(e)
+            outcome = peer_answer(e)
             if isinstance(outcome, Passthrough):  # the model's own answer: final
                 await context.abort(outcome.code, outcome.details)
                 raise AssertionError("unreachable") from None
