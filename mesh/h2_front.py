@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mesh.copy_check import RUNTIME_ANSWER_TRAILER
 from mesh.errors import MeshError, Reroute
 from mesh.h2_client import ClientConnection, FrontLimits
 from mesh.h2_endpoint import H2Endpoint, WriteBatch
@@ -45,13 +46,15 @@ from mesh.wire import WireFormatError, with_model_id
 log = logging.getLogger(__name__)
 
 FAST_METHODS = (V2_SERVICE + "ModelInfer", V2_SERVICE + "ModelMetadata")
-# Answers the general route decides on instead: from the runtime NOT_FOUND (it lost the model) and
-# UNAVAILABLE (it is down); from a peer also ABORTED (redirect) and INTERNAL (its load failed).
+# Answers the general route decides on instead: from the runtime NOT_FOUND (the model may be lost: the route
+# asks the runtime) and UNAVAILABLE (it is down); from a peer also ABORTED (redirect) and INTERNAL (its load
+# failed), unless the peer marked the answer as its runtime's own, checked there.
 REPLAYED_FROM_RUNTIME = frozenset({b"5", b"14"})
 REPLAYED_FROM_PEER = frozenset({b"5", b"10", b"13", b"14"})
 _DROPPED_UPSTREAM = (b"mm-", b"content-length")
 INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
 AVOID = AVOID_HEADER.encode()
+RUNTIME_ANSWER = RUNTIME_ANSWER_TRAILER.encode()
 SWEEP_S = 0.5  # how often connections are checked against their timeouts
 
 
@@ -301,7 +304,8 @@ class FrontStreams:
             stream.response_headers = headers
             return
         replayed = REPLAYED_FROM_PEER if stream.via_peer else REPLAYED_FROM_RUNTIME
-        if header(headers, b"grpc-status") in replayed:
+        final = stream.via_peer and header(headers, RUNTIME_ANSWER) is not None
+        if not final and header(headers, b"grpc-status") in replayed:
             self._replay(stream)
             return
         if stream.via_peer:  # the peer's own trailers are not the client's business
