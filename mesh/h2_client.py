@@ -34,7 +34,7 @@ import h2.exceptions
 import h2.settings
 
 from mesh.h2_endpoint import WriteBatch, set_nodelay
-from mesh.h2_guard import GuardViolation, HeaderBlockGuard, ResetBudget
+from mesh.h2_guard import FrameBudget, GuardViolation, HeaderBlockGuard
 from mesh.h2_wire import ErrorCode, Headers
 
 if TYPE_CHECKING:
@@ -43,7 +43,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STREAM_WINDOW = 1 << 20  # per-stream receive window advertised to clients
+STREAM_WINDOW = 1 << 20
+# A client's WINDOW_UPDATEs are weighed against the DATA frames sent to it: each costs the pod a parse.
+WINDOW_UPDATES_FREE = 100
+WINDOW_UPDATES_PER_DATA = 10
+# DATA waits for the client's window to hold this much (or the rest of the answer): a window opened a byte
+# at a time must not cost a frame per byte.
+MIN_DATA_FRAME = 1024  # per-stream receive window advertised to clients
 CONNECTION_WINDOW = 16 << 20
 _CONFIG = h2.config.H2Configuration(
     client_side=False,
@@ -69,6 +75,7 @@ class FrontLimits:
     write_buffer_bytes: int = 1 << 20
     max_buffered_bytes: int = 64 << 20
     max_resets_per_s: float = 200.0
+    max_control_frames_per_s: float = 1000.0
     handshake_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     request_read_timeout_s: float = 30.0
@@ -103,8 +110,13 @@ class ClientConnection(asyncio.Protocol):
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             },
         )
-        self._guard = HeaderBlockGuard(limits.max_header_block_bytes, limits.max_continuation_frames)
-        self._resets = ResetBudget(limits.max_resets_per_s, 2 * limits.max_concurrent_streams)
+        self._guard = HeaderBlockGuard(
+            limits.max_header_block_bytes,
+            limits.max_continuation_frames,
+            FrameBudget(limits.max_control_frames_per_s, 2 * limits.max_control_frames_per_s),
+        )
+        self._resets = FrameBudget(limits.max_resets_per_s, 2 * limits.max_concurrent_streams)
+        self._data_sent = 0
         self._transport: asyncio.Transport | None = None
         now = time.monotonic()
         self._opened_at = now
@@ -141,7 +153,9 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             return
         try:
-            self._guard.feed(data)
+            self._guard.feed(data, time.monotonic())
+            if self._guard.window_updates > WINDOW_UPDATES_FREE + WINDOW_UPDATES_PER_DATA * self._data_sent:
+                raise GuardViolation(ErrorCode.ENHANCE_YOUR_CALM, "too many WINDOW_UPDATE frames")
             events = self._h2.receive_data(data)
         except GuardViolation as e:
             log.info("front: closing a client connection: %s", e)
@@ -312,11 +326,12 @@ class ClientConnection(asyncio.Protocol):
             sent, size = 0, len(data)
             while sent < size:
                 room = min(h2conn.local_flow_control_window(stream_id), h2conn.max_outbound_frame_size)
-                if room <= 0:
+                if room < min(MIN_DATA_FRAME, size - sent):
                     return sent
                 piece = min(room, size - sent)
                 last = sent + piece == size
                 h2conn.send_data(stream_id, bytes(data[sent : sent + piece]), end_stream=end_stream and last)
+                self._data_sent += 1
                 sent += piece
             return sent
         except _SENT_CLOSED:

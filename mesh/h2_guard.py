@@ -8,7 +8,10 @@ the block is buffered or decoded:
 
 - a header block larger than ``max_block_bytes`` or spread over more than ``max_continuations``
   CONTINUATION frames: ENHANCE_YOUR_CALM;
-- more than two table-size updates at the start of a block (RFC 7541 §4.2 allows two): COMPRESSION_ERROR.
+- more than two table-size updates at the start of a block (RFC 7541 §4.2 allows two): COMPRESSION_ERROR;
+- PING and SETTINGS frames (each asks for an ACK) past their budget: ENHANCE_YOUR_CALM.
+
+It also counts WINDOW_UPDATE frames, which the connection weighs against the DATA frames it sends.
 
 Everything else (the preface, frame sizes, which frame may follow which) is left to ``h2``.
 """
@@ -20,6 +23,7 @@ import struct
 from mesh.h2_wire import PREFACE, ErrorCode, Flag, FrameType
 
 _FRAME_HEADER = struct.Struct(">HBBBL")
+_COUNTED = (FrameType.PING, FrameType.SETTINGS, FrameType.WINDOW_UPDATE)
 _PREFIX = 18  # block bytes that hold three table-size updates of any 32-bit value (1 + 5 bytes each)
 
 
@@ -45,8 +49,17 @@ def leading_table_updates(block: bytes) -> int:
 
 
 class HeaderBlockGuard:
-    def __init__(self, max_block_bytes: int, max_continuations: int, expect_preface: bool = True) -> None:
+    def __init__(
+        self,
+        max_block_bytes: int,
+        max_continuations: int,
+        control_budget: FrameBudget | None = None,
+        expect_preface: bool = True,
+    ) -> None:
         self._max_block = max_block_bytes
+        self._control = control_budget
+        self.window_updates = 0
+        self._now = 0.0
         self._max_continuations = max_continuations
         self._preface_left = len(PREFACE) if expect_preface else 0
         self._header = bytearray()  # an incomplete 9-byte frame header
@@ -65,7 +78,9 @@ class HeaderBlockGuard:
         """A frame or a header block has started and not yet finished."""
         return self.block_open or bool(self._skip) or bool(self._header) or bool(self._headers_start)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, now: float = 0.0) -> None:
+        """Look at the next bytes of the connection; ``now`` (monotonic seconds) prices control frames."""
+        self._now = now
         position, size = 0, len(data)
         if self._preface_left:
             taken = min(self._preface_left, size)
@@ -82,6 +97,8 @@ class HeaderBlockGuard:
             high, low, kind, flags, _ = unpack(data, position)
             length = (high << 8) | low
             position += 9
+            if kind in _COUNTED:
+                self._count(kind, flags)
             if kind > FrameType.CONTINUATION or (
                 kind not in (FrameType.HEADERS, FrameType.CONTINUATION) and not self.block_open
             ):  # the common case (DATA, WINDOW_UPDATE, PING...): pass over the payload
@@ -112,8 +129,16 @@ class HeaderBlockGuard:
         if len(self._header) == 9:
             high, low, kind, flags, _ = _FRAME_HEADER.unpack(self._header)
             self._header.clear()
+            if kind in _COUNTED:
+                self._count(kind, flags)
             self._frame_started(kind, flags, (high << 8) | low)
         return position
+
+    def _count(self, kind: int, flags: int) -> None:
+        if kind == FrameType.WINDOW_UPDATE:
+            self.window_updates += 1
+        elif not flags & Flag.ACK and self._control is not None and not self._control.spend(self._now):
+            raise GuardViolation(ErrorCode.ENHANCE_YOUR_CALM, "too many PING or SETTINGS frames")
 
     def _frame_started(self, kind: int, flags: int, length: int) -> None:
         self._kind, self._skip = kind, length
@@ -174,11 +199,11 @@ class HeaderBlockGuard:
             )
 
 
-class ResetBudget:
-    """Stream resets a client may send: ``rate`` per second on average, ``burst`` at once (a token bucket).
-
-    Rapid reset (open a stream, cancel it, repeat) costs the pod a runtime call per stream while the
-    client pays two frames; a client past its budget is told ENHANCE_YOUR_CALM and disconnected.
+class FrameBudget:
+    """Frames of one kind a client may send: ``rate`` per second on average, ``burst`` at once (a token
+    bucket). Stream resets: rapid reset (open a stream, cancel it, repeat) costs the pod a runtime call per
+    stream while the client pays two frames. PING and SETTINGS: each makes the pod write an ACK. A client
+    past its budget is told ENHANCE_YOUR_CALM and disconnected.
     """
 
     def __init__(self, rate_per_s: float, burst: float) -> None:

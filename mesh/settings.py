@@ -116,6 +116,12 @@ OPTIONS: tuple[Option, ...] = (
         "200",
         "stream resets a client may send per second (burst: twice the concurrent streams)",
     ),
+    Option(
+        "--max-control-frames-per-s",
+        "MM_MAX_CONTROL_FRAMES_PER_S",
+        "1000",
+        "PING and SETTINGS frames a client may send per second (burst: twice that)",
+    ),
     Option("--handshake-timeout-s", "MM_HANDSHAKE_TIMEOUT_S", "10", "time for a preface + SETTINGS"),
     Option("--idle-timeout-s", "MM_IDLE_TIMEOUT_S", "300", "close a connection with no open stream after"),
     Option(
@@ -166,6 +172,7 @@ class Settings:
     write_buffer_bytes: int = 1024 * 1024
     max_buffered_bytes: int = 64 * 1024 * 1024
     max_resets_per_s: float = 200.0
+    max_control_frames_per_s: float = 1000.0
     handshake_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     request_read_timeout_s: float = 30.0

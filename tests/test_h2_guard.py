@@ -6,7 +6,7 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, SettingsFrame
 
-from mesh.h2_guard import GuardViolation, HeaderBlockGuard, ResetBudget, leading_table_updates
+from mesh.h2_guard import FrameBudget, GuardViolation, HeaderBlockGuard, leading_table_updates
 from mesh.h2_wire import PREFACE, ErrorCode
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")]
@@ -132,9 +132,35 @@ def test_half_a_frame_is_partial() -> None:
 
 
 def test_reset_budget_allows_a_burst_then_the_rate() -> None:
-    budget = ResetBudget(rate_per_s=10, burst=5)
+    budget = FrameBudget(rate_per_s=10, burst=5)
     assert all(budget.spend(100.0) for _ in range(5))
     assert not budget.spend(100.0)
     assert budget.spend(100.2)  # 0.2 s at 10/s earned two, one of them spent paying back the overdraft
-    later = ResetBudget(rate_per_s=10, burst=5)
+    later = FrameBudget(rate_per_s=10, burst=5)
     assert all(later.spend(100.0 + i * 0.1) for i in range(100))  # at the rate, never refused
+
+
+def test_ping_and_settings_frames_past_their_budget_are_refused() -> None:
+    checker = HeaderBlockGuard(1000, 4, FrameBudget(rate_per_s=10, burst=20))
+    checker.feed(PREFACE, now=1.0)
+    ping = bytes(PingFrame(0, opaque_data=b"12345678").serialize())
+    checker.feed(ping * 20, now=1.0)
+    acks = PingFrame(0, opaque_data=b"12345678")
+    acks.flags.add("ACK")
+    checker.feed(bytes(acks.serialize()) * 100, now=1.0)  # ACKs ask for nothing: free
+    with pytest.raises(GuardViolation) as refused:
+        checker.feed(bytes(SettingsFrame(0).serialize()), now=1.0)
+    assert refused.value.code is ErrorCode.ENHANCE_YOUR_CALM
+    later = HeaderBlockGuard(1000, 4, FrameBudget(rate_per_s=10, burst=20))
+    for second in range(30):
+        later.feed((PREFACE if not second else b"") + ping * 10, now=float(second))  # at the rate: fine
+
+
+def test_window_updates_are_counted_however_the_bytes_are_split() -> None:
+    from hyperframe.frame import WindowUpdateFrame
+
+    data = PREFACE + bytes(WindowUpdateFrame(0, window_increment=1).serialize()) * 7
+    checker = guard()
+    for start in range(0, len(data), 5):
+        checker.feed(data[start : start + 5])
+    assert checker.window_updates == 7
