@@ -44,9 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STREAM_WINDOW = 1 << 20
-# A client's WINDOW_UPDATEs are weighed against the DATA frames sent to it: each costs the pod a parse.
+# A client's WINDOW_UPDATEs are weighed against the streams it opened (grpc raises each stream's window as
+# it opens it) and the DATA frames sent to it: each costs the pod a parse.
 WINDOW_UPDATES_FREE = 100
-WINDOW_UPDATES_PER_DATA = 10
+WINDOW_UPDATES_PER_FRAME = 10
 # DATA waits for the client's window to hold this much (or the rest of the answer): a window opened a byte
 # at a time must not cost a frame per byte.
 MIN_DATA_FRAME = 1024  # per-stream receive window advertised to clients
@@ -154,8 +155,13 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self._guard.feed(data, time.monotonic())
-            if self._guard.window_updates > WINDOW_UPDATES_FREE + WINDOW_UPDATES_PER_DATA * self._data_sent:
-                raise GuardViolation(ErrorCode.ENHANCE_YOUR_CALM, "too many WINDOW_UPDATE frames")
+            guard = self._guard
+            allowed = WINDOW_UPDATES_FREE + WINDOW_UPDATES_PER_FRAME * (self._data_sent + guard.header_blocks)
+            if guard.window_updates > allowed:
+                raise GuardViolation(
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                    f"{guard.window_updates} WINDOW_UPDATE frames for {self._data_sent} DATA frames sent",
+                )
             events = self._h2.receive_data(data)
         except GuardViolation as e:
             log.info("front: closing a client connection: %s", e)

@@ -11,7 +11,8 @@ the block is buffered or decoded:
 - more than two table-size updates at the start of a block (RFC 7541 §4.2 allows two): COMPRESSION_ERROR;
 - PING and SETTINGS frames (each asks for an ACK) past their budget: ENHANCE_YOUR_CALM.
 
-It also counts WINDOW_UPDATE frames, which the connection weighs against the DATA frames it sends.
+It also counts WINDOW_UPDATE frames, which the connection weighs against the streams opened and the DATA
+frames it sends.
 
 Everything else (the preface, frame sizes, which frame may follow which) is left to ``h2``.
 """
@@ -59,6 +60,7 @@ class HeaderBlockGuard:
         self._max_block = max_block_bytes
         self._control = control_budget
         self.window_updates = 0
+        self.header_blocks = 0  # HEADERS frames: each stream opened (or its trailers)
         self._now = 0.0
         self._max_continuations = max_continuations
         self._preface_left = len(PREFACE) if expect_preface else 0
@@ -143,6 +145,7 @@ class HeaderBlockGuard:
     def _frame_started(self, kind: int, flags: int, length: int) -> None:
         self._kind, self._skip = kind, length
         if kind == FrameType.HEADERS:
+            self.header_blocks += 1
             self.block_open = not flags & Flag.END_HEADERS
             self._prefix.clear()
             self._block_bytes, self._continuations = length, 0

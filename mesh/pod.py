@@ -30,7 +30,7 @@ from mesh.leader import LeaderTasks
 from mesh.local_models import ModelLoader
 from mesh.management import ModelMeshServicer
 from mesh.peers import PeerHealth, PeerPool
-from mesh.proxy import InferenceProxy, MethodTable, PeerHandler, grpc_server_options
+from mesh.proxy import InferenceProxy, MethodTable, PeerHandler
 from mesh.rates import RateTracker
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.rest_gateway import RestGateway
@@ -38,6 +38,7 @@ from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
 from mesh.runtime_watch import RuntimeWatch
 from mesh.scaler import CopyScaler
+from mesh.server_limits import RestLimits, grpc_server_options
 from mesh.serving_worker import (
     DELEGATE_ENV,
     METHODS_ENV,
@@ -79,8 +80,9 @@ def instance_record(settings: Settings, loader: ModelLoader, router: Router, sta
     )
 
 
-def grpc_server(max_message_bytes: int, reuse_port: bool = False) -> grpc.aio.Server:
-    return grpc.aio.server(options=grpc_server_options(max_message_bytes, reuse_port))
+def grpc_server(settings: Settings, *, public: bool, reuse_port: bool = False) -> grpc.aio.Server:
+    """public: a port clients or peers connect to; else a unix socket behind the front (server_limits)."""
+    return grpc.aio.server(options=grpc_server_options(settings, public=public, reuse_port=reuse_port))
 
 
 def start_serving_processes(
@@ -208,28 +210,35 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             VERSION,
             settings.max_message_bytes,
             front_counts=(lambda: front_counts(front, internal_front)) if front is not None else None,
+            limits=RestLimits.from_settings(settings),
         )
-        server = grpc_server(settings.max_message_bytes, reuse_port=settings.serving_processes > 1)
-        transitions = Transitions(store, table, router)
-        servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
-        servicer.add_to_server(server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        mesh_service = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
-        reflection.enable_server_reflection(
-            (mesh_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        server.add_generic_rpc_handlers(
-            (InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION),)
-        )
+        # The external port (--front=grpc) takes clients: the client limits. The unix socket behind the
+        # front and the workers takes their few connections, which carry every stream they relay.
+        servers: list[grpc.aio.Server] = []
         if front is None:
-            server.add_insecure_port(settings.address)
+            external = grpc_server(settings, public=True, reuse_port=settings.serving_processes > 1)
+            external.add_insecure_port(settings.address)
+            servers.append(external)
         if settings.serving_processes > 1 or front is not None:  # they relay what they do not serve
+            relay = grpc_server(settings, public=False)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(relay_path(settings))
-            server.add_insecure_port(delegate_address(settings))
+            relay.add_insecure_port(delegate_address(settings))
+            servers.append(relay)
+        transitions = Transitions(store, table, router)
+        servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
+        health_servicer = health.aio.HealthServicer()
+        mesh_service = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
+        proxy = InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION)
+        for server in servers:
+            servicer.add_to_server(server)
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (mesh_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            server.add_generic_rpc_handlers((proxy,))
         # Peers reach this pod on a port of its own: what arrives there is served here, never forwarded.
-        internal = grpc_server(settings.max_message_bytes)
+        internal = grpc_server(settings, public=internal_front is None)
         internal.add_generic_rpc_handlers((PeerHandler(router, runtime, methods),))
         if internal_front is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -238,7 +247,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         else:
             internal.add_insecure_port(f"{settings.host}:{settings.internal_port}")
         await internal.start()
-        await server.start()
+        for server in servers:
+            await server.start()
         if front is not None and internal_front is not None:
             await front.start(settings.host, settings.grpc_port, reuse_port=settings.serving_processes > 1)
             await internal_front.start(settings.host, settings.internal_port)
@@ -290,7 +300,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         for serving_front in (front, internal_front):
             if serving_front is not None:
                 await serving_front.stop(grace_s=5)
-        await server.stop(grace=5)
+        for server in servers:
+            await server.stop(grace=5)
         await internal.stop(grace=5)
         for task in (keep_alive, scaling, leader, watching):
             task.cancel()

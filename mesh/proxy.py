@@ -58,11 +58,6 @@ def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def grpc_server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
-    # Without --serving-processes, a port in use is an error, not a silent share.
-    return [*message_size_options(max_message_bytes), ("grpc.so_reuseport", int(reuse_port))]
-
-
 def forwarded_metadata(metadata: Metadata) -> list[tuple[str, str | bytes]]:
     return [(k, v) for k, v in metadata if not k.startswith(_DROP_HEADER_PREFIXES) and k not in _DROP_HEADERS]
 

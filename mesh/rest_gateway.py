@@ -2,24 +2,28 @@
 
 The model is the ``mm-model-id`` / ``mm-vmodel-id`` header, else the name in the
 path; the runtime's REST port sees the concrete id in the path. Bodies are not
-parsed. Server-level paths and model readiness are answered by the mesh.
+parsed, beyond checking that an infer request's JSON is well formed before it is
+routed (mesh/server_limits.py: limits, body reading). Server-level paths and
+model readiness are answered by the mesh.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from urllib.parse import quote
 
 import aiohttp
 import grpc
 from aiohttp import web
 
+from mesh.copy_check import RuntimeNotFound, rest_not_found
 from mesh.dispatch import Router
 from mesh.errors import MeshError, Reroute
 from mesh.local_models import LoadClaimed
 from mesh.peers import AVOID_HEADER, INTERNAL_MODEL_HEADER, LOAD_FAILED_TRAILER, REDIRECT_TRAILER
+from mesh.server_limits import GuardedListener, RestLimits, guard_middleware, read_body
 from mesh.target import RequestTarget, TargetError, header_target, name_target
 
 log = logging.getLogger(__name__)
@@ -35,15 +39,33 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-# Headers of this hop or ours; the rest reach the runtime.
+# Headers of this hop or ours; the rest reach the runtime. The body is forwarded decoded (aiohttp decodes
+# a gzip/deflate/br Content-Encoding), so its encoding is not passed on.
 _KEPT_RESPONSE_HEADERS = frozenset({"content-type", REDIRECT_TRAILER, LOAD_FAILED_TRAILER})
 _DROPPED = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"}
+    {
+        "host",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+    }
 )
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class RuntimeReply(Exception):
+    """The runtime's REST answer, carried through the router as RuntimeNotFound's answer."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.text)
+        self.response = response
 
 
 class RestGateway:
@@ -55,6 +77,7 @@ class RestGateway:
         version: str,
         max_body_bytes: int,
         front_counts: Callable[[], dict[str, int]] | None = None,
+        limits: RestLimits | None = None,
     ) -> None:
         self._router = router
         self._front_counts = front_counts
@@ -62,12 +85,21 @@ class RestGateway:
         self._metadata = {"name": server_name, "version": version, "extensions": []}
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
-        self.app = web.Application(client_max_size=max_body_bytes)
+        self._listeners: list[GuardedListener] = []
+        self._max_body_bytes = max_body_bytes
+        self.limits = limits or RestLimits()
+        header_bytes = self.limits.max_header_list_bytes
+        self.app = web.Application(
+            client_max_size=max_body_bytes, middlewares=[guard_middleware(header_bytes)]
+        )
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         # Peers forward REST requests to a listener of its own, as gRPC ones go to the internal port:
         # the public port never takes an mm-internal-model header at its word.
-        self.internal_app = web.Application(client_max_size=max_body_bytes)
+        # (What a peer forwards carries the client's headers and its own: twice the client's limit.)
+        self.internal_app = web.Application(
+            client_max_size=max_body_bytes, middlewares=[guard_middleware(2 * header_bytes)]
+        )
         self.internal_app.add_routes(
             [
                 web.get(model, self._serve_forwarded),
@@ -93,14 +125,23 @@ class RestGateway:
         )
 
     async def start(self, host: str, port: int, internal_port: int) -> None:
+        """Both listeners, each behind a connection guard (mesh/server_limits.py): cap, request deadline."""
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        for app, app_port in ((self.app, port), (self.internal_app, internal_port)):
-            runner = web.AppRunner(app, access_log=None)
+        internal_limits = replace(self.limits, max_header_list_bytes=2 * self.limits.max_header_list_bytes)
+        for app, app_port, limits in (
+            (self.app, port, self.limits),
+            (self.internal_app, internal_port, internal_limits),
+        ):
+            runner = web.AppRunner(app, access_log=None, **limits.handler_args())
             await runner.setup()
             self._runners.append(runner)
-            await web.TCPSite(runner, host, app_port).start()
+            listener = GuardedListener(runner, limits)
+            await listener.start(host, app_port)
+            self._listeners.append(listener)
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
         for runner in self._runners:
             await runner.cleanup()
         if self._session is not None:
@@ -138,12 +179,16 @@ class RestGateway:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         if self._session is None or not self._runtime_base:
             return error(501, "REST inference needs the runtime's REST address (--runtime-rest)")
-        body = await request.read()
+        body = await self._read_body(request, check_json=request.path.endswith("/infer"))
+        if isinstance(body, web.Response):
+            return body
         try:
             model_id = await self._router.model_id_after_miss(self._target(request))
 
             async def here() -> web.Response:
                 response = await self._call(self._runtime_base, request, model_id, body, internal=False)
+                if rest_not_found(response.status):  # lost copy, or the request's own: the router asks
+                    raise RuntimeNotFound(RuntimeReply(response), f"{response.status} {response.text}")
                 if response.status == 503:  # the runtime here is down: another copy may serve
                     raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, "runtime unavailable"))
                 return response
@@ -158,6 +203,8 @@ class RestGateway:
                 )
 
             return await self._router.route(model_id, None, here, there)
+        except RuntimeReply as reply:  # the runtime has the model: its 404 is the request's own
+            return reply.response
         except TargetError as e:
             return error(400, str(e))
         except MeshError as e:
@@ -170,18 +217,36 @@ class RestGateway:
             return error(
                 400, f"forwarded request without {INTERNAL_MODEL_HEADER}, or no runtime REST address"
             )
-        body = await request.read()
+        body = await self._read_body(request)  # the forwarding pod checked its JSON
+        if isinstance(body, web.Response):
+            return body
         avoid = request.headers.get(AVOID_HEADER, "")
         self._router.heard_unreachable(p for p in avoid.split(",") if p)
         await self._router.caught_up(model_id)
-        try:
-            await self._router.ensure_local(model_id, None)
-        except LoadClaimed as e:
-            return error(409, e.message, {REDIRECT_TRAILER: e.holder})
-        except MeshError as e:
-            return error(HTTP_STATUS.get(e.code, 500), e.message, {LOAD_FAILED_TRAILER: "1"})
-        with self._router.serving(model_id):
-            return await self._call(self._runtime_base, request, model_id, body, internal=False)
+        for repaired in (False, True):
+            try:
+                await self._router.ensure_local(model_id, None)
+            except LoadClaimed as e:
+                return error(409, e.message, {REDIRECT_TRAILER: e.holder})
+            except MeshError as e:
+                return error(HTTP_STATUS.get(e.code, 500), e.message, {LOAD_FAILED_TRAILER: "1"})
+            generation = self._router.copy_generation(model_id)
+            with self._router.serving(model_id):
+                response = await self._call(self._runtime_base, request, model_id, body, internal=False)
+            # served; or the request's own 404 (the runtime has the model); or reloading did not help
+            if (
+                not rest_not_found(response.status)
+                or not await self._router.copy_lost(
+                    model_id, generation, f"{response.status} {response.text}"
+                )
+                or repaired
+            ):
+                return response
+        raise AssertionError("unreachable")  # the second pass returns
+
+    async def _read_body(self, request: web.Request, check_json: bool = False) -> bytes | web.Response:
+        """The body, within the size limit and the request deadline; or the JSON error to answer."""
+        return await read_body(request, self._max_body_bytes, self.limits.request_read_timeout_s, check_json)
 
     async def _call(
         self,

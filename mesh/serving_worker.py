@@ -49,12 +49,12 @@ from mesh.proxy import (
     MethodTable,
     call_runtime,
     forwarded_metadata,
-    grpc_server_options,
     message_size_options,
 )
 from mesh.records import InstanceRecord
 from mesh.routing import RoutingTable
 from mesh.runtime_client import RuntimeClient
+from mesh.server_limits import grpc_server_options
 from mesh.settings import Settings, parse_settings
 from mesh.store import EtcdStore
 from mesh.target import RequestTarget, TargetError, request_target
@@ -307,7 +307,7 @@ async def start_grpc_worker(
     peer_health: PeerHealth,
 ) -> Callable[[], Awaitable[None]]:
     """--front=grpc: the worker's own grpc.aio server on the pod's port; returns how to stop it."""
-    server = grpc.aio.server(options=grpc_server_options(settings.max_message_bytes, reuse_port=True))
+    server = grpc.aio.server(options=grpc_server_options(settings, public=True, reuse_port=True))
     health_checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
     reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed

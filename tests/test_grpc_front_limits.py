@@ -1,0 +1,473 @@
+"""Limits of the pod's grpc.aio servers (mesh/server_limits.py ``grpc_server_options``) against raw HTTP/2.
+
+First a grpc server in this process with the options, public and relay; then a pod with ``--front=grpc``,
+whose external port is grpc.aio itself: a client holding streams past ``--max-concurrent-streams``,
+connections past ``--max-connections``, a connection that never says hello, an idle one, a ping flood,
+metadata past ``--max-header-list-bytes`` — each while a normal client is served on its own connection,
+and the pod's open file descriptors back where they were once the attacker is gone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import hpack
+import pytest
+from hyperframe.frame import (
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
+from tritonclient.grpc import service_pb2 as v2
+
+from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
+from load_tests.hop import infer_request, register
+from load_tests.processes import EchoProcess, start_echo_pod
+from mesh.devcluster import EtcdServer, PodProcess
+from mesh.h2_wire import PREFACE, ErrorCode
+from mesh.server_limits import grpc_server_options
+from mesh.settings import Settings
+from tests.support import poll_until
+
+STREAMS = 8  # --max-concurrent-streams
+CONNECTIONS = 16  # --max-connections
+HEADER_BYTES = 4096  # --max-header-list-bytes
+HANDSHAKE_S = 1.0  # --handshake-timeout-s
+IDLE_S = 3.0  # --idle-timeout-s
+LIMIT_FLAGS = [
+    f"--max-concurrent-streams={STREAMS}",
+    f"--max-connections={CONNECTIONS}",
+    f"--max-header-list-bytes={HEADER_BYTES}",
+    f"--handshake-timeout-s={HANDSHAKE_S:g}",
+    f"--idle-timeout-s={IDLE_S:g}",
+]
+LIMITS = Settings(
+    max_concurrent_streams=STREAMS,
+    max_connections=CONNECTIONS,
+    max_header_list_bytes=HEADER_BYTES,
+    handshake_timeout_s=HANDSHAKE_S,
+    idle_timeout_s=IDLE_S,
+)
+ECHO_METHOD = "/test.Echo/Call"
+SLOWEST_S = 5.0  # no answer to the normal client may take longer than this during an attack
+
+
+class RawH2:
+    """One client connection written frame by frame (hyperframe, hpack): it does what clients must not."""
+
+    def __init__(self, address: str, answers: bool = True) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self._answers = answers  # acknowledge the server's SETTINGS and PINGs (else: send nothing at all)
+        self._encoder = hpack.Encoder()
+        self._buffer = b""
+        self.closed = False
+        self.remote_settings = False  # the server's SETTINGS arrived (and were acknowledged)
+        self.settings_acked = False  # the server acknowledged ours
+        self.pings_acked: set[bytes] = set()
+        self.resets: dict[int, int] = {}  # stream -> error code of the server's RST_STREAM
+        self.answered: set[int] = set()  # streams the server sent HEADERS on
+        self.goaway: GoAwayFrame | None = None
+
+    def send(self, *frames: Frame) -> None:
+        self.sock.sendall(b"".join(frame.serialize() for frame in frames))
+
+    def preface(self) -> None:
+        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+
+    def handshake(self) -> None:
+        """Preface and SETTINGS both ways, then a PING round trip: the server has applied our ACK."""
+        self.preface()
+        self.until(lambda: self.remote_settings and self.settings_acked, 10, "SETTINGS exchanged")
+        self.ping(b"hello-ok")
+        self.until(lambda: b"hello-ok" in self.pings_acked, 10, "PING acknowledged")
+
+    def ping(self, data: bytes) -> None:
+        self.send(PingFrame(0, data))
+
+    def open_stream(self, stream_id: int, path: str, extra: list[tuple[str, str]] | None = None) -> None:
+        """A request's HEADERS without END_STREAM: the stream stays open, waiting for a message."""
+        block = self._encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "limits-test"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *(extra or []),
+            ]
+        )
+        self.send(HeadersFrame(stream_id, data=block, flags=["END_HEADERS"]))
+
+    def read(self, timeout_s: float) -> None:
+        """Take what arrives within ``timeout_s`` (at most one recv) and act on its frames."""
+        if self.closed:
+            return
+        self.sock.settimeout(max(0.01, timeout_s))
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        except OSError:  # reset
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        self._buffer += data
+        while len(self._buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self._buffer[:9]))
+            if len(self._buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(self._buffer[9 : 9 + length]))
+            self._buffer = self._buffer[9 + length :]
+            self._on_frame(frame)
+
+    def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, SettingsFrame):
+            if "ACK" in frame.flags:
+                self.settings_acked = True
+            else:
+                self.remote_settings = True
+                if self._answers:
+                    self.send(SettingsFrame(0, flags=["ACK"]))
+        elif isinstance(frame, PingFrame):
+            if "ACK" in frame.flags:
+                self.pings_acked.add(bytes(frame.opaque_data))
+            elif self._answers:
+                self.send(PingFrame(0, frame.opaque_data, flags=["ACK"]))
+        elif isinstance(frame, RstStreamFrame):
+            self.resets[frame.stream_id] = frame.error_code
+        elif isinstance(frame, HeadersFrame):
+            self.answered.add(frame.stream_id)
+        elif isinstance(frame, GoAwayFrame):
+            self.goaway = frame
+
+    def until(self, check: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed:
+                if check():
+                    return
+                raise AssertionError(f"{what}: not within {timeout_s}s (closed={self.closed})")
+            self.read(min(remaining, 0.2))
+
+    def settle(self, seconds: float) -> None:
+        """Read whatever the server sends for ``seconds`` (to see that something does NOT happen)."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0 and not self.closed:
+            self.read(min(remaining, 0.2))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Beside:
+    """A normal client calling in a loop on its own connection while an attack runs."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._call = call
+        self._stop = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._call()
+                self.latencies.append(time.monotonic() - started)
+            except Exception as e:
+                self.failures.append(repr(e))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Beside:
+        self._thread.start()
+        poll_until(lambda: len(self.latencies) >= 3 or bool(self.failures), 30, "normal client served")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        done = len(self.latencies)
+        if kind is None:  # the attack is over: the client is still served after it
+            poll_until(lambda: len(self.latencies) >= done + 3 or bool(self.failures), 30, "served after")
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if kind is None:
+            assert not self.failures, self.failures[:5]
+            assert max(self.latencies) < SLOWEST_S, f"slowest answer {max(self.latencies):.2f}s"
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --- the options on a grpc server in this process -------------------------------------------------------
+
+
+def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+class EchoHandler(grpc.GenericRpcHandler):
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return grpc.unary_unary_rpc_method_handler(echo)
+
+
+@dataclass
+class LocalServer:
+    address: str
+    server: grpc.Server
+
+
+def local_server(public: bool) -> Iterator[LocalServer]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=64),  # a stream waiting for its message holds a thread
+        options=grpc_server_options(LIMITS, public=public, reuse_port=False),
+    )
+    server.add_generic_rpc_handlers((EchoHandler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield LocalServer(f"127.0.0.1:{port}", server)
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture
+def public_server() -> Iterator[LocalServer]:
+    yield from local_server(public=True)
+
+
+@pytest.fixture
+def relay_server() -> Iterator[LocalServer]:
+    yield from local_server(public=False)
+
+
+def call_echo(address: str, metadata: tuple[tuple[str, str], ...] = ()) -> bytes:
+    with grpc.insecure_channel(address) as channel:
+        response: bytes = channel.unary_unary(ECHO_METHOD)(b"ping", metadata=metadata, timeout=10)
+        return response
+
+
+def open_streams(client: RawH2, count: int, path: str = ECHO_METHOD) -> list[int]:
+    ids = [1 + 2 * n for n in range(count)]
+    for stream_id in ids:
+        client.open_stream(stream_id, path)
+    return ids
+
+
+def test_public_options_refuse_streams_past_the_limit(public_server: LocalServer) -> None:
+    client = RawH2(public_server.address)
+    try:
+        client.handshake()
+        ids = open_streams(client, STREAMS + 4)
+        extra = ids[STREAMS:]
+        client.until(lambda: all(s in client.resets for s in extra), 10, "extra streams refused")
+        assert {client.resets[s] for s in extra} == {ErrorCode.REFUSED_STREAM}
+        assert not any(s in client.resets for s in ids[:STREAMS])
+        assert call_echo(public_server.address) == b"ping"  # another connection is served
+    finally:
+        client.close()
+
+
+def test_relay_options_take_every_stream_the_front_relays(relay_server: LocalServer) -> None:
+    client = RawH2(relay_server.address)
+    try:
+        client.handshake()
+        open_streams(client, 4 * STREAMS)
+        client.settle(1.0)
+        assert client.resets == {} and not client.closed
+        # the relay takes what the front let through, and what the pods add to it
+        assert call_echo(relay_server.address, (("x-big", "v" * (HEADER_BYTES + 1000)),)) == b"ping"
+    finally:
+        client.close()
+
+
+def test_public_options_bound_metadata(public_server: LocalServer) -> None:
+    assert call_echo(public_server.address, (("x-fits", "v" * (HEADER_BYTES // 2)),)) == b"ping"
+    with pytest.raises(grpc.RpcError):
+        call_echo(public_server.address, (("x-big", "v" * (HEADER_BYTES + 1000)),))
+
+
+def test_public_options_close_a_silent_connection(public_server: LocalServer) -> None:
+    client = RawH2(public_server.address, answers=False)  # sends nothing: no preface, no SETTINGS
+    started = time.monotonic()
+    try:
+        client.until(lambda: client.closed, HANDSHAKE_S + 10, "closed by the server")
+        assert time.monotonic() - started < HANDSHAKE_S + 5
+    finally:
+        client.close()
+
+
+# --- a pod whose external port is grpc.aio (--front=grpc) -----------------------------------------------
+
+
+@dataclass
+class GrpcPod:
+    pod: PodProcess
+    echo: EchoProcess
+
+    @property
+    def pid(self) -> int:
+        return self.pod.process.pid
+
+
+@pytest.fixture(scope="module")
+def grpc_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcPod]:
+    work: Path = tmp_path_factory.mktemp("grpc-limits")
+    etcd = EtcdServer.start(work / "etcd")
+    echo: EchoProcess | None = None
+    pod: PodProcess | None = None
+    try:
+        echo = EchoProcess.start(work / "echo", "echo")
+        pod = start_echo_pod(work / "pod", etcd, echo, "pod-grpc", extra_args=["--front=grpc", *LIMIT_FLAGS])
+        register(pod.address, "echo-1", MODEL_TYPE, "size=1000")
+        yield GrpcPod(pod, echo)
+    finally:
+        if pod is not None:
+            pod.process.stop()
+        if echo is not None:
+            echo.stop()
+        etcd.process.stop()
+
+
+@pytest.fixture
+def served(grpc_pod: GrpcPod) -> Iterator[Beside]:
+    """A normal client inferring echo-1 through its own channel for the whole test."""
+    channel = grpc.insecure_channel(grpc_pod.pod.address)
+    infer = channel.unary_unary(INFER_METHOD)
+    request = infer_request("echo-1")
+
+    def call() -> None:
+        response = v2.ModelInferResponse()
+        response.ParseFromString(infer(request, timeout=10))
+        assert response.model_name == "echo-1"
+
+    try:
+        with Beside(call) as beside:
+            yield beside
+    finally:
+        channel.close()
+
+
+def said_hello(client: RawH2) -> bool:
+    return client.closed or (client.remote_settings and client.settings_acked)
+
+
+def fds_back(grpc_pod: GrpcPod, baseline: int) -> None:
+    poll_until(lambda: open_fds(grpc_pod.pid) <= baseline + 2, 30, f"pod fds back to {baseline}")
+
+
+@pytest.mark.integration
+def test_a_client_past_the_stream_limit_is_refused_the_extra_streams(
+    grpc_pod: GrpcPod, served: Beside
+) -> None:
+    baseline = open_fds(grpc_pod.pid)
+    client = RawH2(grpc_pod.pod.address)
+    try:
+        client.handshake()
+        ids = open_streams(client, STREAMS + 4, "/inference.GRPCInferenceService/ServerLive")
+        extra = ids[STREAMS:]
+        client.until(lambda: all(s in client.resets for s in extra), 10, "extra streams refused")
+        assert {client.resets[s] for s in extra} == {ErrorCode.REFUSED_STREAM}
+        client.settle(0.5)
+        assert not any(s in client.resets for s in ids[:STREAMS]), client.resets  # still open, waiting
+        assert not client.closed
+    finally:
+        client.close()
+    fds_back(grpc_pod, baseline)
+
+
+@pytest.mark.integration
+def test_connections_past_the_cap_are_closed_as_they_arrive(grpc_pod: GrpcPod, served: Beside) -> None:
+    baseline = open_fds(grpc_pod.pid)
+    clients: list[RawH2] = []
+    try:
+        for n in range(CONNECTIONS + 8):
+            client = RawH2(grpc_pod.pod.address)
+            clients.append(client)
+            client.preface()
+            client.until(functools.partial(said_hello, client), 10, "SETTINGS exchanged, or closed")
+            if not client.closed:
+                client.open_stream(1, "/inference.GRPCInferenceService/ServerLive")  # busy: not idle
+            assert n < CONNECTIONS or client.closed, f"connection {n + 1} past the cap was kept"
+        kept = [c for c in clients if not c.closed]
+        # the normal client holds one connection of the cap
+        assert CONNECTIONS - 2 <= len(kept) <= CONNECTIONS - 1, len(kept)
+    finally:
+        for client in clients:
+            client.close()
+    fds_back(grpc_pod, baseline)
+    client = RawH2(grpc_pod.pod.address)  # room again
+    try:
+        client.handshake()
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_a_connection_that_never_says_hello_is_closed(grpc_pod: GrpcPod, served: Beside) -> None:
+    baseline = open_fds(grpc_pod.pid)
+    client = RawH2(grpc_pod.pod.address, answers=False)  # sends nothing: no preface, no SETTINGS
+    started = time.monotonic()
+    try:
+        client.until(lambda: client.closed, HANDSHAKE_S + 10, "closed by the server")
+        assert time.monotonic() - started < HANDSHAKE_S + 5
+    finally:
+        client.close()
+    fds_back(grpc_pod, baseline)
+
+
+@pytest.mark.integration
+def test_an_idle_connection_is_sent_away(grpc_pod: GrpcPod, served: Beside) -> None:
+    client = RawH2(grpc_pod.pod.address)
+    started = time.monotonic()
+    try:
+        client.handshake()
+        client.until(lambda: client.goaway is not None, IDLE_S + 10, "GOAWAY on the idle connection")
+        assert time.monotonic() - started < IDLE_S + 5
+        client.until(lambda: client.closed, 10, "closed after GOAWAY")
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_a_ping_flood_is_sent_away(grpc_pod: GrpcPod, served: Beside) -> None:
+    client = RawH2(grpc_pod.pod.address)
+    try:
+        client.handshake()
+        for n in range(10):
+            client.ping(b"flood%03d" % n)
+        client.until(lambda: client.goaway is not None, 10, "GOAWAY after the flood")
+        assert client.goaway is not None
+        assert client.goaway.error_code == ErrorCode.ENHANCE_YOUR_CALM
+        assert b"too_many_pings" in bytes(client.goaway.additional_data)
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_metadata_past_the_header_limit_is_refused(grpc_pod: GrpcPod, served: Beside) -> None:
+    with grpc.insecure_channel(grpc_pod.pod.address) as channel:
+        infer = channel.unary_unary(INFER_METHOD)
+        fits = (("x-fits", "v" * (HEADER_BYTES // 2)),)
+        assert infer(infer_request("echo-1"), metadata=fits, timeout=10)
+        with pytest.raises(grpc.RpcError):
+            infer(infer_request("echo-1"), metadata=(("x-big", "v" * (HEADER_BYTES + 1000)),), timeout=10)
