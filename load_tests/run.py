@@ -247,6 +247,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         *goal_rows(results),
         "",
         *shortfall_lines(results),
+        *[line for note in meta.get("notes", []) for line in (note, "")],
     ]
     hop = results.get("hop")
     if hop:
