@@ -7,7 +7,7 @@ size it names; inference answers a loaded model with one precomputed response
 says what the model is: ``size=<bytes>[;load_ms=<ms>]``.
 
 ``/echo.Stats/Get`` returns JSON: loads per model, unloads, models held — what
-the cache and cold-start scenarios count.
+the cache and cold-start scenarios count — and ModelInfer calls per model id asked for.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class EchoRuntime(spi_grpc.ModelRuntimeServicer):
         self.responses: dict[str, bytes] = {}  # model id -> its one answer (the hot path is a dict lookup)
         self.loads: Counter[str] = Counter()
         self.unloads = 0
+        self.infers: Counter[str] = Counter()  # ModelInfer calls per model id in field 1, answered or not
 
     async def loadModel(
         self, request: spi.LoadModelRequest, context: grpc.aio.ServicerContext
@@ -120,7 +121,12 @@ class EchoRuntime(spi_grpc.ModelRuntimeServicer):
 
     def stats(self) -> bytes:
         return json.dumps(
-            {"loads": dict(self.loads), "unloads": self.unloads, "loaded": sorted(self.models)}
+            {
+                "loads": dict(self.loads),
+                "unloads": self.unloads,
+                "loaded": sorted(self.models),
+                "infers": dict(self.infers),
+            }
         ).encode()
 
 
@@ -144,6 +150,7 @@ class EchoInference(grpc.GenericRpcHandler):
             model_id = read_string_field(request, 1) or ""
         except WireFormatError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self._runtime.infers[model_id] += 1
         response = self._runtime.responses.get(model_id)
         if response is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {model_id} is not loaded")

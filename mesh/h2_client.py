@@ -62,6 +62,7 @@ _CONFIG = h2.config.H2Configuration(
 )
 _UNREAD, _UPSTREAM = "unread", "upstream"  # why reading a client is paused
 _SENT_CLOSED = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
+_SLICE_BYTES = 16384  # bytes handed to h2 at a time (see data_received)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ class ClientConnection(asyncio.Protocol):
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             },
         )
+        # Replacing local_settings is not a settings change h2 applies to its own decoder: set it here.
+        self._h2.decoder.max_header_list_size = limits.max_header_list_bytes
         self._guard = HeaderBlockGuard(
             limits.max_header_block_bytes,
             limits.max_continuation_frames,
@@ -130,6 +133,7 @@ class ClientConnection(asyncio.Protocol):
         self._unacknowledged: list[tuple[int, int]] = []  # (stream, bytes) not acknowledged while over budget
         self._paused: set[str] = set()
         self._closed = False
+        self._last_acted = 0  # the highest stream handed to the handler: a GOAWAY's last id (RFC 9113 §6.8)
 
     @property
     def streams(self) -> dict[int, object]:
@@ -151,8 +155,14 @@ class ClientConnection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
-            return
+        # In slices: a read holds up to 256 KiB, hundreds of header blocks; a limit a slice breaks stops
+        # the connection before h2 decodes the rest (a rapid reset costs the pod one slice, not one read).
+        for start in range(0, len(data), _SLICE_BYTES):
+            if self._closed:
+                return
+            self._receive(data[start : start + _SLICE_BYTES] if len(data) > _SLICE_BYTES else data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             self._guard.feed(data, time.monotonic())
             guard = self._guard
@@ -201,6 +211,7 @@ class ClientConnection(asyncio.Protocol):
             assert isinstance(event, h2.events.RequestReceived)
             self._idle_since = None
             headers: Headers = tuple(event.headers)
+            self._last_acted = max(self._last_acted, event.stream_id or 0)
             self._handler.on_request(event.stream_id, headers, event.stream_ended is not None)
         elif kind is h2.events.DataReceived:
             assert isinstance(event, h2.events.DataReceived)
@@ -303,7 +314,11 @@ class ClientConnection(asyncio.Protocol):
             return
         self._closed = True
         with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._h2.close_connection(error_code=code, additional_data=message.encode()[:256] or None)
+            self._h2.close_connection(
+                error_code=code,
+                additional_data=message.encode()[:256] or None,
+                last_stream_id=self._last_acted,
+            )
         self.flush()
         self._close_transport()
 

@@ -56,6 +56,7 @@ INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
 AVOID = AVOID_HEADER.encode()
 RUNTIME_ANSWER = RUNTIME_ANSWER_TRAILER.encode()
 SWEEP_S = 0.5  # how often connections are checked against their timeouts
+LISTEN_BACKLOG = 4096  # connections the kernel queues before accept: a connect burst waits, not fails
 
 
 class FrontRouting(Protocol):
@@ -131,6 +132,7 @@ class H2Front:
         self._server = await loop.create_server(
             lambda: ClientConnection(FrontStreams(self), self.limits, self.connections, self.batch),
             sock=listening_socket(host, port, reuse_port),
+            backlog=LISTEN_BACKLOG,  # create_server listens again, with 100 unless told
         )
         self._sweeping = asyncio.create_task(self._sweep())
 
@@ -441,7 +443,7 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
-        sock.listen(4096)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
