@@ -1,8 +1,10 @@
-"""One client connection of the HTTP/2 front, served through ``h2`` (python-hyper), with the front's limits.
+"""One client connection of the HTTP/2 front, with the front's limits.
 
-``h2`` owns the protocol: frame and settings validation, the stream state machine (DATA or HEADERS after
+A codec owns the protocol: frame and settings validation, the stream state machine (DATA or HEADERS after
 END_STREAM, idle or even stream ids, window overflow: each answered with RST_STREAM or GOAWAY as RFC 9113
-says), MAX_CONCURRENT_STREAMS and header-list limits. This class adds what bounds a hostile client:
+says), MAX_CONCURRENT_STREAMS and header-list limits. It is ``h2`` (python-hyper) with ``--front-codec=h2``,
+or by default the front's lean codec with the same API and answers at a fraction of the CPU
+(mesh/h2_server.py). This class adds what bounds a hostile client:
 
 - header blocks are looked at before ``h2`` buffers or decodes them (mesh/h2_guard.py);
 - stream resets are budgeted (rapid reset: GOAWAY ENHANCE_YOUR_CALM);
@@ -25,7 +27,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -35,7 +37,8 @@ import h2.settings
 
 from mesh.h2_endpoint import WriteBatch, set_nodelay
 from mesh.h2_guard import FrameBudget, GuardViolation, HeaderBlockGuard
-from mesh.h2_wire import ErrorCode, Headers
+from mesh.h2_server import LeanServerConnection, StreamGone
+from mesh.h2_wire import ErrorCode, Headers, ProtocolError
 
 if TYPE_CHECKING:
     from mesh.h2_front import FrontStreams
@@ -61,7 +64,8 @@ _CONFIG = h2.config.H2Configuration(
     normalize_outbound_headers=False,
 )
 _UNREAD, _UPSTREAM = "unread", "upstream"  # why reading a client is paused
-_SENT_CLOSED = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
+_SENT_CLOSED = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, StreamGone)
+_BROKEN = (h2.exceptions.ProtocolError, ProtocolError)  # the client broke HTTP/2; the GOAWAY is queued
 _SLICE_BYTES = 16384  # bytes handed to h2 at a time (see data_received)
 
 
@@ -81,10 +85,52 @@ class FrontLimits:
     handshake_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     request_read_timeout_s: float = 30.0
+    front_codec: str = "lean"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FrontLimits:
         return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+
+class Codec(Protocol):
+    """What this module asks of a codec: ``h2.connection.H2Connection``'s API, the part it uses."""
+
+    @property
+    def max_outbound_frame_size(self) -> int: ...
+    @property
+    def outbound_flow_control_window(self) -> int: ...
+    def initiate_connection(self) -> None: ...
+    def increment_flow_control_window(self, increment: int) -> None: ...
+    def data_to_send(self) -> bytes: ...
+    def receive_data(self, data: bytes) -> list[h2.events.Event]: ...
+    def local_flow_control_window(self, stream_id: int) -> int: ...
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None: ...
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None: ...
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None: ...
+    def close_connection(
+        self, error_code: int = 0, additional_data: bytes | None = None, last_stream_id: int | None = None
+    ) -> None: ...
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None: ...
+
+
+def new_codec(limits: FrontLimits) -> Codec:
+    """The protocol state of one client connection, by ``limits.front_codec``."""
+    if limits.front_codec == "lean":
+        return LeanServerConnection(
+            limits.max_concurrent_streams, limits.max_header_list_bytes, STREAM_WINDOW
+        )
+    connection = h2.connection.H2Connection(config=_CONFIG)
+    connection.local_settings = h2.settings.Settings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        },
+    )
+    # Replacing local_settings is not a settings change h2 applies to its own decoder: set it here.
+    connection.decoder.max_header_list_size = limits.max_header_list_bytes
+    return connection
 
 
 class _Trailers:
@@ -103,17 +149,7 @@ class ClientConnection(asyncio.Protocol):
         self._limits = limits
         self._registry = registry
         self._batch = batch
-        self._h2 = h2.connection.H2Connection(config=_CONFIG)
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
-        # Replacing local_settings is not a settings change h2 applies to its own decoder: set it here.
-        self._h2.decoder.max_header_list_size = limits.max_header_list_bytes
+        self._h2 = new_codec(limits)
         self._guard = HeaderBlockGuard(
             limits.max_header_block_bytes,
             limits.max_continuation_frames,
@@ -177,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
             log.info("front: closing a client connection: %s", e)
             self.close(e.code, str(e))
             return
-        except h2.exceptions.ProtocolError as e:  # h2 has queued the GOAWAY that says why
+        except _BROKEN as e:  # the codec has queued the GOAWAY that says why
             log.info("front: a client broke HTTP/2: %s", e)
             self._closed = True
             self.flush()
@@ -313,7 +349,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        with contextlib.suppress(*_BROKEN):
             self._h2.close_connection(
                 error_code=code,
                 additional_data=message.encode()[:256] or None,

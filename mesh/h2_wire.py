@@ -193,11 +193,17 @@ def _prefixed_int(value: int) -> bytes:
 
 
 class BlockEncoder:
-    """Header lists to header blocks of literals without indexing; remembers the frequent ones."""
+    """Header lists to header blocks of literals without indexing; remembers the frequent ones.
+
+    The first block starts with a dynamic-table-size update to 0 (RFC 7541 §6.3): the encoder keeps no
+    table, and says so, so a peer that advertised a table of 0 bytes sees its rule kept and a peer's decoder
+    knows from the first block on that the same bytes mean the same headers.
+    """
 
     def __init__(self, remembered: int = 512) -> None:
         self._blocks: dict[Headers, bytes] = {}
         self._remembered = remembered
+        self._announced = False
 
     def encode(self, headers: Headers) -> bytes:
         block = self._blocks.get(headers)
@@ -208,6 +214,9 @@ class BlockEncoder:
             )
             if len(self._blocks) < self._remembered:
                 self._blocks[headers] = block
+        if not self._announced:
+            self._announced = True
+            return b"\x20" + block
         return block
 
 
@@ -225,6 +234,11 @@ class BlockDecoder:
         self._known: dict[bytes, Headers] = {}
         self._remembered = remembered
 
+    @property
+    def static_only(self) -> bool:
+        """The peer's dynamic table is 0 bytes: a block means the same headers whenever it comes."""
+        return self._decoder.header_table_size == 0
+
     def decode(self, block: bytes) -> Headers:
         known = self._known.get(block)
         if known is not None:
@@ -233,6 +247,8 @@ class BlockDecoder:
             headers: Headers = tuple(
                 (bytes(name), bytes(value)) for name, value in self._decoder.decode(block, raw=True)
             )
+        except hpack.OversizedHeaderListError as e:
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, f"header list too large: {e}") from e
         except hpack.HPACKError as e:
             raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"bad header block: {e}") from e
         if self._decoder.header_table_size == 0 and len(self._known) < self._remembered:

@@ -72,6 +72,12 @@ OPTIONS: tuple[Option, ...] = (
         "h2",
         "what serves the external gRPC port: h2 (frame-level fast path, grpc.aio behind) or grpc (grpc.aio)",
     ),
+    Option(
+        "--front-codec",
+        "MM_FRONT_CODEC",
+        "lean",
+        "the h2 front's HTTP/2 codec for clients: lean (the front's own) or h2 (python-hyper's)",
+    ),
     # Limits on what one client can make a pod hold (both fronts, the internal port, REST where it applies)
     Option("--max-connections", "MM_MAX_CONNECTIONS", "4096", "client connections per gRPC port and process"),
     Option(
@@ -134,6 +140,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 EVENT_LOOPS = ("asyncio", "uvloop")
 FRONTS = ("grpc", "h2")
+FRONT_CODECS = ("lean", "h2")
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class Settings:
     event_loop: str = "asyncio"
     serving_processes: int = 1
     front: str = "h2"
+    front_codec: str = "lean"
     max_connections: int = 4096
     max_concurrent_streams: int = 100
     max_header_list_bytes: int = 16384
@@ -229,6 +237,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
             elif name == "front":
                 if raw not in FRONTS:
                     raise ValueError(f"{raw!r} is not one of {', '.join(FRONTS)}")
+                values[name] = raw
+            elif name == "front_codec":
+                if raw not in FRONT_CODECS:
+                    raise ValueError(f"{raw!r} is not one of {', '.join(FRONT_CODECS)}")
                 values[name] = raw
             elif name == "model_types":
                 values[name] = [t.strip().lower() for t in raw.split(",") if t.strip()]

@@ -1,4 +1,5 @@
-"""Hostile clients against the pod's gRPC port, on both fronts (--front=h2 and --front=grpc).
+"""Hostile clients against the pod's gRPC port, on both fronts (--front=h2, with each of its codecs, and
+--front=grpc).
 
 One mesh per front (etcd, the echo runtime, one pod with small limits) and a normal client calling
 ModelInfer every 10 ms throughout. Every attack checks three things:
@@ -114,7 +115,8 @@ class Target:
 
     @property
     def h2(self) -> bool:
-        return self.front == "h2"
+        """The h2 front (either codec); else grpc.aio."""
+        return self.front != "grpc"
 
     def watch(self) -> AttackWatch:
         # grpc.aio logs an ERROR with a traceback when a client leaves before its answer is sent (the
@@ -152,7 +154,15 @@ def register(address: str, model_id: str, size: int, load: bool) -> None:
         )
 
 
-@pytest.fixture(scope="module", params=["h2", "grpc"])
+# The h2 front with each of its codecs (the front's lean one, python-hyper's h2), and grpc.aio.
+FRONTS = {
+    "h2": ["--front=h2", "--front-codec=lean"],
+    "h2lib": ["--front=h2", "--front-codec=h2"],
+    "grpc": ["--front=grpc"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FRONTS))
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     front: str = request.param
     work = tmp_path_factory.mktemp(f"hostile-{front}")
@@ -162,9 +172,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     client: NormalClient | None = None
     try:
         echo = EchoProcess.start(work / "echo", f"echo-{front}", capacity_bytes=CAPACITY)
-        pod = start_echo_pod(
-            work / "pod", etcd, echo, f"pod-{front}", extra_args=[f"--front={front}", *POD_ARGS]
-        )
+        pod = start_echo_pod(work / "pod", etcd, echo, f"pod-{front}", extra_args=[*FRONTS[front], *POD_ARGS])
         register(pod.address, NORMAL_MODEL, 1000, load=True)
         register(pod.address, ATTACK_MODEL, BIG_MODEL_BYTES, load=True)
         register(pod.address, EVICTOR_MODEL, BIG_MODEL_BYTES, load=False)
