@@ -266,8 +266,14 @@ def triton_paths(
         }
 
 
-# Each backend twice: the pods' external port served by grpc.aio (--front=grpc), then by the HTTP/2 front.
-HOP_BACKENDS = ("echo", "echo-h2", "triton", "triton-h2")
+# Each backend twice: the pods' external port served by grpc.aio (--front=grpc), then by the HTTP/2 front;
+# echo a third time, the HTTP/2 front on python-hyper's h2 instead of its own codec (what each costs).
+HOP_BACKENDS = ("echo", "echo-h2", "echo-h2lib", "triton", "triton-h2")
+FRONT_ARGS = {
+    "": ["--front=grpc"],
+    "h2": ["--front=h2", "--front-codec=lean"],
+    "h2lib": ["--front=h2", "--front-codec=h2"],
+}
 
 
 async def run_hop(
@@ -277,7 +283,7 @@ async def run_hop(
     for backend in backends:
         runtime, _, front = backend.partition("-")
         model_id = f"hop-{runtime}"
-        pod_args = [f"--front={front or 'grpc'}"]
+        pod_args = FRONT_ARGS[front]
         try:
             if runtime == "echo":
                 context = echo_paths(work_dir / backend, model_id, pod_args=pod_args)

@@ -33,7 +33,8 @@ from mesh.devcluster_triton import triton_installed
 HERE = Path(__file__).parent
 HOP_TITLES = {
     "echo": "echo backend, --front=grpc",
-    "echo-h2": "echo backend, --front=h2",
+    "echo-h2": "echo backend, --front=h2 (its own codec, the default)",
+    "echo-h2lib": "echo backend, --front=h2 --front-codec=h2 (python-hyper's h2)",
     "triton": "Triton python backend, --front=grpc",
     "triton-h2": "Triton python backend, --front=h2",
 }
@@ -53,7 +54,7 @@ def stall_settings(full: bool) -> stalls.StallSettings:
 def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
     directory = work_dir / name
     if name == "hop":
-        backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2")
+        backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2", "echo-h2lib")
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
     if name == "stalls":
         return stalls.run_stalls(directory, stall_settings(full))

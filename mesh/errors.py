@@ -39,14 +39,3 @@ class Reroute(Exception):
     exclude: bool = True  # the pod failed: do not try it again for this request
     prefer: str | None = None  # the pod to try next (it has claimed the load)
     unreachable: bool = False  # the pod did not answer at all (not: answered that it cannot serve)
-
-
-class LostCopy(Exception):
-    """The runtime says it does not have a model this pod believes it holds (the runtime restarted, say).
-
-    ``answer`` is the runtime's own error, returned if reloading the copy does not help.
-    """
-
-    def __init__(self, answer: Exception) -> None:
-        super().__init__(str(answer))
-        self.answer = answer
