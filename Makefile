@@ -10,7 +10,7 @@ demo: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy mesh runtime_adapters load_tests
+	.venv/bin/mypy mesh harness runtime_adapters load_tests
 
 test: setup lint
 	.venv/bin/pytest -q

@@ -10,10 +10,10 @@ loads; a request that did not load is a hit:
 
     mesh hit ratio = (requests - loads - requests refused because the model exceeds the capacity) / requests
 
-On the same trace, sizes and capacity: plain LRU, the mesh's GDSF (mesh/cache.py, driven as cache_sim does
-it, and driven as the pod's request path does it) and Belady (evict the model used furthest in the future),
-the offline reference. The pod runs once per eviction policy (``--eviction-policy lru`` and ``gdsf``), each
-time on a fresh etcd, runtime and pod. DESIGN.md §8's goal: at least 95 % of Belady's hit ratio.
+On the same trace, sizes and capacity: plain LRU, the mesh's GDSF (mesh/models/cache.py, driven as cache_sim
+does it, and driven as the pod's request path does it) and Belady (evict the model used furthest in the
+future), the offline reference. The pod runs once per eviction policy (``--eviction-policy lru`` and
+``gdsf``), each time on a fresh etcd, runtime and pod. The goal: at least 95 % of Belady's hit ratio.
 
     .venv/bin/python -m load_tests.cache_scenario [--full] [--out FILE]
 """
@@ -39,12 +39,12 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2 as v2
 
+from harness.cluster import EtcdServer
 from load_tests.cache_sim import Workload, belady_hits, gdsf_hits, lfu_size_hits, lru_hits, make_workload
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.loadgen import percentile, raw_call
 from load_tests.processes import EchoProcess, start_echo_pod
-from mesh.cache import EvictionPolicy, ModelCache
-from mesh.devcluster import EtcdServer
+from mesh.models.cache import EvictionPolicy, ModelCache
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
@@ -124,8 +124,8 @@ def pod_path_outcomes(w: Workload, policy: EvictionPolicy) -> list[bool]:
     clock (one tick per request).
 
     The pod touches the model once it is loaded for the very request that caused the load (``acquire``
-    after ``ensure_loaded``); mesh/cache.py does not count that touch as a second use, so this must equal
-    cache_sim.mesh_hits — a cross-check that the pod's request path and the simulation agree.
+    after ``ensure_loaded``); mesh/models/cache.py does not count that touch as a second use, so this must
+    equal cache_sim.mesh_hits — a cross-check that the pod's request path and the simulation agree.
     """
     cache = ModelCache(w.capacity, policy)
     outcomes: list[bool] = []
@@ -171,7 +171,7 @@ LOADED_LINE = re.compile(r"\bloaded (\S+) on (\S+) \((\d+) bytes\)")
 
 
 def loads_in_pod_log(text: str) -> Counter[str]:
-    """Loads per model as the pod logged them (mesh/local_models.py: "loaded <id> on <pod> (<n> bytes)")."""
+    """Loads per model as the pod logged them (mesh/models/local.py: "loaded <id> on <pod> (<n> bytes)")."""
     return Counter(match.group(1) for match in LOADED_LINE.finditer(text))
 
 

@@ -2,9 +2,9 @@
 (uses per byte, decayed, remembered across evictions), and Belady.
 
 A Zipf request trace over many models of lognormal sizes, a capacity that holds a fraction of all bytes, and
-the request hit ratio each policy reaches on exactly the same trace. LRU, GDSF and lfu-size run mesh/cache.py
-itself; Belady (evict the model whose next use is furthest away) is the offline reference the design measures
-against.
+the request hit ratio each policy reaches on exactly the same trace. LRU, GDSF and lfu-size run
+mesh/models/cache.py itself; Belady (evict the model whose next use is furthest away) is the offline
+reference the design measures against.
 This is the simulation half of the "cache" scenario; the other half (the mesh's hit ratio under the same trace
 against real runtimes) belongs to the load-test harness.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mesh.cache import EvictionPolicy, ModelCache
+from mesh.models.cache import EvictionPolicy, ModelCache
 
 OUT = Path(__file__).resolve().parent
 

@@ -38,11 +38,12 @@ from typing import Any
 
 import grpc
 
+from harness.cluster import EtcdServer
+from harness.processes import ChildProcess
 from load_tests.cache_scenario import echo_path, etcd_slow_applies, infer_body, register_models
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.loadgen import percentile, raw_call
 from load_tests.processes import EchoProcess, start_echo_pod
-from mesh.devcluster import ChildProcess, EtcdServer
 from protos import model_runtime_pb2 as spi
 from protos import model_runtime_pb2_grpc as spi_grpc
 
@@ -98,7 +99,7 @@ LOADED_LINE = re.compile(r"\bloaded (\S+) on (\S+) \((\d+) bytes\) in (\d+) ms")
 
 
 def logged_loads(text: str) -> list[tuple[str, str, int]]:
-    """(model, pod, ms) per "loaded <id> on <pod> (<n> bytes) in <ms> ms" line (mesh/local_models.py): the
+    """(model, pod, ms) per "loaded <id> on <pod> (<n> bytes) in <ms> ms" line (mesh/models/local.py): the
     pod's own time from its claim in the registry to the runtime's answer."""
     return [(m.group(1), m.group(2), int(m.group(4))) for m in LOADED_LINE.finditer(text)]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import grpc
 from tritonclient.grpc import service_pb2 as v2
 
-from mesh.wire import WireFormatError, read_string_field
+from mesh.routing.wire import WireFormatError, read_string_field
 from protos import model_runtime_pb2 as spi
 from protos import model_runtime_pb2_grpc as spi_grpc
 

@@ -30,6 +30,8 @@ import grpc
 import psutil
 from tritonclient.grpc import service_pb2 as v2
 
+from harness.cluster import EtcdServer, LocalMesh
+from harness.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.loadgen import Call, LoadResult, closed_loop, raw_call, round_robin, warm_up
 from load_tests.processes import (
@@ -39,8 +41,6 @@ from load_tests.processes import (
     start_echo_pod,
     wait_for_serving_processes,
 )
-from mesh.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
-from mesh.devcluster import EtcdServer, LocalMesh
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 

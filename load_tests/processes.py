@@ -1,7 +1,7 @@
 """The benchmark's own processes: the echo runtime, nginx as a gRPC proxy, and mesh pods in front of echo.
 
 Everything binds to 127.0.0.1 on free ports and is stopped by its PID (the
-``ChildProcess`` of mesh/devcluster.py); callers use them as context managers.
+``ChildProcess`` of harness/cluster.py); callers use them as context managers.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 import psutil
 
+from harness.cluster import EtcdServer, PodProcess
+from harness.processes import REPO_ROOT, ChildProcess, free_port, grpc_connectable
 from load_tests.echo_runtime import MODEL_TYPE, STATS_METHOD
-from mesh.devcluster import REPO_ROOT, ChildProcess, EtcdServer, PodProcess, free_port, grpc_connectable
 
 
 @dataclass

@@ -18,12 +18,14 @@ from typing import Any
 
 import grpc
 
+from harness.processes import VENV_BIN
 from load_tests.echo_runtime import INFER_METHOD
 from load_tests.hop import echo_paths, infer_request
 from load_tests.loadgen import closed_loop, raw_call
-from mesh.devcluster import VENV_BIN
 
-MESH_FRAME = re.compile(r"[(/]mesh/(?!pod\.py|entry\.py)")  # "name (mesh/proxy.py:12)"; pod/entry: main()
+MESH_FRAME = re.compile(
+    r"[(/]mesh/(?!process/pod\.py|process/entry\.py)"
+)  # "name (mesh/fronts/rest.py:12)"; pod/entry: main()
 
 
 def summarize_samples(raw_lines: list[str], top: int = 12) -> dict[str, Any]:

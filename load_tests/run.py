@@ -24,11 +24,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness.triton import triton_installed
 from load_tests import cache_scenario, cache_sim, cold_start, scale, stalls
 from load_tests.hop import HOP_BACKENDS, HopSettings, run_hop
 from load_tests.multicore import run_multicore
 from load_tests.profile_hot_path import run_profile
-from mesh.devcluster_triton import triton_installed
 
 HERE = Path(__file__).parent
 HOP_TITLES = {
@@ -218,7 +218,8 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
     if h2 and "mesh-local" in h2:
         local, h2_nginx = h2["mesh-local"], h2["nginx"]
         lines[0] += (
-            " With --front=h2 (mesh/h2_front.py: the plain case never enters grpc.aio) the same pass costs "
+            " With --front=h2 (mesh/fronts/h2/front.py: the plain case never enters grpc.aio) the same pass "
+            "costs "
             f"{local.get('proxy_cpu_us_per_request')} µs of CPU per request, adds p50 "
             f"{local['added_p50_ms']} ms (nginx in that run: {h2_nginx['added_p50_ms']} ms) and keeps "
             f"{local['throughput_ratio']:.0%} of direct's throughput "

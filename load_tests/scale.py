@@ -45,11 +45,11 @@ from typing import Any
 
 import xxhash
 
-from mesh.devcluster import EtcdServer
-from mesh.placement import choose_load_target
-from mesh.records import InstanceRecord, ModelRecord
-from mesh.routing import REGISTRY, RoutingTable
-from mesh.store import EtcdStore
+from harness.cluster import EtcdServer
+from mesh.registry.records import InstanceRecord, ModelRecord
+from mesh.registry.store import EtcdStore
+from mesh.registry.view import REGISTRY, RoutingTable
+from mesh.routing.placement import choose_load_target
 
 PREFIX = "scale/modelmesh-serving/"
 BASE_MS = 1_700_000_000_000  # a fixed "now", so records are reproducible
@@ -300,7 +300,7 @@ async def pod_start(endpoint: str, models: int, timeout_s: float) -> dict[str, A
     """A new pod loading the registry by snapshot (run_watch's start); fails fast if the watch loop breaks."""
     watcher = Watcher(own_connection(EtcdStore(endpoint, PREFIX)))
     broken = _WatchBroken()
-    store_log = logging.getLogger("mesh.store")
+    store_log = logging.getLogger("mesh.registry.store")
     store_log.addHandler(broken)
     start = time.perf_counter()
     try:

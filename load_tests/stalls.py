@@ -34,13 +34,13 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from harness.cluster import EtcdServer, LocalMesh
+from harness.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
+from harness.triton import triton_installed
 from load_tests.echo_runtime import MODEL_TYPE
 from load_tests.hop import register
 from load_tests.loadgen import percentile
 from load_tests.processes import EchoProcess, start_echo_pod
-from mesh.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
-from mesh.devcluster import EtcdServer, LocalMesh
-from mesh.devcluster_triton import triton_installed
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import grpc
 import pytest
 import tritonclient.grpc as triton
 
-from mesh.devcluster import EtcdServer, LocalMesh
-from mesh.records import InstanceRecord
+from harness.cluster import EtcdServer, LocalMesh
+from mesh.registry.records import InstanceRecord
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.support import ExampleModel, train_iris

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mesh.cache import EvictionPolicy, ModelCache
+from mesh.models.cache import EvictionPolicy, ModelCache
 
 
 def loaded(cache: ModelCache, model_id: str, size: int, last_used: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from load_tests.cache_scenario import pod_path_hits
 from load_tests.cache_sim import Workload, belady_hits, gdsf_hits, lfu_size_hits, lru_hits, make_workload
-from mesh.cache import EvictionPolicy
+from mesh.models.cache import EvictionPolicy
 
 
 def textbook_lru_hits(w: Workload) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from mesh.devcluster import LocalMesh
+from harness.cluster import LocalMesh
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, instance_records

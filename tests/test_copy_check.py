@@ -1,4 +1,4 @@
-"""The copy check (mesh/copy_check.py) and the loader's use of it, with a fake runtime: a runtime's "not
+"""The copy check (mesh/models/copies.py) and the loader's use of it, with a fake runtime: a runtime's "not
 found" drops a copy only when the runtime's own ModelReady says it lost the model, and one ModelReady
 answers every request that saw the "not found" at once."""
 
@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from mesh.cache import ModelCache
-from mesh.copy_check import REMEMBERED_ANSWERS, CopyCheck, grpc_not_found, rest_not_found
-from mesh.local_models import ModelLoader
-from mesh.records import ModelRecord
-from mesh.routing import REGISTRY, RoutingTable
-from mesh.store import Unchanged
+from mesh.models.cache import ModelCache
+from mesh.models.copies import REMEMBERED_ANSWERS, CopyCheck, grpc_not_found, rest_not_found
+from mesh.models.local import ModelLoader
+from mesh.registry.records import ModelRecord
+from mesh.registry.store import Unchanged
+from mesh.registry.view import REGISTRY, RoutingTable
 
 CONCURRENT = 50
 BAD_VERSION = "NOT_FOUND Model m with version 7 not found"  # what a request for a missing version gets

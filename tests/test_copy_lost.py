@@ -25,9 +25,9 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from harness.cluster import LocalMesh, PodStack
+from harness.triton import triton_installed
 from load_tests.processes import wait_for_serving_processes
-from mesh.devcluster import LocalMesh, PodStack
-from mesh.devcluster_triton import triton_installed
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples

@@ -1,4 +1,5 @@
-"""Limits of the pod's grpc.aio servers (mesh/server_limits.py ``grpc_server_options``) against raw HTTP/2.
+"""Limits of the pod's grpc.aio servers (mesh/fronts/server_limits.py ``grpc_server_options``) against raw
+HTTP/2.
 
 First a grpc server in this process with the options, public and relay; then a pod with ``--front=grpc``,
 whose external port is grpc.aio itself: a client holding streams past ``--max-concurrent-streams``,
@@ -33,13 +34,13 @@ from hyperframe.frame import (
 )
 from tritonclient.grpc import service_pb2 as v2
 
+from harness.cluster import EtcdServer, PodProcess
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.hop import infer_request, register
 from load_tests.processes import EchoProcess, start_echo_pod
-from mesh.devcluster import EtcdServer, PodProcess
-from mesh.h2_wire import PREFACE, ErrorCode
-from mesh.server_limits import grpc_server_options
-from mesh.settings import Settings
+from mesh.fronts.h2.wire import PREFACE, ErrorCode
+from mesh.fronts.server_limits import grpc_server_options
+from mesh.process.settings import Settings
 from tests.support import poll_until
 
 STREAMS = 8  # --max-concurrent-streams

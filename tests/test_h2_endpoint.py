@@ -1,4 +1,5 @@
-"""One HTTP/2 connection end (mesh/h2_endpoint.py) over a fake transport: flow control, settings, batching.
+"""One HTTP/2 connection end (mesh/fronts/h2/endpoint.py) over a fake transport: flow control, settings,
+batching.
 
 The real thing (grpc peers on both sides) is tests/test_h2_front.py; here each rule is driven exactly.
 """
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mesh.h2_endpoint import H2Endpoint, WriteBatch
-from mesh.h2_wire import (
+from mesh.fronts.h2.endpoint import H2Endpoint, WriteBatch
+from mesh.fronts.h2.wire import (
     PREFACE,
     BlockEncoder,
     Flag,

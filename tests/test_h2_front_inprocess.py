@@ -21,12 +21,12 @@ import pytest
 from hyperframe.frame import Frame, SettingsFrame
 from tritonclient.grpc import service_pb2 as v2
 
-from mesh.devcluster import free_port
-from mesh.h2_client import FrontLimits
-from mesh.h2_front import H2Front
-from mesh.proxy import MethodTable
-from mesh.records import InstanceRecord
-from mesh.target import RequestTarget
+from harness.processes import free_port
+from mesh.fronts.grpc_proxy import MethodTable
+from mesh.fronts.h2.client import FrontLimits
+from mesh.fronts.h2.front import H2Front
+from mesh.registry.records import InstanceRecord
+from mesh.routing.target import RequestTarget
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ANSWER = v2.ModelInferResponse(model_name="m").SerializeToString()

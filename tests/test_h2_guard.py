@@ -6,8 +6,8 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, SettingsFrame
 
-from mesh.h2_guard import FrameBudget, GuardViolation, HeaderBlockGuard, leading_table_updates
-from mesh.h2_wire import PREFACE, ErrorCode
+from mesh.fronts.h2.guard import FrameBudget, GuardViolation, HeaderBlockGuard, leading_table_updates
+from mesh.fronts.h2.wire import PREFACE, ErrorCode
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")]
 

@@ -1,4 +1,4 @@
-"""The front's lean HTTP/2 server codec (mesh/h2_server.py), pure, against ``h2`` as the reference.
+"""The front's lean HTTP/2 server codec (mesh/fronts/h2/server.py), pure, against ``h2`` as the reference.
 
 Each script is a client's bytes after its preface and SETTINGS. Both codecs read it; what they answer
 (GOAWAY and its code, the RST_STREAM codes, the requests, bodies, trailers and resets they report) must
@@ -28,9 +28,9 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from mesh.h2_client import CONNECTION_WINDOW, STREAM_WINDOW, Codec, FrontLimits, new_codec
-from mesh.h2_server import LeanServerConnection, StreamGone, header_problem
-from mesh.h2_wire import PREFACE, ErrorCode, ProtocolError
+from mesh.fronts.h2.client import CONNECTION_WINDOW, STREAM_WINDOW, Codec, FrontLimits, new_codec
+from mesh.fronts.h2.server import LeanServerConnection, StreamGone, header_problem
+from mesh.fronts.h2.wire import PREFACE, ErrorCode, ProtocolError
 
 MAX_STREAMS = 4
 LIMITS = {"max_concurrent_streams": MAX_STREAMS, "max_header_list_bytes": 4096}

@@ -1,11 +1,11 @@
-"""HTTP/2 framing and header blocks (mesh/h2_wire.py): pure, against the hpack reference codec."""
+"""HTTP/2 framing and header blocks (mesh/fronts/h2/wire.py): pure, against the hpack reference codec."""
 
 from __future__ import annotations
 
 import hpack
 import pytest
 
-from mesh.h2_wire import (
+from mesh.fronts.h2.wire import (
     PREFACE,
     BlockDecoder,
     BlockEncoder,
@@ -164,7 +164,7 @@ def test_grpc_error_headers_percent_encode_the_message() -> None:
 
 
 def test_long_grpc_messages_are_clipped_on_an_escape_boundary() -> None:
-    from mesh.h2_wire import MAX_GRPC_MESSAGE, clipped_trailers
+    from mesh.fronts.h2.wire import MAX_GRPC_MESSAGE, clipped_trailers
 
     short = ((b"grpc-status", b"3"), (b"grpc-message", b"bad"))
     assert clipped_trailers(short) is short

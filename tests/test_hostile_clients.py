@@ -28,10 +28,10 @@ from hpack import Decoder, Encoder
 from hyperframe.frame import DataFrame, HeadersFrame
 from tritonclient.grpc import service_pb2 as v2
 
+from harness.cluster import EtcdServer, PodProcess
 from load_tests.echo_runtime import MODEL_TYPE
 from load_tests.hop import infer_request
 from load_tests.processes import EchoProcess, start_echo_pod
-from mesh.devcluster import EtcdServer, PodProcess
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.hostile import (

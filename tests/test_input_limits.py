@@ -18,10 +18,10 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from harness.cluster import EtcdServer, PodProcess
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.hop import infer_request
 from load_tests.processes import EchoProcess, start_echo_pod
-from mesh.devcluster import EtcdServer, PodProcess
 from mesh.limits import MAX_ID_BYTES
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc

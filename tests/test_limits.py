@@ -7,6 +7,7 @@ import pytest
 from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2 as v2
 
+from mesh.cluster.management import SERVICE, Undecodable, lenient_deserializer
 from mesh.limits import (
     FIELD_LIMITS,
     MAX_ID_BYTES,
@@ -18,8 +19,7 @@ from mesh.limits import (
     request_error,
     utf8_length_over,
 )
-from mesh.management import SERVICE, Undecodable, lenient_deserializer
-from mesh.target import RequestTarget, TargetError, TargetKind, request_target
+from mesh.routing.target import RequestTarget, TargetError, TargetKind, request_target
 from protos import model_mesh_pb2 as mm
 
 

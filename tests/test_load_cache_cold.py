@@ -27,7 +27,7 @@ from load_tests.cold_start import (
     pod_time_split,
     run_cold_start,
 )
-from mesh.cache import EvictionPolicy
+from mesh.models.cache import EvictionPolicy
 
 LOADED = "2026-01-01 00:00:00,000 INFO mesh.local_models: loaded {} on pod-a (1000 bytes) in {} ms\n"
 

@@ -15,8 +15,8 @@ from load_tests.scale import (
     summary_ms,
     synthetic_instances,
 )
-from mesh.placement import choose_load_target
-from mesh.records import ModelRecord
+from mesh.registry.records import ModelRecord
+from mesh.routing.placement import choose_load_target
 
 
 def test_percentile_interpolates_between_ranks() -> None:

@@ -149,7 +149,8 @@ def test_hop_summary_pairs_each_round_with_direct() -> None:
 def test_profile_summary_splits_mesh_code_from_the_rest() -> None:
     lines = [
         "run (asyncio/runners.py:1);Handle._run (asyncio/events.py:80) 60",
-        "main (mesh/pod.py:224);forward (mesh/proxy.py:10);call_runtime (/w/mesh/proxy.py:20) 30",
+        "main (mesh/process/pod.py:224);forward (mesh/fronts/grpc_proxy.py:10);"
+        "call_runtime (/w/mesh/fronts/grpc_proxy.py:20) 30",
         "Thread._bootstrap (threading.py:1);Thread.run (threading.py:982) 10",
         "garbage",
     ]
@@ -158,5 +159,5 @@ def test_profile_summary_splits_mesh_code_from_the_rest() -> None:
     assert summary["mesh_code_pct"] == 30.0
     assert summary["grpc_poller_thread_pct"] == 10.0
     assert summary["top_self_pct"]["Handle._run (asyncio/events.py:80)"] == 60.0
-    assert summary["top_mesh_inclusive_pct"]["forward (mesh/proxy.py:10)"] == 30.0
-    assert "main (mesh/pod.py:224)" not in summary["top_mesh_inclusive_pct"]
+    assert summary["top_mesh_inclusive_pct"]["forward (mesh/fronts/grpc_proxy.py:10)"] == 30.0
+    assert "main (mesh/process/pod.py:224)" not in summary["top_mesh_inclusive_pct"]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh.devcluster import LocalMesh
+from harness.cluster import LocalMesh
 from protos import model_mesh_pb2 as mm
 from tests.conftest import Examples, MeshClients, open_clients
 from tests.support import predict

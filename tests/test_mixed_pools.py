@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from mesh.devcluster import LocalMesh
-from mesh.devcluster_triton import triton_installed
+from harness.cluster import LocalMesh
+from harness.triton import triton_installed
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples

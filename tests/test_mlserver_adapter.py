@@ -25,7 +25,8 @@ from sklearn.tree import DecisionTreeClassifier
 from tritonclient.grpc import aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from mesh.devcluster import MLServerProcess, default_mlserver_bin, free_port
+from harness.cluster import MLServerProcess
+from harness.processes import default_mlserver_bin, free_port
 from protos import model_runtime_pb2 as pb
 from protos import model_runtime_pb2_grpc as pb_grpc
 from runtime_adapters.common.memory import find_listening_pid, process_tree_rss

@@ -17,8 +17,8 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from mesh.devcluster import LocalMesh
-from mesh.records import ModelRecord
+from harness.cluster import LocalMesh
+from mesh.registry.records import ModelRecord
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, instance_records

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from mesh.devcluster import LocalMesh
+from harness.cluster import LocalMesh
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import Examples, MeshClients, instance_records, open_clients

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from mesh.placement import choose_load_target, rendezvous_weight, serves_type
-from mesh.records import InstanceRecord
+from mesh.registry.records import InstanceRecord
+from mesh.routing.placement import choose_load_target, rendezvous_weight, serves_type
 
 GB = 1 << 30
 

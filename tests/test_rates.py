@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.rates import RateTracker, hot_models, should_drop_idle_copy
+from mesh.models.rates import RateTracker, hot_models, should_drop_idle_copy
 
 
 def test_rates_are_per_minute_over_the_closed_window() -> None:

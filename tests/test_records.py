@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from mesh.leader import without_dead_pods
-from mesh.records import InstanceRecord, LoadFailure, ModelRecord
-from mesh.store import Unchanged
+from mesh.cluster.leader import without_dead_pods
+from mesh.registry.records import InstanceRecord, LoadFailure, ModelRecord
+from mesh.registry.store import Unchanged
 
 
 def test_model_record_round_trip() -> None:
@@ -48,7 +48,7 @@ def test_unknown_fields_inside_failures_are_ignored() -> None:
 
 
 def test_routing_table_skips_an_unreadable_record() -> None:
-    from mesh.routing import RoutingTable
+    from mesh.registry.view import RoutingTable
 
     table = RoutingTable()
     table.apply_put("registry/bad", b"{not json", 5)

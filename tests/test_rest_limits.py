@@ -24,10 +24,11 @@ from types import TracebackType
 
 import pytest
 
+from harness.cluster import EtcdServer, PodProcess
+from harness.processes import ChildProcess, free_port
 from load_tests.echo_runtime import MODEL_TYPE
 from load_tests.hop import register
 from load_tests.processes import EchoProcess
-from mesh.devcluster import ChildProcess, EtcdServer, PodProcess, free_port
 from tests.support import poll_until
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""mesh/server_limits.py: which setting becomes which grpc channel argument and aiohttp limit (pure)."""
+"""mesh/fronts/server_limits.py: which setting becomes which grpc channel argument and aiohttp limit
+(pure)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from mesh.server_limits import (
+from mesh.fronts.server_limits import (
     GRPC_INT_MAX,
     JSON_CHECK_MAX_BYTES,
     MAX_PING_STRIKES,
@@ -17,7 +18,7 @@ from mesh.server_limits import (
     json_part_error,
     relay_stream_limit,
 )
-from mesh.settings import Settings, parse_settings
+from mesh.process.settings import Settings, parse_settings
 
 SETTINGS = Settings(
     max_message_bytes=8 << 20,

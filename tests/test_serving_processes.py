@@ -12,10 +12,10 @@ import psutil
 import pytest
 from tritonclient.grpc import service_pb2 as v2
 
+from harness.cluster import EtcdServer, PodProcess
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.hop import infer_request, register
 from load_tests.processes import EchoProcess, start_echo_pod, wait_for_serving_processes
-from mesh.devcluster import EtcdServer, PodProcess
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.support import poll_until
@@ -40,7 +40,7 @@ def two_process_pod(tmp_path: Path) -> Iterator[TwoProcessPod]:
         stack.callback(pod.process.stop)
         wait_for_serving_processes(pod, 2)
         children = psutil.Process(pod.process.pid).children()
-        workers = [c for c in children if "mesh.serving_worker" in " ".join(c.cmdline())]
+        workers = [c for c in children if "mesh.process.serving_worker" in " ".join(c.cmdline())]
         assert len(workers) == 1, [c.cmdline() for c in children]
         yield TwoProcessPod(pod, workers[0])
 
@@ -95,7 +95,7 @@ def test_a_serving_process_that_dies_is_replaced(two_process_pod: TwoProcessPod)
         workers = [
             c for c in psutil.Process(pod.process.pid).children() if c.pid != two_process_pod.worker.pid
         ]
-        return any("mesh.serving_worker" in " ".join(c.cmdline()) for c in workers)
+        return any("mesh.process.serving_worker" in " ".join(c.cmdline()) for c in workers)
 
     poll_until(replaced, 15, "a new serving process")
     wait_for_serving_processes(pod, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.settings import parse_settings, settings_argv
+from mesh.process.settings import parse_settings, settings_argv
 
 
 def test_defaults() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.triton import triton_installed
 from load_tests.run import render, scenario_lines
 from load_tests.stalls import (
     SequentialRun,
@@ -17,7 +18,6 @@ from load_tests.stalls import (
     run_stalls,
     summarize_runs,
 )
-from mesh.devcluster_triton import triton_installed
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 

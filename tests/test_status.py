@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mesh.records import InstanceRecord, LoadFailure, ModelRecord
-from mesh.status import PoolStats, model_status, pool_stats
+from mesh.registry.records import InstanceRecord, LoadFailure, ModelRecord
+from mesh.registry.status import PoolStats, model_status, pool_stats
 from protos import model_mesh_pb2 as mm
 
 S = mm.ModelStatusInfo.ModelStatus

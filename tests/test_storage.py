@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from mesh.devcluster import LocalMesh, MotoServer, S3Credentials
+from harness.cluster import LocalMesh, MotoServer, S3Credentials
 from protos import model_mesh_pb2 as mm
 from runtime_adapters.common.model_files import ModelFilesError
 from runtime_adapters.common.storage import (

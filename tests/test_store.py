@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from mesh.devcluster import EtcdServer
-from mesh.records import InstanceRecord, ModelRecord
-from mesh.routing import RoutingTable
-from mesh.store import EtcdStore, Unchanged
+from harness.cluster import EtcdServer
+from mesh.registry.records import InstanceRecord, ModelRecord
+from mesh.registry.store import EtcdStore, Unchanged
+from mesh.registry.view import RoutingTable
 
 pytestmark = pytest.mark.integration
 

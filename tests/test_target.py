@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import service_pb2 as v2
 
-from mesh.target import RequestTarget, TargetError, TargetKind, request_target
+from mesh.routing.target import RequestTarget, TargetError, TargetKind, request_target
 
 BODY = v2.ModelInferRequest(model_name="from-body").SerializeToString()
 

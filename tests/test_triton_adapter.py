@@ -21,8 +21,8 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 from tritonclient.utils import InferenceServerException
 
-from mesh.devcluster import MotoServer
-from mesh.devcluster_triton import (
+from harness.cluster import MotoServer
+from harness.triton import (
     TritonAdapterProcess,
     TritonProcess,
     triton_installed,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from mesh.devcluster import LocalMesh
-from mesh.devcluster_triton import TritonProcess, triton_installed, triton_python
+from harness.cluster import LocalMesh
+from harness.triton import TritonProcess, triton_installed, triton_python
 from protos import model_mesh_pb2 as mm
 from tests.conftest import MeshClients, open_clients
 from tests.support import poll_until

@@ -11,13 +11,13 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.devcluster import EtcdServer
-from mesh.dispatch import Router
+from harness.cluster import EtcdServer
 from mesh.errors import MeshError
-from mesh.records import ModelRecord
-from mesh.routing import RoutingTable
-from mesh.store import EtcdStore
-from mesh.target import RequestTarget, TargetKind
+from mesh.registry.records import ModelRecord
+from mesh.registry.store import EtcdStore
+from mesh.registry.view import RoutingTable
+from mesh.routing.router import Router
+from mesh.routing.target import RequestTarget, TargetKind
 
 pytestmark = pytest.mark.integration
 

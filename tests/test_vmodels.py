@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from mesh.cluster.vmodels import SetVModel, complete_transition, delete_vmodel, mark_failed, set_vmodel
 from mesh.errors import MeshError
-from mesh.records import ModelRecord, VModelRecord
-from mesh.store import RecordSet, Unchanged
-from mesh.vmodels import SetVModel, complete_transition, delete_vmodel, mark_failed, set_vmodel
+from mesh.registry.records import ModelRecord, VModelRecord
+from mesh.registry.store import RecordSet, Unchanged
 
 
 def records(models: dict[str, ModelRecord | None], vmodels: dict[str, VModelRecord | None]) -> RecordSet:

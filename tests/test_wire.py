@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import service_pb2 as v2
 
-from mesh.wire import (
+from mesh.routing.wire import (
     WireFormatError,
     encode_varint,
     field_spans,

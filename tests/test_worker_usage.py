@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.cache import EvictionPolicy, ModelCache
-from mesh.rates import RateTracker
-from mesh.worker_usage import UsageLog, parse_usage
+from mesh.models.cache import EvictionPolicy, ModelCache
+from mesh.models.rates import RateTracker
+from mesh.models.worker_usage import UsageLog, parse_usage
 
 
 def test_usage_log_drains_counts_and_last_use() -> None:

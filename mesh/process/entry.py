@@ -1,0 +1,34 @@
+"""How a mesh process runs: logging from its settings, its event loop, and SIGTERM/SIGINT setting ``stop``.
+
+Shared by the pod's main process and its serving processes, so both honour ``--event-loop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from mesh.process.settings import Settings
+
+
+def run_until_signalled(settings: Settings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop  # optional: measured in load_tests/
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run())

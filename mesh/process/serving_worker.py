@@ -1,0 +1,393 @@
+"""Extra serving processes of one pod: more cores for the hot path (``--serving-processes N``).
+
+One Python process tops out near 1-2k requests/s (DESIGN.md §7). The pod's
+main process owns everything stateful (the cache, loads, the instance record,
+leader tasks); N-1 workers share its external port through SO_REUSEPORT and
+serve only the common cases themselves: a model this pod holds, sent straight
+to the runtime as raw bytes, or one another pod holds, sent straight to that
+pod's internal port. Everything else — a model not loaded anywhere, the
+management API, a copy the runtime lost, an error that needs a decision — is
+relayed as raw bytes to the main process over a unix socket, where the full
+routing happens.
+
+A worker learns the holders from its own etcd watch, and reports its hits to
+the main process every second so that eviction order and request rates count
+every process's traffic. Its requests in flight are not pinned in the main
+process's cache: an eviction under one makes the runtime answer NOT_FOUND, and
+the worker relays the request to the main process. Every runtime "not found" is
+relayed so: the main process alone asks the runtime whether it lost the model
+(mesh/models/copies.py), and reloads it or passes the runtime's answer on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.errors import MeshError, Reroute
+from mesh.fronts.grpc_proxy import (
+    V2_SERVICE,
+    Behavior,
+    HandlerCache,
+    MethodTable,
+    call_runtime,
+    forwarded_metadata,
+    message_size_options,
+)
+from mesh.fronts.h2.client import FrontLimits
+from mesh.fronts.h2.front import H2Front
+from mesh.fronts.server_limits import grpc_server_options
+from mesh.models.copies import RuntimeNotFound, peer_answer
+from mesh.models.runtime_client import RuntimeClient
+from mesh.models.worker_usage import USAGE_METHOD, UsageLog
+from mesh.outcomes import Passthrough
+from mesh.process.entry import run_until_signalled
+from mesh.process.settings import Settings, parse_settings
+from mesh.registry.records import InstanceRecord
+from mesh.registry.store import EtcdStore
+from mesh.registry.view import RoutingTable
+from mesh.routing.peers import PeerHealth, PeerPool
+from mesh.routing.router import resolve_model_id
+from mesh.routing.target import RequestTarget, TargetError, request_target
+from mesh.routing.wire import WireFormatError
+from protos import model_mesh_pb2
+
+log = logging.getLogger("mesh.worker")
+
+# Environment of a worker: the main process's unix socket, and the runtime's method table (JSON).
+DELEGATE_ENV = "MM_WORKER_DELEGATE"
+METHODS_ENV = "MM_WORKER_METHODS"
+PARENT_ENV = "MM_WORKER_PARENT"  # the main process's pid
+REPORT_INTERVAL_S = 1.0
+# What the main process answers itself, never the runtime: its own services, and the server-level v2 calls.
+MESH_SERVICES = ("/mmesh.", "/grpc.")
+MESH_ANSWERED = frozenset(
+    V2_SERVICE + m for m in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady")
+)
+MESH_SERVICE = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
+REFLECTED_SERVICES = (MESH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+
+
+def relay_path(settings: Settings, port: int | None = None) -> str:
+    """The unix socket the main process serves a port's gRPC on (default: the external one).
+
+    The external one is for its workers and its h2 front; the internal one for the internal port's front.
+    """
+    return f"/tmp/modelmesh-{settings.pod_id}-{port or settings.grpc_port}.sock"
+
+
+def delegate_address(settings: Settings) -> str:
+    return "unix:" + relay_path(settings)
+
+
+def encode_methods(method_infos: dict[str, list[int]], allow_any: bool) -> str:
+    return json.dumps({"infos": method_infos, "allow_any": allow_any})
+
+
+def decode_methods(raw: str) -> MethodTable:
+    data = json.loads(raw)
+    return MethodTable({k: list(v) for k, v in data["infos"].items()}, bool(data["allow_any"]))
+
+
+class WorkerProxy(grpc.GenericRpcHandler):
+    def __init__(
+        self,
+        pod_id: str,
+        table: RoutingTable,
+        runtime: RuntimeClient,
+        methods: MethodTable,
+        delegate: grpc.aio.Channel,
+        usage: UsageLog,
+        peers: PeerPool,
+        health: PeerHealth,
+    ) -> None:
+        self._pod_id = pod_id
+        self._table = table
+        self._runtime = runtime
+        self._methods = methods
+        self._delegate = delegate
+        self._usage = usage
+        self._handlers = HandlerCache()
+        self._peers = peers
+        self._health = health
+        self._turn = 0
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        return self._handlers.get(method, lambda: self._behavior(method))
+
+    def _behavior(self, method: str) -> Behavior:
+        """Inference methods are served here when they can be; anything else goes to the main process."""
+        runtime_method = not method.startswith(MESH_SERVICES) and method not in MESH_ANSWERED
+        if runtime_method and self._methods.refusal(method) is None:
+            return self._serve(method)
+        return self._relay(method)
+
+    def _relay(self, method: str) -> Behavior:
+        relay = self._delegate.unary_unary(method)
+
+        async def relay_call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._relayed(relay, request, context)
+
+        return relay_call
+
+    async def _relayed(
+        self, relay: grpc.aio.UnaryUnaryMultiCallable, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        try:
+            response: bytes = await relay(
+                request, timeout=context.time_remaining(), metadata=context.invocation_metadata()
+            )
+            return response
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ())
+            raise AssertionError("unreachable") from None
+
+    def _serve(self, method: str) -> Behavior:
+        id_path = self._methods.id_path(method)
+        relay = self._delegate.unary_unary(method)
+
+        async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = context.invocation_metadata() or ()
+            try:
+                model_id = resolve_model_id(self._table, request_target(metadata, request))
+            except (TargetError, MeshError):
+                return await self._relayed(relay, request, context)  # the main process words the error
+            record = self._table.model(model_id)
+            if record is None:
+                return await self._relayed(relay, request, context)
+            if self._pod_id not in record.holders:
+                return await self._to_holder(method, relay, request, model_id, record.holders, context)
+            try:
+                response = await call_runtime(
+                    self._runtime,
+                    method,
+                    id_path,
+                    request,
+                    model_id,
+                    forwarded_metadata(metadata),
+                    context.time_remaining(),
+                )
+            except (RuntimeNotFound, Reroute):  # lost copy or bad request; runtime down: main decides
+                return await self._relayed(relay, request, context)
+            except WireFormatError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
+                raise AssertionError("unreachable") from None
+            except Passthrough as e:
+                await context.abort(e.code, e.details)
+                raise AssertionError("unreachable") from None
+            self._usage.hit(model_id, int(time.time() * 1000))
+            return response
+
+        return serve
+
+    async def _to_holder(
+        self,
+        method: str,
+        relay: grpc.aio.UnaryUnaryMultiCallable,
+        request: bytes,
+        model_id: str,
+        holders: dict[str, int],
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        """Straight to a pod holding the model (one hop, as the main process would); else relay."""
+        self._turn += 1
+        live = sorted(p for p in holders if self._health.alive(p))
+        if not live:
+            return await self._relayed(relay, request, context)
+        pod = live[self._turn % len(live)]
+        metadata = context.invocation_metadata() or ()
+        try:
+            return await self._peers.call(
+                self._table.instances[pod].record.internal_address,
+                method,
+                request,
+                model_id,
+                forwarded_metadata(metadata),
+                context.time_remaining(),
+            )
+        except grpc.aio.AioRpcError as e:
+            outcome = peer_answer(e)
+            if isinstance(outcome, Passthrough):  # the model's own answer: final
+                await context.abort(outcome.code, outcome.details)
+                raise AssertionError("unreachable") from None
+            if isinstance(outcome, Reroute) and outcome.unreachable:
+                self._health.unreachable(pod)  # not tried again until its lease would have run out
+            return await self._relayed(relay, request, context)  # the main process retries elsewhere
+
+
+class WorkerRouting:
+    """The HTTP/2 front's routing in a worker: this worker's view of etcd, hits reported to the main process.
+
+    Holding a copy means the registry names this pod; a copy the runtime lost answers NOT_FOUND and the
+    front replays the request through the main process, as the grpc.aio worker does.
+    """
+
+    def __init__(self, pod_id: str, table: RoutingTable, usage: UsageLog, health: PeerHealth) -> None:
+        self.pod_id = pod_id
+        self._table = table
+        self._usage = usage
+        self._health = health
+        self._turn = 0
+
+    def model_id(self, target: RequestTarget) -> str:
+        return resolve_model_id(self._table, target)
+
+    def holder_now(self, model_id: str) -> str | None:
+        record = self._table.model(model_id)
+        if record is None:
+            return None
+        if self.pod_id in record.holders:
+            return self.pod_id
+        live = sorted(p for p in record.holders if self._health.alive(p))
+        if not live:
+            return None
+        self._turn += 1
+        return live[self._turn % len(live)]
+
+    def loaded_here(self, model_id: str) -> bool:
+        record = self._table.model(model_id)
+        return record is not None and self.pod_id in record.holders
+
+    def instance(self, pod_id: str) -> InstanceRecord:
+        versioned = self._table.instances.get(pod_id)
+        if versioned is None:
+            raise MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} is gone")
+        return versioned.record
+
+    def acquire(self, model_id: str) -> None:
+        self._usage.hit(model_id, int(time.time() * 1000))
+
+    def release(self, model_id: str) -> None:
+        pass  # the main process pins its own requests only (see the module docstring)
+
+
+async def report_usage(usage: UsageLog, internal_address: str, stop: asyncio.Event) -> None:
+    async with grpc.aio.insecure_channel(internal_address) as channel:
+        send = channel.unary_unary(USAGE_METHOD)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_INTERVAL_S)
+            if usage.counts:
+                report = usage.drain()
+                try:
+                    await send(report, timeout=5)
+                except grpc.aio.AioRpcError as e:
+                    log.warning("usage report not delivered: %s", e.code().name)
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker must not outlive its main process (SIGKILLed, it cannot stop its workers)."""
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.error("the pod's main process is gone: stopping")
+            stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def start_grpc_worker(
+    settings: Settings,
+    table: RoutingTable,
+    runtime: RuntimeClient,
+    methods: MethodTable,
+    delegate: grpc.aio.Channel,
+    usage: UsageLog,
+    peers: PeerPool,
+    peer_health: PeerHealth,
+) -> Callable[[], Awaitable[None]]:
+    """--front=grpc: the worker's own grpc.aio server on the pod's port; returns how to stop it."""
+    server = grpc.aio.server(options=grpc_server_options(settings, public=True, reuse_port=True))
+    health_checks = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
+    reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed
+    proxy = WorkerProxy(settings.pod_id, table, runtime, methods, delegate, usage, peers, peer_health)
+    server.add_generic_rpc_handlers((proxy,))
+    server.add_insecure_port(settings.address)
+    await server.start()
+    for service in ("", MESH_SERVICE, "inference.GRPCInferenceService"):  # as the main process
+        await health_checks.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop() -> None:
+        await health_checks.enter_graceful_shutdown()
+        await server.stop(grace=5)
+
+    return stop
+
+
+async def run_worker(
+    settings: Settings, delegate: str, methods: MethodTable, parent: int, stop: asyncio.Event
+) -> None:
+    orphaned = asyncio.create_task(_stop_when_orphaned(parent, stop))
+    store = EtcdStore(settings.etcd, settings.etcd_prefix)
+    table = RoutingTable()
+    synced = asyncio.Event()
+    watch = asyncio.create_task(store.run_watch(table, synced))
+    runtime = RuntimeClient(settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes)
+    delegate_channel = grpc.aio.insecure_channel(
+        delegate, options=message_size_options(settings.max_message_bytes)
+    )
+    usage = UsageLog()
+    peers = PeerPool(settings.max_message_bytes)
+    try:
+        await asyncio.wait_for(synced.wait(), timeout=30)
+        peer_health = PeerHealth(table, suspect_s=settings.lease_ttl_s)
+        stop_serving: Callable[[], Awaitable[None]]
+        if settings.front == "h2":  # the main process's front, over this worker's view; relays to main
+            front = H2Front(
+                WorkerRouting(settings.pod_id, table, usage, peer_health),
+                methods,
+                settings.runtime_serving,
+                delegate.removeprefix("unix:"),
+                settings.max_message_bytes,
+                limits=FrontLimits.from_settings(settings),
+            )
+            await front.start(settings.host, settings.grpc_port, reuse_port=True)
+            stop_serving = functools.partial(front.stop, 5.0)
+        else:
+            stop_serving = await start_grpc_worker(
+                settings, table, runtime, methods, delegate_channel, usage, peers, peer_health
+            )
+        reporting = asyncio.create_task(
+            report_usage(usage, f"{settings.host}:{settings.internal_port}", stop)
+        )
+        log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)
+        await stop.wait()
+        await stop_serving()
+        await reporting
+    finally:
+        for task in (watch, orphaned):
+            task.cancel()
+        await asyncio.gather(watch, orphaned, return_exceptions=True)
+        await delegate_channel.close()
+        await peers.close()
+        await runtime.close()
+        await store.close()
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "mesh.process.serving_worker"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """A worker takes the pod's own flags; the main process adds the delegate and methods to its env."""
+    settings = parse_settings(argv)
+    delegate = os.environ[DELEGATE_ENV]
+    methods = decode_methods(os.environ[METHODS_ENV])
+    parent = int(os.environ[PARENT_ENV])
+    run_until_signalled(settings, lambda stop: run_worker(settings, delegate, methods, parent, stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Typed settings of a mesh pod, from flags and environment variables.
+
+Every option has a flag; its environment variable (ModelMesh's ``MM_*`` name
+where ModelMesh has one) supplies the default. Flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mesh.models.cache import EvictionPolicy
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    default: str
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--host", "MM_SVC_GRPC_HOST", "127.0.0.1", "address the gRPC port binds to"),
+    Option("--grpc-port", "MM_SVC_GRPC_PORT", "8033", "external gRPC port (management API + inference)"),
+    Option("--internal-port", "MM_INTERNAL_GRPC_PORT", "8034", "gRPC port for requests forwarded by peers"),
+    Option("--advertise-host", "MM_ADVERTISE_HOST", "", "address peers reach this pod at (default: --host)"),
+    Option(
+        "--internal-rest-port", "MM_INTERNAL_REST_PORT", "8035", "REST port for requests forwarded by peers"
+    ),
+    Option("--rest-port", "MM_SVC_REST_PORT", "8008", "KServe v2 REST port (0 = off)"),
+    Option("--service-name", "MM_SERVICE_NAME", "modelmesh-serving", "mesh name; part of the etcd prefix"),
+    Option("--kv-prefix", "MM_KVSTORE_PREFIX", "mm", "etcd key root"),
+    Option("--etcd", "MM_ETCD_ENDPOINT", "127.0.0.1:2379", "etcd endpoint host:port"),
+    Option("--pod-id", "MM_POD_ID", "", "this pod's id (default: <hostname>-<grpc port>)"),
+    Option("--pool", "MM_POOL", "default", "pool (runtime kind) this pod belongs to"),
+    Option(
+        "--model-types", "MM_MODEL_TYPES", "", "model types this pod's runtime serves, a,b,... (empty: any)"
+    ),
+    Option("--labels", "MM_LABELS", "", "this pod's labels for placement, key=value,..."),
+    Option("--runtime-spi", "MM_RUNTIME_SPI_ADDRESS", "127.0.0.1:8085", "ModelRuntime adapter address"),
+    Option("--runtime-serving", "MM_RUNTIME_SERVING_ADDRESS", "", "runtime's v2 gRPC address"),
+    Option("--runtime-rest", "MM_RUNTIME_REST_ADDRESS", "", "runtime's v2 REST address (for REST inference)"),
+    Option("--max-message-bytes", "MM_SVC_GRPC_MAX_MSG_SIZE", str(16 * 1024 * 1024), "request size limit"),
+    Option("--lease-ttl-s", "MM_INSTANCE_LEASE_TTL_S", "10", "TTL of the instance record's lease"),
+    Option("--load-timeout-s", "MM_LOAD_TIMEOUT_S", "120", "default model load timeout"),
+    Option(
+        "--scaleup-rpm-threshold", "MM_SCALEUP_RPM_THRESHOLD", "2000", "requests/min per copy that add a copy"
+    ),
+    Option("--rate-interval-s", "MM_RATE_INTERVAL_S", "10", "how often copy counts are checked"),
+    Option(
+        "--eviction-policy",
+        "MM_EVICTION_POLICY",
+        "lfu-size",
+        "which model a full pod unloads: lfu-size, gdsf or lru",
+    ),
+    Option("--max-load-failures", "MM_MAX_LOAD_FAILURES", "3", "stop after this many unexpired failures"),
+    Option(
+        "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
+    ),
+    Option("--runtime-ready-timeout-s", "MM_RUNTIME_READY_TIMEOUT_S", "120", "wait for the adapter at start"),
+    Option("--event-loop", "MM_EVENT_LOOP", "asyncio", "asyncio or uvloop"),
+    Option(
+        "--serving-processes", "MM_SERVING_PROCESSES", "1", "processes sharing the gRPC port (SO_REUSEPORT)"
+    ),
+    Option(
+        "--front",
+        "MM_FRONT",
+        "h2",
+        "what serves the external gRPC port: h2 (frame-level fast path, grpc.aio behind) or grpc (grpc.aio)",
+    ),
+    Option(
+        "--front-codec",
+        "MM_FRONT_CODEC",
+        "lean",
+        "the h2 front's HTTP/2 codec for clients: lean (the front's own) or h2 (python-hyper's)",
+    ),
+    # Limits on what one client can make a pod hold (both fronts, the internal port, REST where it applies)
+    Option("--max-connections", "MM_MAX_CONNECTIONS", "4096", "client connections per gRPC port and process"),
+    Option(
+        "--max-concurrent-streams",
+        "MM_MAX_CONCURRENT_STREAMS",
+        "100",
+        "streams one connection may have open (advertised in SETTINGS)",
+    ),
+    Option(
+        "--max-header-list-bytes",
+        "MM_MAX_HEADER_LIST_BYTES",
+        "16384",
+        "decoded size of one header list (RFC 7541 entry sizes), advertised",
+    ),
+    Option(
+        "--max-header-block-bytes",
+        "MM_MAX_HEADER_BLOCK_BYTES",
+        "32768",
+        "encoded size of one header block (HEADERS + CONTINUATION) before it is decoded",
+    ),
+    Option(
+        "--max-continuation-frames",
+        "MM_MAX_CONTINUATION_FRAMES",
+        "16",
+        "CONTINUATION frames in one header block",
+    ),
+    Option(
+        "--write-buffer-bytes",
+        "MM_WRITE_BUFFER_BYTES",
+        str(1024 * 1024),
+        "bytes written to a client and not yet taken by it, past which the client is not read",
+    ),
+    Option(
+        "--max-buffered-bytes",
+        "MM_MAX_BUFFERED_BYTES",
+        str(64 * 1024 * 1024),
+        "request and answer bytes held for one connection (requests past it wait, answers close it)",
+    ),
+    Option(
+        "--max-resets-per-s",
+        "MM_MAX_RESETS_PER_S",
+        "200",
+        "stream resets a client may send per second (burst: twice the concurrent streams)",
+    ),
+    Option(
+        "--max-control-frames-per-s",
+        "MM_MAX_CONTROL_FRAMES_PER_S",
+        "1000",
+        "PING and SETTINGS frames a client may send per second (burst: twice that)",
+    ),
+    Option("--handshake-timeout-s", "MM_HANDSHAKE_TIMEOUT_S", "10", "time for a preface + SETTINGS"),
+    Option("--idle-timeout-s", "MM_IDLE_TIMEOUT_S", "300", "close a connection with no open stream after"),
+    Option(
+        "--request-read-timeout-s",
+        "MM_REQUEST_READ_TIMEOUT_S",
+        "30",
+        "time for a unary request (or a header block) to arrive in full once started",
+    ),
+    Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
+)
+EVENT_LOOPS = ("asyncio", "uvloop")
+FRONTS = ("grpc", "h2")
+FRONT_CODECS = ("lean", "h2")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    grpc_port: int = 8033
+    internal_port: int = 8034
+    advertise_host: str = ""
+    rest_port: int = 8008
+    internal_rest_port: int = 8035
+    service_name: str = "modelmesh-serving"
+    kv_prefix: str = "mm"
+    etcd: str = "127.0.0.1:2379"
+    pod_id: str = ""
+    pool: str = "default"
+    runtime_spi: str = "127.0.0.1:8085"
+    runtime_serving: str = ""
+    runtime_rest: str = ""
+    max_message_bytes: int = 16 * 1024 * 1024
+    lease_ttl_s: int = 10
+    load_timeout_s: float = 120.0
+    load_failure_expiry_s: float = 900.0
+    max_load_failures: int = 3
+    eviction_policy: str = "lfu-size"
+    scaleup_rpm_threshold: float = 2000.0
+    rate_interval_s: float = 10.0
+    runtime_ready_timeout_s: float = 120.0
+    event_loop: str = "asyncio"
+    serving_processes: int = 1
+    front: str = "h2"
+    front_codec: str = "lean"
+    max_connections: int = 4096
+    max_concurrent_streams: int = 100
+    max_header_list_bytes: int = 16384
+    max_header_block_bytes: int = 32768
+    max_continuation_frames: int = 16
+    write_buffer_bytes: int = 1024 * 1024
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    max_resets_per_s: float = 200.0
+    max_control_frames_per_s: float = 1000.0
+    handshake_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    request_read_timeout_s: float = 30.0
+    log_level: str = "INFO"
+    labels: dict[str, str] = field(default_factory=dict)
+    model_types: list[str] = field(default_factory=list)
+
+    @property
+    def etcd_prefix(self) -> str:
+        return f"{self.kv_prefix.strip('/')}/{self.service_name}/"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def advertised(self, port: int) -> str:
+        return f"{self.advertise_host or self.host}:{port}"
+
+
+def parse_labels(raw: str) -> dict[str, str]:
+    """``zone=a,gpu=no`` -> {"zone": "a", "gpu": "no"}."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"label {item!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if env is None else env
+    parser = argparse.ArgumentParser(prog="modelmesh-pod", description="Run one mesh pod.")
+    for opt in OPTIONS:
+        parser.add_argument(opt.flag, default=env.get(opt.env, opt.default), help=f"{opt.help} (${opt.env})")
+    args = vars(parser.parse_args(argv))
+    types = {f.name: f.type for f in Settings.__dataclass_fields__.values()}
+    values: dict[str, object] = {}
+    for name, raw in args.items():
+        kind = types[name]
+        try:
+            if kind == "int":
+                values[name] = int(raw)
+            elif kind == "float":
+                values[name] = float(raw)
+            elif name == "labels":
+                values[name] = parse_labels(raw)
+            elif name == "eviction_policy":
+                values[name] = EvictionPolicy(raw.lower()).value
+            elif name == "event_loop":
+                if raw not in EVENT_LOOPS:
+                    raise ValueError(f"{raw!r} is not one of {', '.join(EVENT_LOOPS)}")
+                values[name] = raw
+            elif name == "front":
+                if raw not in FRONTS:
+                    raise ValueError(f"{raw!r} is not one of {', '.join(FRONTS)}")
+                values[name] = raw
+            elif name == "front_codec":
+                if raw not in FRONT_CODECS:
+                    raise ValueError(f"{raw!r} is not one of {', '.join(FRONT_CODECS)}")
+                values[name] = raw
+            elif name == "model_types":
+                values[name] = [t.strip().lower() for t in raw.split(",") if t.strip()]
+            else:
+                values[name] = raw
+        except ValueError as e:
+            parser.error(f"--{name.replace('_', '-')}: {e}")
+    if int(values["serving_processes"]) < 1:  # type: ignore[call-overload]
+        parser.error("--serving-processes: at least 1")
+    if not values["pod_id"]:
+        values["pod_id"] = f"{socket.gethostname()}-{values['grpc_port']}"
+    if not values["runtime_serving"]:
+        values["runtime_serving"] = values["runtime_spi"]
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_argv(settings: Settings) -> list[str]:
+    """Flags that parse back to ``settings`` (a pod's serving processes get the pod's own settings)."""
+    argv = []
+    for opt in OPTIONS:
+        name = opt.flag[2:].replace("-", "_")
+        value = getattr(settings, name)
+        if name == "labels":
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif name == "model_types":
+            value = ",".join(value)
+        argv.append(f"{opt.flag}={value}")
+    return argv

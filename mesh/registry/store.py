@@ -1,0 +1,340 @@
+"""etcd access: the registry and instance records, CAS updates, the pod's lease, the watch loop.
+
+Every write is a compare-and-swap on the key's mod revision, so pods never
+overwrite each other. The watch loop is the only writer of the RoutingTable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import grpc
+from aetcd import rpc
+
+from mesh.registry.records import InstanceRecord, ModelRecord, VModelRecord
+from mesh.registry.view import INSTANCES, LEADER, REGISTRY, VMODELS, RoutingTable
+
+log = logging.getLogger(__name__)
+
+StoreError = aetcd.exceptions.ClientError
+
+# gRPC backs off reconnecting up to two minutes by default: after an etcd outage a pod would keep a stale view
+# (its watch not re-established) for that long. Retry within a second instead.
+ETCD_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # a watch or snapshot page of large records must not hit gRPC's 4 MiB default
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+SNAPSHOT_PAGE = 1000  # keys per read; a page too large for one message is read again in halves
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with ``prefix`` (etcd's convention)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+# A mutation returns the new record, None to delete the key, or raises to abort.
+Mutation = Callable[[ModelRecord | None], ModelRecord | None]
+
+
+class Unchanged(Exception):
+    """Raised by a Mutation that has nothing to write."""
+
+
+@dataclass
+class RecordSet:
+    """Model and vmodel records read for one transaction; a mutation edits them in place (None deletes)."""
+
+    models: dict[str, ModelRecord | None]
+    vmodels: dict[str, VModelRecord | None]
+
+    def encoded(self) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for model_id, model in self.models.items():
+            out[REGISTRY + model_id] = model.to_json() if model is not None else None
+        for vmodel_id, vmodel in self.vmodels.items():
+            out[VMODELS + vmodel_id] = vmodel.to_json() if vmodel is not None else None
+        return out
+
+
+class EtcdStore:
+    def __init__(self, endpoint: str, prefix: str, timeout_s: float = 5.0) -> None:
+        host, _, port = endpoint.rpartition(":")
+        self._client = aetcd.Client(
+            host=host or "127.0.0.1", port=int(port), timeout=timeout_s, options=dict(ETCD_CHANNEL_OPTIONS)
+        )
+        self._timeout_s = timeout_s
+        self.prefix = prefix.rstrip("/") + "/"
+        self._lease: aetcd.leases.Lease | None = None
+        self._instance_written = b""
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _key(self, relative: str) -> bytes:
+        return (self.prefix + relative).encode()
+
+    # -- snapshot and watch -------------------------------------------------------
+    async def snapshot(self, page_size: int = SNAPSHOT_PAGE) -> tuple[int, list[tuple[str, bytes, int]]]:
+        """Every key under the prefix at one revision, read in pages.
+
+        One read of a large registry would exceed gRPC's message limit; pages after the first are read
+        at the first page's revision, so the whole is one consistent view.
+        """
+        await self._client.connect()
+        start, end = self.prefix.encode(), _prefix_end(self.prefix.encode())
+        cut = len(self.prefix)
+        revision = 0  # 0: the newest, for the first page
+        items: list[tuple[str, bytes, int]] = []
+        while True:
+            request = rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
+            try:
+                result = await self._client.kvstub.Range(
+                    request, timeout=self._timeout_s, metadata=self._client.metadata
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and page_size > 1:
+                    page_size //= 2  # unusually large records
+                    continue
+                raise StoreError(f"{e.code().name}: {e.details()}") from e
+            revision = revision or result.header.revision
+            items.extend((kv.key.decode()[cut:], kv.value, kv.mod_revision) for kv in result.kvs)
+            if not result.more or not result.kvs:
+                return revision, items
+            start = result.kvs[-1].key + b"\0"
+
+    async def run_watch(self, table: RoutingTable, ready: asyncio.Event) -> None:
+        """Keep ``table`` equal to etcd: a snapshot, then one watch over the prefix.
+
+        A broken watch (etcd restarted, network) resumes from the last revision
+        seen; only a compacted revision forces a new snapshot.
+        """
+        next_revision: int | None = None
+        cut = len(self.prefix)
+        while True:
+            try:
+                if next_revision is None:
+                    revision, items = await self.snapshot()
+                    table.replace_all(items)
+                    await table.advance(revision)
+                    next_revision = revision + 1
+                    ready.set()
+                watch = await self._client.watch_prefix(self.prefix.encode(), start_revision=next_revision)
+                async for event in watch:
+                    key = event.kv.key.decode()[cut:]
+                    if event.kind == "PUT":
+                        table.apply_put(key, event.kv.value, event.kv.mod_revision)
+                    else:
+                        table.apply_delete(key)
+                    next_revision = event.kv.mod_revision + 1
+                    await table.advance(event.kv.mod_revision)
+            except asyncio.CancelledError:
+                raise
+            except aetcd.exceptions.RevisionCompactedError:
+                log.warning("watch fell behind compaction; reloading the snapshot")
+                next_revision = None
+            except Exception as e:  # etcd down or restarting: retry from where we were
+                log.warning("etcd watch broken (%s); resuming from revision %s", e, next_revision)
+                await asyncio.sleep(0.5)
+
+    async def current_revision(self) -> int:
+        """etcd's revision now (a linearizable read): what this pod's view must reach to be current."""
+        await self._client.connect()
+        request = rpc.RangeRequest(key=self.prefix.encode(), count_only=True)
+        try:
+            result = await self._client.kvstub.Range(
+                request, timeout=self._timeout_s, metadata=self._client.metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise StoreError(f"{e.code().name}: {e.details()}") from e
+        return int(result.header.revision)
+
+    # -- registry -----------------------------------------------------------------
+    async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
+        """One etcd transaction; the raw response carries the revision it was applied at.
+
+        aetcd's own ``transaction`` drops the response header, and the store needs
+        that revision to wait for its own write in the routing table.
+        """
+        await self._client.connect()
+        request = rpc.TxnRequest(
+            compare=[c.build_message() for c in compare], success=success, failure=failure
+        )
+        try:
+            return await self._client.kvstub.Txn(
+                request, timeout=self._timeout_s, metadata=self._client.metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise StoreError(f"{e.code().name}: {e.details()}") from e
+
+    async def create_model(self, model_id: str, record: ModelRecord) -> tuple[ModelRecord | None, int]:
+        """Create the record if absent.
+
+        Returns (None, revision of the create) when created, else (the existing record, its mod revision).
+        """
+        key = self._key(REGISTRY + model_id)
+        response = await self._txn(
+            compare=[self._client.transactions.create(key) == 0],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=record.to_json()))],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        )
+        if response.succeeded:
+            return None, response.header.revision
+        kvs = response.responses[0].response_range.kvs
+        if not kvs:  # deleted between the compare and now: cannot happen inside one transaction
+            raise StoreError(f"registry record {model_id} vanished inside a transaction")
+        return ModelRecord.from_json(kvs[0].value), kvs[0].mod_revision
+
+    async def get_model(self, model_id: str) -> tuple[ModelRecord | None, int]:
+        got = await self._client.get(self._key(REGISTRY + model_id))
+        if got is None:
+            return None, 0
+        return ModelRecord.from_json(got.value), got.mod_revision
+
+    async def update_model(self, model_id: str, mutate: Mutation) -> tuple[ModelRecord | None, int]:
+        """Read-modify-write with CAS, retried on conflict.
+
+        Returns the record as written (None if deleted or absent) and the
+        revision at which that state holds.
+        """
+        key = self._key(REGISTRY + model_id)
+        while True:
+            current, mod_revision = await self.get_model(model_id)
+            try:
+                new = mutate(current)
+            except Unchanged:
+                return current, mod_revision
+            if new is None and current is None:
+                return None, mod_revision
+            op = (
+                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=new.to_json()))
+                if new is not None
+                else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+            )
+            response = await self._txn([self._client.transactions.mod(key) == mod_revision], [op], [])
+            if response.succeeded:
+                return new, response.header.revision
+
+    async def update_records(
+        self,
+        vmodel_ids: Iterable[str],
+        models_needed: Callable[[dict[str, VModelRecord | None]], Iterable[str]],
+        mutate: Callable[[RecordSet], None],
+    ) -> int:
+        """One CAS transaction over vmodel and model records, retried on conflict.
+
+        The vmodels are read first; ``models_needed`` names the model records to
+        read with them. ``mutate`` edits the RecordSet in place (None deletes;
+        raising Unchanged writes nothing). Returns the revision of the write.
+        """
+        while True:
+            vmodels: dict[str, VModelRecord | None] = {}
+            revisions: dict[bytes, int] = {}
+            for vmodel_id in vmodel_ids:
+                got = await self._client.get(self._key(VMODELS + vmodel_id))
+                vmodels[vmodel_id] = VModelRecord.from_json(got.value) if got else None
+                revisions[self._key(VMODELS + vmodel_id)] = got.mod_revision if got else 0
+            models: dict[str, ModelRecord | None] = {}
+            for model_id in set(models_needed(vmodels)):
+                models[model_id], revisions[self._key(REGISTRY + model_id)] = await self.get_model(model_id)
+            records = RecordSet(models=models, vmodels=vmodels)
+            before = records.encoded()
+            try:
+                mutate(records)
+            except Unchanged:
+                return max(revisions.values(), default=0)
+            ops = []
+            for relative, value in records.encoded().items():
+                if value == before.get(relative):
+                    continue
+                key = self._key(relative)
+                ops.append(
+                    rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+                    if value is not None
+                    else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+                )
+                revisions.setdefault(key, 0)  # a record the mutation added: it must still be absent
+            if not ops:
+                return max(revisions.values(), default=0)
+            compare = [self._client.transactions.mod(key) == rev for key, rev in revisions.items()]
+            response = await self._txn(compare, ops, [])
+            if response.succeeded:
+                return int(response.header.revision)
+
+    # -- instance record on the pod's lease -----------------------------------------
+    async def register_instance(self, pod_id: str, record: InstanceRecord, ttl_s: int) -> None:
+        self._lease = await self._client.lease(ttl_s)
+        self._instance_written = b""  # a new lease holds nothing until the put succeeds
+        await self.put_instance(pod_id, record)
+
+    async def put_instance(self, pod_id: str, record: InstanceRecord) -> None:
+        assert self._lease is not None, "register_instance first"
+        value = record.to_json()
+        await self._client.put(self._key(INSTANCES + pod_id), value, lease=self._lease)
+        self._instance_written = value
+
+    async def keep_alive(
+        self,
+        pod_id: str,
+        record: Callable[[], InstanceRecord],
+        ttl_s: int,
+        changed: asyncio.Event,
+        on_new_lease: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Refresh the lease every third of its TTL, and publish the record when it changes (``changed``).
+
+        A lost lease (etcd was down longer than the TTL) is granted again.
+        """
+        next_refresh = asyncio.get_running_loop().time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    changed.wait(), max(0.0, next_refresh - asyncio.get_running_loop().time())
+                )
+            changed.clear()
+            try:
+                assert self._lease is not None
+                if asyncio.get_running_loop().time() >= next_refresh:
+                    next_refresh = asyncio.get_running_loop().time() + ttl_s / 3
+                    reply = await self._lease.refresh()
+                    if reply is None or reply.TTL <= 0:
+                        log.warning("lease expired; registering the instance again")
+                        await self.register_instance(pod_id, record(), ttl_s)
+                        await on_new_lease()
+                        continue
+                if (latest := record()).to_json() != self._instance_written:
+                    await self.put_instance(pod_id, latest)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("lease keep-alive failed: %s", e)
+
+    async def campaign(self, pod_id: str) -> bool:
+        """Become the leader if nobody is: the key lives on this pod's lease, so it goes when the pod does."""
+        assert self._lease is not None, "register_instance first"
+        key = self._key(LEADER)
+        response = await self._txn(
+            compare=[self._client.transactions.create(key) == 0],
+            success=[
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(key=key, value=pod_id.encode(), lease=self._lease.id)
+                )
+            ],
+            failure=[],
+        )
+        return bool(response.succeeded)
+
+    async def revoke_lease(self) -> None:
+        if self._lease is not None:
+            await self._lease.revoke()
+            self._lease = None

@@ -1,0 +1,96 @@
+"""Raw-bytes calls to other pods' internal ports.
+
+The internal protocol is the external one plus a few ``mm-internal-*`` headers:
+the concrete model id is already resolved, so the receiving pod serves it
+itself (loading it if needed) and never forwards again. One channel per peer,
+made on first use inside the event loop; in-flight counts pick the least busy copy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import grpc
+
+from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, Metadata
+from mesh.registry.records import InstanceRecord
+from mesh.registry.view import RoutingTable
+
+
+class PeerHealth:
+    """Which pods count as alive: an instance record in etcd, and no recent failure to answer.
+
+    A pod that stops answering keeps its instance record until its lease runs
+    out; meanwhile requests must not keep trying it, nor wait for its loads.
+    """
+
+    def __init__(self, table: RoutingTable, suspect_s: float) -> None:
+        self._table = table
+        self._suspect_s = suspect_s
+        self._down_until: dict[str, float] = {}
+
+    def alive(self, pod_id: str) -> bool:
+        if pod_id not in self._table.instances:
+            return False
+        until = self._down_until.get(pod_id)
+        if until is None:
+            return True
+        if time.monotonic() >= until:
+            del self._down_until[pod_id]
+            return True
+        return False
+
+    def unreachable(self, pod_id: str) -> None:
+        self._down_until[pod_id] = time.monotonic() + self._suspect_s
+
+    def live_instances(self) -> dict[str, InstanceRecord]:
+        return {p: v.record for p, v in self._table.instances.items() if self.alive(p)}
+
+
+class PeerPool:
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._inflight: Counter[str] = Counter()
+
+    def inflight(self, address: str) -> int:
+        return self._inflight[address]
+
+    async def call(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        model_id: str,
+        metadata: Metadata,
+        timeout_s: float | None,
+        avoid: frozenset[str] = frozenset(),
+    ) -> bytes:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        call = channel.unary_unary(method)
+        self._inflight[address] += 1
+        try:
+            headers = [*metadata, (INTERNAL_MODEL_HEADER, model_id)]
+            if avoid:
+                headers.append((AVOID_HEADER, ",".join(sorted(avoid))))
+            response: bytes = await call(body, timeout=timeout_s, metadata=headers)
+            return response
+        finally:
+            self._inflight[address] -= 1
+
+    async def forget(self, address: str) -> None:
+        """A peer went away: close its channel."""
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        for address in list(self._channels):
+            await self.forget(address)

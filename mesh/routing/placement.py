@@ -1,0 +1,61 @@
+"""Where to load a model on a cache miss (pure).
+
+Rules, in order (DESIGN.md §4): a pod whose runtime serves the model's type, that
+is not shutting down, not excluded (it failed the model, or did not answer);
+then not full before full; among full pods the one whose least-recently-used
+model is oldest (evicting it costs least); then fewest models, most free
+bytes, lowest request rate; ties broken by rendezvous (highest-random-weight)
+hashing of the model id, so two pods that miss at the same moment with the
+same view choose the same target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import xxhash
+
+from mesh.registry.records import InstanceRecord
+
+
+def serves_type(instance: InstanceRecord, model_type: str) -> bool:
+    """An instance that lists no types serves any."""
+    return not instance.runtime_types or model_type.lower() in instance.runtime_types
+
+
+def rendezvous_weight(model_id: str, pod_id: str) -> int:
+    return xxhash.xxh64_intdigest(f"{model_id}\x00{pod_id}".encode())
+
+
+def placement_key(model_id: str, pod_id: str, instance: InstanceRecord, size_hint: int) -> tuple[int, ...]:
+    free = instance.capacity_bytes - instance.used_bytes
+    full = free < size_hint
+    return (
+        int(full),
+        instance.oldest_lru_ms if full else 0,
+        instance.model_count,
+        -free,
+        instance.requests_per_min,
+        -rendezvous_weight(model_id, pod_id),
+    )
+
+
+def choose_load_target(
+    model_id: str,
+    model_type: str,
+    instances: Mapping[str, InstanceRecord],
+    exclude: Collection[str] = (),
+    size_hint: int = 0,
+) -> str | None:
+    """The pod that should load the model, or None when no pod can."""
+    candidates = [
+        pod_id
+        for pod_id, instance in instances.items()
+        if pod_id not in exclude
+        and not instance.shutting_down
+        and instance.runtime_ready
+        and serves_type(instance, model_type)
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda p: placement_key(model_id, p, instances[p], size_hint))

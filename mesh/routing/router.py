@@ -1,0 +1,381 @@
+"""Where a request for a model is served: here, on a holder, or on the pod placement picks to load it.
+
+Protocol-free: the gRPC proxy, the REST gateway and the management API give it
+two callables (serve here, serve on that pod) and turn MeshError into their
+own error form. A pod that does not answer, refuses a load claimed elsewhere,
+or fails the load is tried past, within a bounded number of attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import grpc
+
+from mesh.errors import MeshError, Reroute
+from mesh.models.copies import RuntimeNotFound
+from mesh.models.local import LoadClaimed, ModelLoader, now_ms
+from mesh.outcomes import LOAD_METHOD, Passthrough, peer_outcome
+from mesh.registry.records import InstanceRecord, ModelRecord
+from mesh.registry.status import PoolStats, live_copies, pool_stats, unexpired_failures
+from mesh.registry.store import StoreError
+from mesh.registry.view import RoutingTable
+from mesh.routing.peers import PeerHealth, PeerPool
+from mesh.routing.placement import choose_load_target, serves_type
+from mesh.routing.target import RequestTarget, TargetKind
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# A load here that failed with these codes may still succeed on another pod (UNAVAILABLE: etcd or the
+# runtime is down here, or this pod is shutting down).
+RETRY_ELSEWHERE = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE})
+
+
+class NoPlacement(MeshError):
+    """No live pod's runtime serves the model's type: nothing changes until an operator acts."""
+
+
+def resolve_model_id(table: RoutingTable, target: RequestTarget) -> str:
+    """The concrete model id for a request target, or NOT_FOUND.
+
+    A vmodel resolves to its active model; a bare name is a vmodel id first, then a model id.
+    """
+    if target.kind is not TargetKind.MODEL:
+        vmodel = table.vmodel(target.id)
+        if vmodel is not None:
+            return vmodel.active
+        if target.kind is TargetKind.VMODEL:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"vmodel not found: {target.id}")
+    if table.model(target.id) is not None:
+        return target.id
+    raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {target.id}")
+
+
+class Router:
+    def __init__(
+        self,
+        pod_id: str,
+        table: RoutingTable,
+        loader: ModelLoader,
+        peers: PeerPool,
+        health: PeerHealth,
+        failure_expiry_s: float,
+        max_load_failures: int,
+        load_timeout_s: float = 120.0,
+        max_attempts: int = 3,
+        registry_revision: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        self.pod_id = pod_id
+        self._table = table
+        self._loader = loader
+        self._peers = peers
+        self._health = health
+        self._expiry_ms = int(failure_expiry_s * 1000)
+        self._max_failures = max_load_failures
+        self._max_attempts = max_attempts
+        self._load_timeout_s = load_timeout_s
+        self._registry_revision = registry_revision
+        self._turn = 0
+        self._unplaced: dict[str, float] = {}  # model -> when no pod could take it
+
+    # -- resolution -------------------------------------------------------------------
+    def model_id(self, target: RequestTarget) -> str:
+        return resolve_model_id(self._table, target)
+
+    async def model_id_after_miss(self, target: RequestTarget) -> str:
+        """``model_id`` for a target this pod's view did not know, asked again once the view is current."""
+        try:
+            return self.model_id(target)
+        except MeshError as miss:
+            if miss.code is not grpc.StatusCode.NOT_FOUND or not await self.view_current():
+                raise
+            return self.model_id(target)
+
+    async def view_current(self, timeout_s: float = 2.0) -> bool:
+        """Wait until this pod's view reaches etcd's present revision; False if that cannot be had now.
+
+        A model registered through another pod a moment ago may not have reached this pod's watch yet, so
+        a miss waits (bounded) for the view before NOT_FOUND is the answer. Only misses pay the etcd read;
+        with etcd down the view answers as it is.
+        """
+        if self._registry_revision is None:
+            return False
+        try:
+            await self._table.wait_for_revision(await self._registry_revision(), timeout_s)
+        except (StoreError, TimeoutError):
+            return False
+        return True
+
+    def ready(self, target: RequestTarget) -> bool:
+        """Registered and loaded on a live pod; never triggers a load."""
+        try:
+            record = self._table.model(self.model_id(target))
+        except MeshError:
+            return False
+        return record is not None and bool(live_copies(record.holders, self._health.live_instances()))
+
+    def instance(self, pod_id: str) -> InstanceRecord:
+        instance = self._table.instance(pod_id)
+        if instance is None:
+            raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} is gone"))
+        return instance
+
+    # -- choice ------------------------------------------------------------------------
+    def loaded_here(self, model_id: str) -> bool:
+        return self._loader.is_loaded(model_id)
+
+    def only_copy_here(self, model_id: str) -> bool:
+        """Loaded here and nowhere else: the request is served here, no choice to make."""
+        if not self._loader.is_loaded(model_id):
+            return False
+        record = self._table.model(model_id)
+        return record is None or len(record.holders) < 2
+
+    def holder_now(self, model_id: str) -> str | None:
+        """The pod that serves ``model_id`` with no load and no wait: this one or a live holder, else None.
+
+        The choice among copies is ``choose``'s (least busy, ties rotating); a model that needs a load,
+        or one this view does not know, is the general route's to decide.
+        """
+        if self.only_copy_here(model_id):
+            return self.pod_id
+        record = self._table.model(model_id)
+        if record is None:
+            return None
+        holders = sorted(live_copies(record.holders, self._health.live_instances()))
+        if not holders:
+            return None
+        pod = self._least_busy(model_id, holders)
+        if pod == self.pod_id and not self._loader.is_loaded(model_id):
+            return None  # the registry lists this pod, but the copy is still on its way
+        return pod
+
+    def choose(self, model_id: str, excluded: set[str], preferred: str | None = None) -> str:
+        """The pod to serve ``model_id``: this one (``self.pod_id``) or a peer. Raises when none can."""
+        here_ok = self.pod_id not in excluded
+        if here_ok and self.only_copy_here(model_id):
+            return self.pod_id  # the common case: the only copy is here
+        record = self._table.model(model_id)
+        if record is None:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
+        live = self._health.live_instances()
+        if preferred is not None and preferred in live and preferred not in excluded:
+            return preferred
+        holders = sorted(p for p in live_copies(record.holders, live) if p not in excluded)
+        if holders:  # a loaded copy elsewhere beats waiting for one being loaded here (an extra copy)
+            return self._least_busy(model_id, holders)
+        if here_ok and self._loader.is_loading(model_id):
+            return self.pod_id
+        loading = [p for p in live_copies(record.loading, live) if p not in excluded]
+        if loading:
+            return loading[0]
+        return self._placement(model_id, record, excluded)
+
+    def _least_busy(self, model_id: str, holders: list[str]) -> str:
+        """Fewest requests in flight from here; ties rotate, so even sequential traffic uses every copy."""
+        self._turn += 1
+        start = self._turn % len(holders)
+        ordered = holders[start:] + holders[:start]
+        return min(ordered, key=lambda p: self._in_flight(model_id, p))
+
+    def _in_flight(self, model_id: str, pod_id: str) -> int:
+        if pod_id == self.pod_id:
+            return self._loader.inflight(model_id)
+        instance = self._table.instance(pod_id)
+        return self._peers.inflight(instance.internal_address) if instance else 0
+
+    def _placement(self, model_id: str, record: ModelRecord, excluded: set[str]) -> str:
+        failures = unexpired_failures(record, now_ms(), self._expiry_ms)
+        newest = max(failures.values(), key=lambda f: f.time_ms, default=None)
+        if newest is not None and len(failures) >= self._max_failures:
+            raise MeshError(grpc.StatusCode[newest.code], newest.message)
+        live = self._health.live_instances()
+        target = choose_load_target(model_id, record.type, live, excluded | set(failures))
+        if target is not None:
+            return target
+        if newest is not None:
+            raise MeshError(grpc.StatusCode[newest.code], newest.message)
+        if live and not any(serves_type(instance, record.type) for instance in live.values()):
+            # Only this needs an operator (a pool for the type); busy, stopping or runtime-less pods pass.
+            raise NoPlacement(
+                grpc.StatusCode.FAILED_PRECONDITION, f"no pod serves model type '{record.type}'"
+            )
+        raise MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod can load {model_id} now")
+
+    # -- serving -----------------------------------------------------------------------
+    async def route(
+        self,
+        model_id: str,
+        timeout_s: float | None,
+        here: Callable[[], Awaitable[T]],
+        there: Callable[[str, frozenset[str]], Awaitable[T]],
+        last_used_ms: int | None = None,
+        copy_reloaded: bool = False,
+    ) -> T:
+        """Serve with ``here()`` on this pod (loading first if needed) or ``there(pod_id, avoid)`` on a peer.
+
+        ``avoid`` names pods this request found unreachable: the peer must not wait for their claims either.
+        ``here()`` raises RuntimeNotFound for the runtime's "not found": the copy is reloaded (once per
+        request; ``copy_reloaded``: the caller has dropped it already) only when the runtime really lost it;
+        otherwise the runtime's answer is the request's.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        excluded: set[str] = set()
+        unreachable: set[str] = set()
+        repaired = copy_reloaded
+        preferred: str | None = None
+        error: MeshError | None = None
+        for _ in range(self._max_attempts):
+            try:
+                pod = self.choose(model_id, excluded, preferred)
+            except NoPlacement as e:  # recorded, so the model's status says why it is not loaded
+                self._unplaced[model_id] = time.monotonic()
+                self._loader.changed.set()  # republish the instance record with the count
+                await self._loader.record_failure(model_id, e.code, e.message)
+                raise
+            except MeshError:
+                if error is not None:  # nowhere left to try: the last failure says most
+                    raise error from None
+                raise
+            preferred = None
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            generation: int | None = None
+            try:
+                if pod != self.pod_id:
+                    return await there(pod, frozenset(unreachable))
+                await self.ensure_local(model_id, remaining, last_used_ms)
+                generation = self._loader.copy_generation(model_id)
+                with self.serving(model_id):
+                    return await here()
+            except RuntimeNotFound as suspect:
+                if not await self.copy_lost(model_id, generation, suspect.said) or repaired:
+                    raise suspect.answer from None  # the request's own error, or a reload did not help
+                repaired = True  # the copy is dropped: load it again and try once more
+                continue
+            except LoadClaimed as claimed:
+                preferred = claimed.holder
+            except Reroute as reroute:
+                error = reroute.error
+                preferred = reroute.prefer
+                if preferred is not None and (preferred in excluded or not self._health.alive(preferred)):
+                    # redirected to a pod this one has seen fail: say so, so the next pod ignores its claim
+                    unreachable.add(preferred)
+                    excluded.add(preferred)
+                    preferred = None
+                if reroute.exclude:
+                    excluded.add(pod)
+                if reroute.unreachable and pod != self.pod_id:
+                    self._health.unreachable(pod)
+                    unreachable.add(pod)
+            except MeshError as e:
+                if pod != self.pod_id or e.code not in RETRY_ELSEWHERE:
+                    raise
+                error = e  # a load that failed here may succeed on another pod
+                excluded.add(pod)
+            log.info("retrying %s elsewhere: %s", model_id, error.message if error else "redirected")
+        raise error or MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
+
+    async def load_somewhere(self, model_id: str, last_used_ms: int | None = None) -> None:
+        """Load on the pod a first request would load it on (this one or a peer); return when loaded."""
+
+        async def here() -> None:
+            return None
+
+        async def there(pod_id: str, avoid: frozenset[str]) -> None:
+            address = self.instance(pod_id).internal_address
+            try:
+                await self._peers.call(address, LOAD_METHOD, b"", model_id, (), self._load_timeout_s, avoid)
+            except grpc.aio.AioRpcError as e:
+                outcome = peer_outcome(e)
+                if isinstance(outcome, Passthrough):
+                    raise MeshError(outcome.code, outcome.details) from e
+                raise outcome from e
+
+        await self.route(model_id, None, here, there, last_used_ms)
+        # the loading pod has seen its own write; make sure this pod's view has too
+        await self._table.wait_until(lambda: self.loaded_somewhere(model_id))
+
+    def unplaced_count(self, window_s: float = 300.0) -> int:
+        """Models this pod found no pod for in the last ``window_s`` (an autoscaler's signal)."""
+        cutoff = time.monotonic() - window_s
+        self._unplaced = {m: t for m, t in self._unplaced.items() if t >= cutoff}
+        return len(self._unplaced)
+
+    def pool_stats(self) -> dict[str, PoolStats]:
+        return pool_stats(self._health.live_instances())
+
+    async def caught_up(self, model_id: str, timeout_s: float = 2.0) -> None:
+        """A peer resolved ``model_id`` already: give this pod's view a moment to see a fresh registration."""
+        if self._table.model(model_id) is None:
+            with contextlib.suppress(TimeoutError):
+                await self._table.wait_until(lambda: self._table.model(model_id) is not None, timeout_s)
+
+    def heard_unreachable(self, pods: Iterable[str]) -> None:
+        """A peer's request found these pods unreachable: do not wait for them here either."""
+        for pod in pods:
+            if pod != self.pod_id:
+                self._health.unreachable(pod)
+
+    def copy_generation(self, model_id: str) -> int | None:
+        """Which load of the model this pod's copy is: taken before a runtime call, for ``copy_lost``."""
+        return self._loader.copy_generation(model_id)
+
+    async def copy_lost(self, model_id: str, generation: int | None, said: str) -> bool:
+        """After the runtime's "not found" (``said``) for this pod's copy: True when the runtime lost it (the
+        copy is then dropped here and in the registry, so the caller may reload it), False when the runtime
+        has the model and its answer goes to the client unchanged. One runtime check per copy at a time
+        (mesh/models/copies.py).
+        """
+        return await self._loader.copy_lost(model_id, generation, said)
+
+    def alive(self, pod_id: str) -> bool:
+        return self._health.alive(pod_id)
+
+    def loaded_somewhere(self, model_id: str) -> bool:
+        record = self._table.model(model_id)
+        return record is not None and bool(live_copies(record.holders, self._health.live_instances()))
+
+    async def ensure_local(
+        self,
+        model_id: str,
+        timeout_s: float | None,
+        last_used_ms: int | None = None,
+        extra_copy: bool = False,
+    ) -> None:
+        """Load the model here if needed, within the caller's deadline (the load itself goes on)."""
+        if self._loader.is_loaded(model_id):
+            return
+        try:
+            await asyncio.wait_for(self._loader.ensure_loaded(model_id, last_used_ms, extra_copy), timeout_s)
+        except TimeoutError:
+            raise MeshError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed while {model_id} was loading"
+            ) from None
+
+    def record_use(self, model_id: str, count: int, last_used_ms: int) -> None:
+        """Requests another serving process of this pod answered from the runtime."""
+        self._loader.record_use(model_id, count, last_used_ms)
+
+    def acquire(self, model_id: str) -> None:
+        """A request in flight: the model is not evicted under it (release() when done)."""
+        self._loader.acquire(model_id)
+
+    def release(self, model_id: str) -> None:
+        self._loader.release(model_id)
+
+    @contextmanager
+    def serving(self, model_id: str) -> Iterator[None]:
+        self._loader.acquire(model_id)
+        try:
+            yield
+        finally:
+            self._loader.release(model_id)
