@@ -127,7 +127,7 @@ class MLServerProcess:
             "MLSERVER_GRPC_PORT": str(grpc_port),
             "MLSERVER_METRICS_PORT": str(metrics_port),
             "MLSERVER_LOAD_MODELS_AT_STARTUP": "false",
-            # Parallel workers multiply memory per model and crash with recent uvloop (DESIGN.md §5).
+            # Parallel workers multiply memory per model and crash with recent uvloop.
             "MLSERVER_PARALLEL_WORKERS": "0",
         }
         argv = [str(mlserver_bin or default_mlserver_bin()), "start", str(repository_dir)]

@@ -52,7 +52,7 @@ ALPHA = 1.0  # Zipf exponent
 ROOM = 0.10  # the pod's capacity as a fraction of all model bytes
 SEED = 0
 LOAD_MS = 2  # what the echo runtime waits per load: a miss costs something
-GOAL_OF_BELADY = 0.95  # DESIGN.md §8
+GOAL_OF_BELADY = 0.95
 
 
 @dataclass(frozen=True)
@@ -421,7 +421,7 @@ async def run_cache(
             "the '<policy>_pod_path' simulations drive ModelCache call for call as the pod does (a load, "
             "then the request that caused it); they match cache_sim's own replay exactly",
             "Belady (evict the model used furthest in the future) is the optimum only when all models have "
-            "one size; with sizes that vary it is the reference DESIGN.md names, not a bound: a size-aware "
+            "one size; with sizes that vary it is the reference the goals name, not a bound: a size-aware "
             "policy can beat it, most easily when the cache holds only a few models",
             "latency_ms_by_simulated_outcome splits the replay's latencies by the pod-path simulation's "
             "hit or miss for each request, which is the mesh's own split only if the hit counts agree",

@@ -14,7 +14,7 @@ across pods), and the first answer should come soon after the load:
   outside, as a direct loadModel + ModelInfer against a third echo runtime that no pod uses (a client that
   calls the runtime itself pays that much for a cold model).
 
-DESIGN.md §8's goal: added p50 under 50 ms; exactly one load per model.
+The goal (docs/ARCHITECTURE.md): added p50 under 50 ms; exactly one load per model.
 
     .venv/bin/python -m load_tests.cold_start [--full] [--out FILE]
 """
@@ -50,7 +50,7 @@ from protos import model_runtime_pb2_grpc as spi_grpc
 LOAD_MS = 200
 SIZE_BYTES = 1_000_000
 PROBES = 5  # direct loads against the spare runtime, for the measured baseline
-GOAL_ADDED_P50_MS = 50.0  # DESIGN.md §8
+GOAL_ADDED_P50_MS = 50.0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""One command for every scenario of DESIGN.md §8; writes load_tests/RESULTS.md and load_tests/results.json.
+"""One command for every scenario behind the goals (docs/ARCHITECTURE.md); writes load_tests/RESULTS.md
+and load_tests/results.json.
 
     .venv/bin/python -m load_tests.run            # quick: every scenario, under 10 minutes
     .venv/bin/python -m load_tests.run --full     # longer runs, more rounds, 100k models
@@ -113,7 +114,7 @@ def hop_table(summary: dict[str, Any]) -> list[str]:
 
 
 def goal_rows(results: dict[str, Any]) -> list[str]:
-    rows = ["| goal (DESIGN.md §8) | measured | verdict |", "|---|---|---|"]
+    rows = ["| goal (docs/ARCHITECTURE.md) | measured | verdict |", "|---|---|---|"]
 
     def row(goal: str, measured: str, ok: bool | None, shortfall: str = "") -> None:
         verdict = (

@@ -1,4 +1,4 @@
-"""The "scale" scenario of DESIGN.md §8: many models, a change reaching every pod, memory, placement.
+"""The "scale" scenario: many models, a change reaching every pod, memory, placement.
 
 Against a real etcd (mesh.devcluster.EtcdServer), with the mesh's own EtcdStore and RoutingTable:
 

@@ -1,4 +1,4 @@
-"""Errors the mesh answers with, and the rule for load failures (DESIGN.md §2.4).
+"""Errors the mesh answers with, and the rule for load failures (docs/ARCHITECTURE.md, the error rule).
 
 Load failures: FAILED_PRECONDITION when the request cannot succeed until an
 operator acts on the model's definition or the pool (the adapter rejected the

@@ -54,7 +54,7 @@ def test_the_pod_path_makes_the_simulations_decisions(
 
 
 def test_lfu_size_reaches_the_goal_on_the_cache_scenarios_trace() -> None:
-    # The trace of load_tests/cache_scenario.py --full (seed 0): DESIGN.md §8 asks for 0.95 of Belady's hits.
+    # The trace of load_tests/cache_scenario.py --full (seed 0): the goal is 0.95 of Belady's hits.
     # Measured: lfu-size 0.967, GDSF 0.936.
     w = make_workload(models=1000, requests=20_000, alpha=1.0, room=0.1, seed=0)
     assert lfu_size_hits(w) >= 0.95 * belady_hits(w)

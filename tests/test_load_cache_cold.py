@@ -121,7 +121,7 @@ async def test_cache_scenario_small(tmp_path: Path) -> None:
     # Nothing beats Belady where it is the optimum's stand-in: LRU, simulated and in the mesh. GDSF is not
     # held to it: Belady (evict the model used furthest in the future) is optimal only for one size, and
     # with lognormal sizes and room for a handful of models a size-aware policy can beat it (on this very
-    # trace simulated GDSF reaches 1.09 of Belady; on larger traces it stays below, as DESIGN.md §8 says).
+    # trace simulated GDSF reaches 1.09 of Belady; on larger traces it stays below).
     belady = sim["hits"]["belady"]
     assert 0 < sim["hits"]["lru"] <= belady
     assert mesh["lru"]["hits"] <= belady

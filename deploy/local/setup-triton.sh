@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Triton runtime into the checkout, for local meshes and tests (DESIGN.md §5):
+# Installs the Triton runtime into the checkout, for local meshes and tests:
 #   .venv-triton  nvidia-pytriton (ships a CPU-only tritonserver; pins numpy<2), onnxruntime (runs ONNX models
 #                 inside python-backend models) and onnx (tests build tiny ONNX graphs with it)
 #   .triton/      bin/, backends/, caches/ copied out of the pytriton wheel, plus the python-backend stub for

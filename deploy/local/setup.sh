@@ -27,7 +27,7 @@ if ! fresh .venv-mlserver/.installed deploy/local/constraints-mlserver.txt; then
   echo "setup: MLServer environment (.venv-mlserver)"
   [ -x .venv-mlserver/bin/python ] || "$PY" -m venv .venv-mlserver
   .venv-mlserver/bin/python -m pip install -q --upgrade pip
-  # uvloop 0.22+ crashes MLServer's parallel workers (DESIGN.md §5); the constraints pin it below.
+  # uvloop 0.22+ crashes MLServer's parallel workers; the constraints pin it below.
   .venv-mlserver/bin/python -m pip install -q -c deploy/local/constraints-mlserver.txt \
     mlserver mlserver-sklearn 'uvloop<0.22' xgboost-cpu lightgbm
   # mlserver-xgboost asks for the `xgboost` distribution (CUDA wheels); xgboost-cpu provides the same module.

@@ -1,6 +1,6 @@
 """Extra serving processes of one pod: more cores for the hot path (``--serving-processes N``).
 
-One Python process tops out near 1-2k requests/s (DESIGN.md §7). The pod's
+One Python process tops out near 1-2k requests/s. The pod's
 main process owns everything stateful (the cache, loads, the instance record,
 leader tasks); N-1 workers share its external port through SO_REUSEPORT and
 serve only the common cases themselves: a model this pod holds, sent straight

@@ -1,4 +1,4 @@
-"""The records kept in etcd (DESIGN.md §3), as dataclasses with a JSON form.
+"""The records kept in etcd (docs/ARCHITECTURE.md), as dataclasses with a JSON form.
 
 Keys under ``<root>/<service>/``:
   registry/<modelId>   ModelRecord      (no lease)

@@ -1,6 +1,6 @@
 """Where to load a model on a cache miss (pure).
 
-Rules, in order (DESIGN.md §4): a pod whose runtime serves the model's type, that
+Rules, in order: a pod whose runtime serves the model's type, that
 is not shutting down, not excluded (it failed the model, or did not answer);
 then not full before full; among full pods the one whose least-recently-used
 model is oldest (evicting it costs least); then fewest models, most free
