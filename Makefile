@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both install what they need first.
-.PHONY: setup demo test lint protos bench
+.PHONY: setup demo test unit lint protos bench
 
 setup:
 	@deploy/local/setup.sh
@@ -14,6 +14,10 @@ lint: setup
 
 test: setup lint
 	.venv/bin/pytest -q
+
+# The pure tests alone (no etcd, runtimes or pods): seconds.
+unit: setup
+	.venv/bin/pytest -q -m "not integration"
 
 protos: setup
 	.venv/bin/python -m protos.generate
