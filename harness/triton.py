@@ -1,7 +1,7 @@
 """Triton on loopback, as child processes: a real ``tritonserver`` and the Triton adapter.
 
-Development and test tooling, like mesh.devcluster (whose ChildProcess, free_port and readiness helpers these
-launchers build on). deploy/local/setup-triton.sh installs the runtime: ``.venv-triton`` (nvidia-pytriton,
+Development and test tooling, like harness.cluster; both build on harness.processes (ChildProcess, free_port,
+the readiness probes). deploy/local/setup-triton.sh installs the runtime: ``.venv-triton`` (nvidia-pytriton,
 onnxruntime) and ``.triton/`` (tritonserver, the python backend and its stub, copied out of the wheel).
 Every process gets free ports, its own process group and log file, and is stopped by its PID (never by name).
 """

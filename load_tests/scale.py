@@ -1,6 +1,6 @@
 """The "scale" scenario: many models, a change reaching every pod, memory, placement.
 
-Against a real etcd (mesh.devcluster.EtcdServer), with the mesh's own EtcdStore and RoutingTable:
+Against a real etcd (harness.cluster.EtcdServer), with the mesh's own EtcdStore and RoutingTable:
 
 1. registration: N models created through ``EtcdStore.create_model`` (the call registerModel makes), a bounded
    number in flight, while W watchers ("pods": each its own EtcdStore, RoutingTable and ``run_watch``) follow;
