@@ -130,6 +130,18 @@ def test_encoded_blocks_leave_the_peers_table_alone() -> None:
     assert len(decoder.header_table.dynamic_entries) == 0
 
 
+def test_the_first_block_announces_an_empty_table_and_later_blocks_are_remembered() -> None:
+    """A peer's decoder learns from the first block that this encoder keeps no table: from then on the same
+    bytes are the same headers, and the peer's BlockDecoder skips decoding them."""
+    encoder, decoder = BlockEncoder(), BlockDecoder()
+    headers = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+    first, second = encoder.encode(headers), encoder.encode(headers)
+    assert first == b"\x20" + second  # a dynamic-table-size update to 0, once
+    assert decoder.decode(first) == headers
+    assert decoder.static_only
+    assert decoder.decode(second) is decoder.decode(second)  # remembered, not decoded again
+
+
 def test_decoder_remembers_blocks_only_while_the_table_stands_still() -> None:
     encoder = hpack.Encoder()
     decoder = BlockDecoder()

@@ -67,3 +67,10 @@ def test_serving_processes_at_least_one() -> None:
     assert parse_settings([], env={}).serving_processes == 1
     with pytest.raises(SystemExit):
         parse_settings(["--serving-processes", "0"], env={})
+
+
+def test_front_codec() -> None:
+    assert parse_settings([], env={}).front_codec == "lean"
+    assert parse_settings([], env={"MM_FRONT_CODEC": "h2"}).front_codec == "h2"
+    with pytest.raises(SystemExit):
+        parse_settings(["--front-codec", "hyper"], env={})

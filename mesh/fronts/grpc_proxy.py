@@ -13,7 +13,7 @@ internal port, which serves forwarded requests here and never forwards again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import grpc
 from tritonclient.grpc import service_pb2 as v2
@@ -31,6 +31,7 @@ from mesh.outcomes import (
     LOAD_METHOD,
     REDIRECT_TRAILER,
     RUNTIME_DOWN_TRAILER,
+    Metadata,
     Passthrough,
 )
 from mesh.routing.peers import PeerPool
@@ -47,7 +48,6 @@ _DROP_HEADER_PREFIXES = ("mm-", ":", "grpc-")
 _DROP_HEADERS = frozenset({"user-agent", "content-type", "te"})
 MAX_CACHED_METHODS = 256
 
-Metadata = Sequence[tuple[str, str | bytes]]
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 

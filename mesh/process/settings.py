@@ -141,6 +141,11 @@ OPTIONS: tuple[Option, ...] = (
 EVENT_LOOPS = ("asyncio", "uvloop")
 FRONTS = ("grpc", "h2")
 FRONT_CODECS = ("lean", "h2")
+CHOICES = {
+    "event_loop": EVENT_LOOPS,
+    "front": FRONTS,
+    "front_codec": FRONT_CODECS,
+}  # settings of a fixed few values
 
 
 @dataclass(frozen=True)
@@ -230,17 +235,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
                 values[name] = parse_labels(raw)
             elif name == "eviction_policy":
                 values[name] = EvictionPolicy(raw.lower()).value
-            elif name == "event_loop":
-                if raw not in EVENT_LOOPS:
-                    raise ValueError(f"{raw!r} is not one of {', '.join(EVENT_LOOPS)}")
-                values[name] = raw
-            elif name == "front":
-                if raw not in FRONTS:
-                    raise ValueError(f"{raw!r} is not one of {', '.join(FRONTS)}")
-                values[name] = raw
-            elif name == "front_codec":
-                if raw not in FRONT_CODECS:
-                    raise ValueError(f"{raw!r} is not one of {', '.join(FRONT_CODECS)}")
+            elif name in CHOICES:
+                if raw not in CHOICES[name]:
+                    raise ValueError(f"{raw!r} is not one of {', '.join(CHOICES[name])}")
                 values[name] = raw
             elif name == "model_types":
                 values[name] = [t.strip().lower() for t in raw.split(",") if t.strip()]

@@ -66,7 +66,7 @@ _CONFIG = h2.config.H2Configuration(
 _UNREAD, _UPSTREAM = "unread", "upstream"  # why reading a client is paused
 _SENT_CLOSED = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, StreamGone)
 _BROKEN = (h2.exceptions.ProtocolError, ProtocolError)  # the client broke HTTP/2; the GOAWAY is queued
-_SLICE_BYTES = 16384  # bytes handed to h2 at a time (see data_received)
+_SLICE_BYTES = 16384  # bytes handed to the codec at a time (see data_received)
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,8 @@ class ClientConnection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
-        # In slices: a read holds up to 256 KiB, hundreds of header blocks; a limit a slice breaks stops
-        # the connection before h2 decodes the rest (a rapid reset costs the pod one slice, not one read).
+        # In slices: a read holds up to 256 KiB, hundreds of header blocks; a limit a slice breaks stops the
+        # connection before the codec decodes the rest (a rapid reset costs the pod one slice, not one read).
         for start in range(0, len(data), _SLICE_BYTES):
             if self._closed:
                 return

@@ -49,7 +49,6 @@ from mesh.fronts.h2.wire import (
     window_update,
 )
 
-SETTING_MAX_HEADER_LIST_SIZE = 6
 CLOSED_REMEMBERED = 256  # closed streams whose late frames get STREAM_CLOSED rather than PROTOCOL_ERROR
 VALIDATED_REMEMBERED = 512  # distinct request header lists whose check is remembered
 
@@ -158,7 +157,7 @@ class LeanServerConnection:
                     (Setting.HEADER_TABLE_SIZE, 0),
                     (Setting.MAX_CONCURRENT_STREAMS, self._max_streams),
                     (Setting.INITIAL_WINDOW_SIZE, self._stream_window),
-                    (SETTING_MAX_HEADER_LIST_SIZE, self._max_header_list),
+                    (Setting.MAX_HEADER_LIST_SIZE, self._max_header_list),
                 )
             ),
         )
@@ -176,7 +175,8 @@ class LeanServerConnection:
     def receive_data(self, data: bytes) -> list[h2.events.Event]:
         if self._ended:
             return []
-        self._events = events = list[h2.events.Event]()
+        events: list[h2.events.Event] = []
+        self._events = events
         try:
             self._reader.feed(data)
         except ProtocolError as e:
