@@ -6,6 +6,7 @@ Shared by the pod's main process and its serving processes, so both honour ``--e
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -32,3 +33,13 @@ def run_until_signalled(settings: Settings, main: Callable[[asyncio.Event], Awai
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(run())
+
+
+def freeze_startup_heap() -> None:
+    """Once serving: keep what start-up made out of the garbage collector's full passes.
+
+    Everything imported and wired at start lives as long as the process; a full collection walks it all (about
+    30 ms in a pod), pausing every connection. Frozen, a full pass walks only what serving made since.
+    """
+    gc.collect()
+    gc.freeze()

@@ -35,7 +35,7 @@ from mesh.models.local import ModelLoader
 from mesh.models.rates import RateTracker
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.runtime_watch import RuntimeWatch
-from mesh.process.entry import run_until_signalled
+from mesh.process.entry import freeze_startup_heap, run_until_signalled
 from mesh.process.serving_worker import (
     DELEGATE_ENV,
     METHODS_ENV,
@@ -282,6 +282,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         )
         rest = f", REST on {settings.host}:{settings.rest_port}" if settings.rest_port else ""
         print(f"mesh pod {settings.pod_id} serving on {settings.address}{rest}", file=sys.stderr, flush=True)
+        freeze_startup_heap()
 
         await stop.wait()
         log.info("stopping %s: handing its models over", settings.pod_id)

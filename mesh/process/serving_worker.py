@@ -52,7 +52,7 @@ from mesh.models.copies import RuntimeNotFound, peer_answer
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import USAGE_METHOD, UsageLog
 from mesh.outcomes import Passthrough
-from mesh.process.entry import run_until_signalled
+from mesh.process.entry import freeze_startup_heap, run_until_signalled
 from mesh.process.settings import Settings, parse_settings
 from mesh.registry.records import InstanceRecord
 from mesh.registry.store import EtcdStore
@@ -363,6 +363,7 @@ async def run_worker(
             report_usage(usage, f"{settings.host}:{settings.internal_port}", stop)
         )
         log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)
+        freeze_startup_heap()
         await stop.wait()
         await stop_serving()
         await reporting
