@@ -3,8 +3,8 @@
 It does as little as a runtime can, so the backend is never what a benchmark
 measures: "loading" a model waits the time its path asks for and records the
 size it names; inference answers a loaded model with one precomputed response
-(NOT_FOUND for a model it does not hold, like a real runtime). The model path
-says what the model is: ``size=<bytes>[;load_ms=<ms>]``.
+(NOT_FOUND for a model it does not hold, like a real runtime), after the time the path asks for. The
+model path says what the model is: ``size=<bytes>[;load_ms=<ms>][;infer_ms=<ms>]``.
 
 ``/echo.Stats/Get`` returns JSON: loads per model, unloads, models held — what
 the cache and cold-start scenarios count — and ModelInfer calls per model id asked for.
@@ -38,19 +38,22 @@ STATS_METHOD = "/echo.Stats/Get"
 class EchoModel:
     size_bytes: int
     load_ms: int = 0
+    infer_ms: int = 0  # each inference waits this long (a slow model)
 
 
 def parse_model_path(path: str) -> EchoModel:
-    """``size=<bytes>[;load_ms=<ms>]`` -> EchoModel; ValueError on anything else."""
+    """``size=<bytes>[;load_ms=<ms>][;infer_ms=<ms>]`` -> EchoModel; ValueError on anything else."""
     fields: dict[str, int] = {}
     for part in filter(None, path.split(";")):
         name, _, value = part.partition("=")
-        if name not in ("size", "load_ms") or not value.isdigit():
-            raise ValueError(f"bad echo model path part {part!r}: want size=<bytes>[;load_ms=<ms>]")
+        if name not in ("size", "load_ms", "infer_ms") or not value.isdigit():
+            raise ValueError(
+                f"bad echo model path part {part!r}: want size=<bytes>[;load_ms=<ms>][;infer_ms=<ms>]"
+            )
         fields[name] = int(value)
     if "size" not in fields:
         raise ValueError(f"echo model path {path!r} has no size=<bytes>")
-    return EchoModel(fields["size"], fields.get("load_ms", 0))
+    return EchoModel(fields["size"], fields.get("load_ms", 0), fields.get("infer_ms", 0))
 
 
 def infer_response(model_id: str) -> bytes:
@@ -152,6 +155,9 @@ class EchoInference(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._runtime.infers[model_id] += 1
         response = self._runtime.responses.get(model_id)
+        model = self._runtime.models.get(model_id)
+        if model is not None and model.infer_ms:
+            await asyncio.sleep(model.infer_ms / 1000)
         if response is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {model_id} is not loaded")
             raise AssertionError("unreachable")  # abort() raises

@@ -26,6 +26,7 @@ from mesh.fronts.grpc_proxy import MethodTable
 from mesh.fronts.h2.client import FrontLimits
 from mesh.fronts.h2.front import H2Front
 from mesh.registry.records import InstanceRecord
+from mesh.routing.decision import SERVE_HERE, Route
 from mesh.routing.target import RequestTarget
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -50,19 +51,17 @@ class HereRouting:
     def model_id(self, target: RequestTarget) -> str:
         return target.id
 
-    def holder_now(self, model_id: str) -> str | None:
-        return self.pod_id
-
-    def loaded_here(self, model_id: str) -> bool:
-        return True
+    def decide(self, model_id: str, *, only_here: bool = False) -> Route:
+        return SERVE_HERE
 
     def instance(self, pod_id: str) -> InstanceRecord:
         raise AssertionError("no peers here")
 
-    def acquire(self, model_id: str) -> None:
+    def acquire(self, model_id: str, pod_id: str) -> None:
+        assert pod_id == self.pod_id
         self.pins[model_id] += 1
 
-    def release(self, model_id: str) -> None:
+    def release(self, model_id: str, pod_id: str) -> None:
         self.pins[model_id] -= 1
 
 

@@ -109,6 +109,7 @@ async def test_round_robin_spreads_requests() -> None:
         ("size=10", EchoModel(10)),
         ("size=10;load_ms=5", EchoModel(10, 5)),
         ("load_ms=5;size=7", EchoModel(7, 5)),
+        ("size=1;infer_ms=300", EchoModel(1, 0, 300)),
     ],
 )
 def test_echo_model_paths(path: str, expected: EchoModel) -> None:

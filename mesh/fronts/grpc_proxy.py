@@ -35,8 +35,8 @@ from mesh.outcomes import (
     Passthrough,
 )
 from mesh.routing.peers import PeerPool
-from mesh.routing.router import Router
-from mesh.routing.target import TargetError, TargetKind, request_target
+from mesh.routing.router import LoadHereFailed, Router
+from mesh.routing.target import TargetError, request_target
 from mesh.routing.wire import WireFormatError, with_model_id
 
 log = logging.getLogger(__name__)
@@ -165,30 +165,6 @@ class InferenceProxy(grpc.GenericRpcHandler):
                 except MeshError:  # perhaps registered elsewhere a moment ago
                     model_id = await self._router.model_id_after_miss(target)
                 outgoing = forwarded_metadata(metadata)
-                copy_reloaded = False
-                if self._router.only_copy_here(model_id):  # the common case, without the general machinery
-                    field1 = target.id if target.kind is TargetKind.NAME else None
-                    generation = self._router.copy_generation(model_id)
-                    self._router.acquire(model_id)
-                    try:
-                        return await call_runtime(
-                            self._runtime,
-                            method,
-                            id_path,
-                            request,
-                            model_id,
-                            outgoing,
-                            context.time_remaining(),
-                            field1,
-                        )
-                    except RuntimeNotFound as suspect:
-                        if not await self._router.copy_lost(model_id, generation, suspect.said):
-                            raise suspect.answer from None  # the model is there: the request's own error
-                        copy_reloaded = True  # dropped: the general route loads it again
-                    except Reroute:
-                        pass  # the runtime is down: the general route goes elsewhere
-                    finally:
-                        self._router.release(model_id)
 
                 async def here() -> bytes:
                     return await call_runtime(
@@ -204,9 +180,7 @@ class InferenceProxy(grpc.GenericRpcHandler):
                     except grpc.aio.AioRpcError as e:
                         raise peer_answer(e) from e
 
-                return await self._router.route(
-                    model_id, context.time_remaining(), here, there, copy_reloaded=copy_reloaded
-                )
+                return await self._router.route(model_id, context.time_remaining(), here, there)
             except TargetError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             except WireFormatError as e:
@@ -252,25 +226,23 @@ class PeerHandler(grpc.GenericRpcHandler):
 
         async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
-            model_id = await self._loaded_here(metadata, context)
+            model_id = await self._forwarded_model(metadata, context)
+
+            async def here() -> bytes:
+                return await call_runtime(
+                    self._runtime,
+                    method,
+                    id_path,
+                    request,
+                    model_id,
+                    forwarded_metadata(metadata),
+                    context.time_remaining(),
+                )
+
             try:
-                for repaired in (False, True):
-                    generation = self._router.copy_generation(model_id)
-                    try:
-                        with self._router.serving(model_id):
-                            return await call_runtime(
-                                self._runtime,
-                                method,
-                                id_path,
-                                request,
-                                model_id,
-                                forwarded_metadata(metadata),
-                                context.time_remaining(),
-                            )
-                    except RuntimeNotFound as suspect:
-                        if not await self._router.copy_lost(model_id, generation, suspect.said) or repaired:
-                            raise suspect.answer from None  # the request's own error, or a reload failed
-                        await self._loaded_here(metadata, context)  # the copy is dropped: load it again
+                return await self._router.serve_here(model_id, context.time_remaining(), here)
+            except LoadHereFailed as e:
+                await _abort_load(context, e.error)
             except WireFormatError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
             except Reroute as e:
@@ -285,8 +257,17 @@ class PeerHandler(grpc.GenericRpcHandler):
 
     async def _load(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = context.invocation_metadata() or ()
-        await self._loaded_here(metadata, context, extra_copy=any(k == COPY_HEADER for k, _ in metadata))
-        return b""
+        model_id = await self._forwarded_model(metadata, context)
+
+        async def loaded() -> bytes:
+            return b""
+
+        extra_copy = any(k == COPY_HEADER for k, _ in metadata)
+        try:
+            return await self._router.serve_here(model_id, context.time_remaining(), loaded, extra_copy)
+        except LoadHereFailed as e:
+            await _abort_load(context, e.error)
+        raise AssertionError("unreachable")
 
     async def _usage(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Hits one of this pod's serving processes served from the runtime itself."""
@@ -298,10 +279,8 @@ class PeerHandler(grpc.GenericRpcHandler):
             self._router.record_use(model_id, count, last_used_ms)
         return b""
 
-    async def _loaded_here(
-        self, metadata: Metadata, context: grpc.aio.ServicerContext, extra_copy: bool = False
-    ) -> str:
-        """The forwarded model, loaded on this pod; otherwise abort with what the sender needs to know."""
+    async def _forwarded_model(self, metadata: Metadata, context: grpc.aio.ServicerContext) -> str:
+        """The model a peer forwarded the request for (the peer resolved it); pods it found unreachable."""
         model_id = next((str(v) for k, v in metadata if k == INTERNAL_MODEL_HEADER), "")
         avoid = next((str(v) for k, v in metadata if k == AVOID_HEADER), "")
         self._router.heard_unreachable(p for p in avoid.split(",") if p)
@@ -310,13 +289,14 @@ class PeerHandler(grpc.GenericRpcHandler):
                 grpc.StatusCode.INVALID_ARGUMENT, f"internal call without {INTERNAL_MODEL_HEADER}"
             )
         await self._router.caught_up(model_id)
-        try:
-            await self._router.ensure_local(model_id, context.time_remaining(), extra_copy=extra_copy)
-        except LoadClaimed as e:
-            await context.abort(e.code, e.message, trailing_metadata=((REDIRECT_TRAILER, e.holder),))
-        except MeshError as e:
-            await context.abort(e.code, e.message, trailing_metadata=((LOAD_FAILED_TRAILER, "1"),))
         return model_id
+
+
+async def _abort_load(context: grpc.aio.ServicerContext, error: MeshError) -> None:
+    """A load here failed: tell the sender which pod claimed it, or that it may try another."""
+    if isinstance(error, LoadClaimed):
+        await context.abort(error.code, error.message, trailing_metadata=((REDIRECT_TRAILER, error.holder),))
+    await context.abort(error.code, error.message, trailing_metadata=((LOAD_FAILED_TRAILER, "1"),))
 
 
 def _constant(response: bytes) -> Behavior:

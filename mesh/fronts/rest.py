@@ -23,7 +23,7 @@ from mesh.fronts.server_limits import GuardedListener, RestLimits, guard_middlew
 from mesh.models.copies import RuntimeNotFound, rest_not_found
 from mesh.models.local import LoadClaimed
 from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, LOAD_FAILED_TRAILER, REDIRECT_TRAILER
-from mesh.routing.router import Router
+from mesh.routing.router import LoadHereFailed, Router
 from mesh.routing.target import RequestTarget, TargetError, header_target, name_target
 
 log = logging.getLogger(__name__)
@@ -223,26 +223,21 @@ class RestGateway:
         avoid = request.headers.get(AVOID_HEADER, "")
         self._router.heard_unreachable(p for p in avoid.split(",") if p)
         await self._router.caught_up(model_id)
-        for repaired in (False, True):
-            try:
-                await self._router.ensure_local(model_id, None)
-            except LoadClaimed as e:
-                return error(409, e.message, {REDIRECT_TRAILER: e.holder})
-            except MeshError as e:
-                return error(HTTP_STATUS.get(e.code, 500), e.message, {LOAD_FAILED_TRAILER: "1"})
-            generation = self._router.copy_generation(model_id)
-            with self._router.serving(model_id):
-                response = await self._call(self._runtime_base, request, model_id, body, internal=False)
-            # served; or the request's own 404 (the runtime has the model); or reloading did not help
-            if (
-                not rest_not_found(response.status)
-                or not await self._router.copy_lost(
-                    model_id, generation, f"{response.status} {response.text}"
-                )
-                or repaired
-            ):
-                return response
-        raise AssertionError("unreachable")  # the second pass returns
+
+        async def here() -> web.Response:
+            response = await self._call(self._runtime_base, request, model_id, body, internal=False)
+            if rest_not_found(response.status):  # lost copy, or the request's own: the router asks
+                raise RuntimeNotFound(RuntimeReply(response), f"{response.status} {response.text}")
+            return response
+
+        try:
+            return await self._router.serve_here(model_id, None, here)
+        except LoadHereFailed as e:
+            if isinstance(e.error, LoadClaimed):
+                return error(409, e.error.message, {REDIRECT_TRAILER: e.error.holder})
+            return error(HTTP_STATUS.get(e.error.code, 500), e.error.message, {LOAD_FAILED_TRAILER: "1"})
+        except RuntimeReply as reply:  # the runtime has the model: its 404 is the request's own
+            return reply.response
 
     async def _read_body(self, request: web.Request, check_json: bool = False) -> bytes | web.Response:
         """The body, within the size limit and the request deadline; or the JSON error to answer."""

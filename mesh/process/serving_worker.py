@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,6 +57,8 @@ from mesh.process.settings import Settings, parse_settings
 from mesh.registry.records import InstanceRecord
 from mesh.registry.store import EtcdStore
 from mesh.registry.view import RoutingTable
+from mesh.routing.decision import CopyHere, ForwardTo, Route, ServeHere, decide_route
+from mesh.routing.inflight import InFlightBook
 from mesh.routing.peers import PeerHealth, PeerPool
 from mesh.routing.router import resolve_model_id
 from mesh.routing.target import RequestTarget, TargetError, request_target
@@ -103,25 +105,18 @@ def decode_methods(raw: str) -> MethodTable:
 class WorkerProxy(grpc.GenericRpcHandler):
     def __init__(
         self,
-        pod_id: str,
-        table: RoutingTable,
+        routing: WorkerRouting,
         runtime: RuntimeClient,
         methods: MethodTable,
         delegate: grpc.aio.Channel,
-        usage: UsageLog,
         peers: PeerPool,
-        health: PeerHealth,
     ) -> None:
-        self._pod_id = pod_id
-        self._table = table
+        self._routing = routing
         self._runtime = runtime
         self._methods = methods
         self._delegate = delegate
-        self._usage = usage
         self._handlers = HandlerCache()
         self._peers = peers
-        self._health = health
-        self._turn = 0
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
@@ -161,24 +156,25 @@ class WorkerProxy(grpc.GenericRpcHandler):
         async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
             try:
-                model_id = resolve_model_id(self._table, request_target(metadata, request))
+                model_id = self._routing.model_id(request_target(metadata, request))
             except (TargetError, MeshError):
                 return await self._relayed(relay, request, context)  # the main process words the error
-            record = self._table.model(model_id)
-            if record is None:
+            route = self._routing.decide(model_id)
+            if isinstance(route, ForwardTo):
+                return await self._to_holder(method, relay, request, model_id, route.pod, context)
+            if not isinstance(route, ServeHere):  # a load, or an error: the main process's
                 return await self._relayed(relay, request, context)
-            if self._pod_id not in record.holders:
-                return await self._to_holder(method, relay, request, model_id, record.holders, context)
             try:
-                response = await call_runtime(
-                    self._runtime,
-                    method,
-                    id_path,
-                    request,
-                    model_id,
-                    forwarded_metadata(metadata),
-                    context.time_remaining(),
-                )
+                with self._routing.sending(model_id, self._routing.pod_id):
+                    return await call_runtime(
+                        self._runtime,
+                        method,
+                        id_path,
+                        request,
+                        model_id,
+                        forwarded_metadata(metadata),
+                        context.time_remaining(),
+                    )
             except (RuntimeNotFound, Reroute):  # lost copy or bad request; runtime down: main decides
                 return await self._relayed(relay, request, context)
             except WireFormatError as e:
@@ -187,8 +183,6 @@ class WorkerProxy(grpc.GenericRpcHandler):
             except Passthrough as e:
                 await context.abort(e.code, e.details)
                 raise AssertionError("unreachable") from None
-            self._usage.hit(model_id, int(time.time() * 1000))
-            return response
 
         return serve
 
@@ -198,67 +192,67 @@ class WorkerProxy(grpc.GenericRpcHandler):
         relay: grpc.aio.UnaryUnaryMultiCallable,
         request: bytes,
         model_id: str,
-        holders: dict[str, int],
+        pod: str,
         context: grpc.aio.ServicerContext,
     ) -> bytes:
-        """Straight to a pod holding the model (one hop, as the main process would); else relay."""
-        self._turn += 1
-        live = sorted(p for p in holders if self._health.alive(p))
-        if not live:
-            return await self._relayed(relay, request, context)
-        pod = live[self._turn % len(live)]
+        """Straight to the pod holding the model (one hop, as the main process would); else relay."""
         metadata = context.invocation_metadata() or ()
         try:
-            return await self._peers.call(
-                self._table.instances[pod].record.internal_address,
-                method,
-                request,
-                model_id,
-                forwarded_metadata(metadata),
-                context.time_remaining(),
-            )
+            with self._routing.sending(model_id, pod):
+                return await self._peers.call(
+                    self._routing.instance(pod).internal_address,
+                    method,
+                    request,
+                    model_id,
+                    forwarded_metadata(metadata),
+                    context.time_remaining(),
+                )
+        except MeshError:  # the pod's instance record went away meanwhile
+            return await self._relayed(relay, request, context)
         except grpc.aio.AioRpcError as e:
             outcome = peer_answer(e)
             if isinstance(outcome, Passthrough):  # the model's own answer: final
                 await context.abort(outcome.code, outcome.details)
                 raise AssertionError("unreachable") from None
             if isinstance(outcome, Reroute) and outcome.unreachable:
-                self._health.unreachable(pod)  # not tried again until its lease would have run out
+                self._routing.health.unreachable(pod)  # not tried again until its lease would have run out
             return await self._relayed(relay, request, context)  # the main process retries elsewhere
 
 
 class WorkerRouting:
-    """The HTTP/2 front's routing in a worker: this worker's view of etcd, hits reported to the main process.
+    """The routing of a serving process: this process's view of etcd, its own in-flight book, hits reported
+    to the main process. Used by both of its fronts (the HTTP/2 front and ``WorkerProxy``).
 
-    Holding a copy means the registry names this pod; a copy the runtime lost answers NOT_FOUND and the
-    front replays the request through the main process, as the grpc.aio worker does.
+    A ready copy here is one the registry names this pod for; a copy the runtime lost answers NOT_FOUND and
+    the request is replayed through the main process, which asks the runtime.
     """
 
     def __init__(self, pod_id: str, table: RoutingTable, usage: UsageLog, health: PeerHealth) -> None:
         self.pod_id = pod_id
         self._table = table
         self._usage = usage
-        self._health = health
+        self.health = health
+        self.in_flight = InFlightBook()
         self._turn = 0
 
     def model_id(self, target: RequestTarget) -> str:
         return resolve_model_id(self._table, target)
 
-    def holder_now(self, model_id: str) -> str | None:
+    def decide(self, model_id: str, *, only_here: bool = False) -> Route:
+        """The decision (mesh/routing/decision.py); this process acts on ServeHere and ForwardTo only."""
         record = self._table.model(model_id)
-        if record is None:
-            return None
-        if self.pod_id in record.holders:
-            return self.pod_id
-        live = sorted(p for p in record.holders if self._health.alive(p))
-        if not live:
-            return None
+        here = CopyHere.READY if record is not None and self.pod_id in record.holders else CopyHere.NONE
         self._turn += 1
-        return live[self._turn % len(live)]
-
-    def loaded_here(self, model_id: str) -> bool:
-        record = self._table.model(model_id)
-        return record is not None and self.pod_id in record.holders
+        return decide_route(
+            self.pod_id,
+            model_id,
+            record,
+            self.health.live_instances(),
+            here,
+            self.in_flight.counts,
+            turn=self._turn,
+            only_here=only_here,
+        )
 
     def instance(self, pod_id: str) -> InstanceRecord:
         versioned = self._table.instances.get(pod_id)
@@ -266,11 +260,23 @@ class WorkerRouting:
             raise MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} is gone")
         return versioned.record
 
-    def acquire(self, model_id: str) -> None:
-        self._usage.hit(model_id, int(time.time() * 1000))
+    def acquire(self, model_id: str, pod_id: str) -> None:
+        """In the book; served here, a hit for the main process (its cache does not pin this process's
+        requests: see the module docstring)."""
+        self.in_flight.started(pod_id)
+        if pod_id == self.pod_id:
+            self._usage.hit(model_id, int(time.time() * 1000))
 
-    def release(self, model_id: str) -> None:
-        pass  # the main process pins its own requests only (see the module docstring)
+    def release(self, model_id: str, pod_id: str) -> None:
+        self.in_flight.finished(pod_id)
+
+    @contextlib.contextmanager
+    def sending(self, model_id: str, pod_id: str) -> Iterator[None]:
+        self.acquire(model_id, pod_id)
+        try:
+            yield
+        finally:
+            self.release(model_id, pod_id)
 
 
 async def report_usage(usage: UsageLog, internal_address: str, stop: asyncio.Event) -> None:
@@ -299,20 +305,18 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
 
 async def start_grpc_worker(
     settings: Settings,
-    table: RoutingTable,
+    routing: WorkerRouting,
     runtime: RuntimeClient,
     methods: MethodTable,
     delegate: grpc.aio.Channel,
-    usage: UsageLog,
     peers: PeerPool,
-    peer_health: PeerHealth,
 ) -> Callable[[], Awaitable[None]]:
     """--front=grpc: the worker's own grpc.aio server on the pod's port; returns how to stop it."""
     server = grpc.aio.server(options=grpc_server_options(settings, public=True, reuse_port=True))
     health_checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
     reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed
-    proxy = WorkerProxy(settings.pod_id, table, runtime, methods, delegate, usage, peers, peer_health)
+    proxy = WorkerProxy(routing, runtime, methods, delegate, peers)
     server.add_generic_rpc_handlers((proxy,))
     server.add_insecure_port(settings.address)
     await server.start()
@@ -342,11 +346,13 @@ async def run_worker(
     peers = PeerPool(settings.max_message_bytes)
     try:
         await asyncio.wait_for(synced.wait(), timeout=30)
-        peer_health = PeerHealth(table, suspect_s=settings.lease_ttl_s)
+        routing = WorkerRouting(
+            settings.pod_id, table, usage, PeerHealth(table, suspect_s=settings.lease_ttl_s)
+        )
         stop_serving: Callable[[], Awaitable[None]]
         if settings.front == "h2":  # the main process's front, over this worker's view; relays to main
             front = H2Front(
-                WorkerRouting(settings.pod_id, table, usage, peer_health),
+                routing,
                 methods,
                 settings.runtime_serving,
                 delegate.removeprefix("unix:"),
@@ -357,7 +363,7 @@ async def run_worker(
             stop_serving = functools.partial(front.stop, 5.0)
         else:
             stop_serving = await start_grpc_worker(
-                settings, table, runtime, methods, delegate_channel, usage, peers, peer_health
+                settings, routing, runtime, methods, delegate_channel, peers
             )
         reporting = asyncio.create_task(
             report_usage(usage, f"{settings.host}:{settings.internal_port}", stop)

@@ -3,13 +3,12 @@
 The internal protocol is the external one plus a few ``mm-internal-*`` headers:
 the concrete model id is already resolved, so the receiving pod serves it
 itself (loading it if needed) and never forwards again. One channel per peer,
-made on first use inside the event loop; in-flight counts pick the least busy copy.
+made on first use inside the event loop (the caller counts its calls in the in-flight book).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import grpc
 
@@ -55,10 +54,6 @@ class PeerPool:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._inflight: Counter[str] = Counter()
-
-    def inflight(self, address: str) -> int:
-        return self._inflight[address]
 
     async def call(
         self,
@@ -75,15 +70,11 @@ class PeerPool:
             channel = grpc.aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
         call = channel.unary_unary(method)
-        self._inflight[address] += 1
-        try:
-            headers = [*metadata, (INTERNAL_MODEL_HEADER, model_id)]
-            if avoid:
-                headers.append((AVOID_HEADER, ",".join(sorted(avoid))))
-            response: bytes = await call(body, timeout=timeout_s, metadata=headers)
-            return response
-        finally:
-            self._inflight[address] -= 1
+        headers = [*metadata, (INTERNAL_MODEL_HEADER, model_id)]
+        if avoid:
+            headers.append((AVOID_HEADER, ",".join(sorted(avoid))))
+        response: bytes = await call(body, timeout=timeout_s, metadata=headers)
+        return response
 
     async def forget(self, address: str) -> None:
         """A peer went away: close its channel."""

@@ -1,9 +1,10 @@
-"""Where a request for a model is served: here, on a holder, or on the pod placement picks to load it.
+"""The retry loop around the route decision: serve here, on a holder, or on the pod that loads the model.
 
 Protocol-free: the gRPC proxy, the REST gateway and the management API give it
 two callables (serve here, serve on that pod) and turn MeshError into their
-own error form. A pod that does not answer, refuses a load claimed elsewhere,
-or fails the load is tried past, within a bounded number of attempts.
+own error form. Each attempt asks ``decide`` (mesh/routing/decision.py) where to go; a pod that does
+not answer, refuses a load claimed elsewhere, or fails the load is tried past, within a bounded number
+of attempts. ``serve_here`` is the internal ports' loop: a peer routed the request already.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -22,12 +23,13 @@ from mesh.errors import MeshError, Reroute
 from mesh.models.copies import RuntimeNotFound
 from mesh.models.local import LoadClaimed, ModelLoader, now_ms
 from mesh.outcomes import LOAD_METHOD, Passthrough, peer_outcome
-from mesh.registry.records import InstanceRecord, ModelRecord
-from mesh.registry.status import PoolStats, live_copies, pool_stats, unexpired_failures
+from mesh.registry.records import InstanceRecord
+from mesh.registry.status import PoolStats, live_copies, pool_stats
 from mesh.registry.store import StoreError
 from mesh.registry.view import RoutingTable
+from mesh.routing.decision import CopyHere, FailurePolicy, Refuse, Route, ServeHere, decide_route
+from mesh.routing.inflight import InFlightBook
 from mesh.routing.peers import PeerHealth, PeerPool
-from mesh.routing.placement import choose_load_target, serves_type
 from mesh.routing.target import RequestTarget, TargetKind
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,15 @@ RETRY_ELSEWHERE = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILAB
 
 class NoPlacement(MeshError):
     """No live pod's runtime serves the model's type: nothing changes until an operator acts."""
+
+
+class LoadHereFailed(Exception):
+    """``serve_here`` could not load the model on this pod (``error``: why; a ``LoadClaimed`` names the pod
+    that is loading it)."""
+
+    def __init__(self, error: MeshError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def resolve_model_id(table: RoutingTable, target: RequestTarget) -> str:
@@ -78,8 +89,8 @@ class Router:
         self._loader = loader
         self._peers = peers
         self._health = health
-        self._expiry_ms = int(failure_expiry_s * 1000)
-        self._max_failures = max_load_failures
+        self._failures = FailurePolicy(int(failure_expiry_s * 1000), max_load_failures)
+        self.in_flight = InFlightBook()  # every request this process sends, per pod (least busy)
         self._max_attempts = max_attempts
         self._load_timeout_s = load_timeout_s
         self._registry_revision = registry_revision
@@ -128,87 +139,35 @@ class Router:
             raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} is gone"))
         return instance
 
-    # -- choice ------------------------------------------------------------------------
-    def loaded_here(self, model_id: str) -> bool:
-        return self._loader.is_loaded(model_id)
+    # -- the decision ------------------------------------------------------------------
+    def copy_here(self, model_id: str) -> CopyHere:
+        if self._loader.is_loaded(model_id):
+            return CopyHere.READY
+        return CopyHere.LOADING if self._loader.is_loading(model_id) else CopyHere.NONE
 
-    def only_copy_here(self, model_id: str) -> bool:
-        """Loaded here and nowhere else: the request is served here, no choice to make."""
-        if not self._loader.is_loaded(model_id):
-            return False
-        record = self._table.model(model_id)
-        return record is None or len(record.holders) < 2
-
-    def holder_now(self, model_id: str) -> str | None:
-        """The pod that serves ``model_id`` with no load and no wait: this one or a live holder, else None.
-
-        The choice among copies is ``choose``'s (least busy, ties rotating); a model that needs a load,
-        or one this view does not know, is the general route's to decide.
-        """
-        if self.only_copy_here(model_id):
-            return self.pod_id
-        record = self._table.model(model_id)
-        if record is None:
-            return None
-        holders = sorted(live_copies(record.holders, self._health.live_instances()))
-        if not holders:
-            return None
-        pod = self._least_busy(model_id, holders)
-        if pod == self.pod_id and not self._loader.is_loaded(model_id):
-            return None  # the registry lists this pod, but the copy is still on its way
-        return pod
-
-    def choose(self, model_id: str, excluded: set[str], preferred: str | None = None) -> str:
-        """The pod to serve ``model_id``: this one (``self.pod_id``) or a peer. Raises when none can."""
-        here_ok = self.pod_id not in excluded
-        if here_ok and self.only_copy_here(model_id):
-            return self.pod_id  # the common case: the only copy is here
-        record = self._table.model(model_id)
-        if record is None:
-            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id}")
-        live = self._health.live_instances()
-        if preferred is not None and preferred in live and preferred not in excluded:
-            return preferred
-        holders = sorted(p for p in live_copies(record.holders, live) if p not in excluded)
-        if holders:  # a loaded copy elsewhere beats waiting for one being loaded here (an extra copy)
-            return self._least_busy(model_id, holders)
-        if here_ok and self._loader.is_loading(model_id):
-            return self.pod_id
-        loading = [p for p in live_copies(record.loading, live) if p not in excluded]
-        if loading:
-            return loading[0]
-        return self._placement(model_id, record, excluded)
-
-    def _least_busy(self, model_id: str, holders: list[str]) -> str:
-        """Fewest requests in flight from here; ties rotate, so even sequential traffic uses every copy."""
+    def decide(
+        self,
+        model_id: str,
+        avoid: Collection[str] = (),
+        preferred: str | None = None,
+        only_here: bool = False,
+    ) -> Route:
+        """Where this attempt at a request for ``model_id`` goes (mesh/routing/decision.py)."""
         self._turn += 1
-        start = self._turn % len(holders)
-        ordered = holders[start:] + holders[:start]
-        return min(ordered, key=lambda p: self._in_flight(model_id, p))
-
-    def _in_flight(self, model_id: str, pod_id: str) -> int:
-        if pod_id == self.pod_id:
-            return self._loader.inflight(model_id)
-        instance = self._table.instance(pod_id)
-        return self._peers.inflight(instance.internal_address) if instance else 0
-
-    def _placement(self, model_id: str, record: ModelRecord, excluded: set[str]) -> str:
-        failures = unexpired_failures(record, now_ms(), self._expiry_ms)
-        newest = max(failures.values(), key=lambda f: f.time_ms, default=None)
-        if newest is not None and len(failures) >= self._max_failures:
-            raise MeshError(grpc.StatusCode[newest.code], newest.message)
-        live = self._health.live_instances()
-        target = choose_load_target(model_id, record.type, live, excluded | set(failures))
-        if target is not None:
-            return target
-        if newest is not None:
-            raise MeshError(grpc.StatusCode[newest.code], newest.message)
-        if live and not any(serves_type(instance, record.type) for instance in live.values()):
-            # Only this needs an operator (a pool for the type); busy, stopping or runtime-less pods pass.
-            raise NoPlacement(
-                grpc.StatusCode.FAILED_PRECONDITION, f"no pod serves model type '{record.type}'"
-            )
-        raise MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod can load {model_id} now")
+        return decide_route(
+            self.pod_id,
+            model_id,
+            self._table.model(model_id),
+            self._health.live_instances(),
+            self.copy_here(model_id),
+            self.in_flight.counts,
+            avoid=avoid,
+            preferred=preferred,
+            turn=self._turn,
+            only_here=only_here,
+            now_ms=now_ms(),
+            failures=self._failures,
+        )
 
     # -- serving -----------------------------------------------------------------------
     async def route(
@@ -218,40 +177,39 @@ class Router:
         here: Callable[[], Awaitable[T]],
         there: Callable[[str, frozenset[str]], Awaitable[T]],
         last_used_ms: int | None = None,
-        copy_reloaded: bool = False,
     ) -> T:
         """Serve with ``here()`` on this pod (loading first if needed) or ``there(pod_id, avoid)`` on a peer.
 
         ``avoid`` names pods this request found unreachable: the peer must not wait for their claims either.
         ``here()`` raises RuntimeNotFound for the runtime's "not found": the copy is reloaded (once per
-        request; ``copy_reloaded``: the caller has dropped it already) only when the runtime really lost it;
-        otherwise the runtime's answer is the request's.
+        request) only when the runtime really lost it; otherwise the runtime's answer is the request's.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         excluded: set[str] = set()
         unreachable: set[str] = set()
-        repaired = copy_reloaded
+        repaired = False
         preferred: str | None = None
         error: MeshError | None = None
         for _ in range(self._max_attempts):
-            try:
-                pod = self.choose(model_id, excluded, preferred)
-            except NoPlacement as e:  # recorded, so the model's status says why it is not loaded
-                self._unplaced[model_id] = time.monotonic()
-                self._loader.changed.set()  # republish the instance record with the count
-                await self._loader.record_failure(model_id, e.code, e.message)
-                raise
-            except MeshError:
+            route = self.decide(model_id, excluded, preferred)
+            if isinstance(route, Refuse):
+                if route.no_placement:  # recorded, so the model's status says why it is not loaded
+                    self._unplaced[model_id] = time.monotonic()
+                    self._loader.changed.set()  # republish the instance record with the count
+                    await self._loader.record_failure(model_id, route.code, route.message)
+                    raise NoPlacement(route.code, route.message)
                 if error is not None:  # nowhere left to try: the last failure says most
                     raise error from None
-                raise
+                raise MeshError(route.code, route.message)
+            pod = self.pod_id if isinstance(route, ServeHere) else route.pod
             preferred = None
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             generation: int | None = None
             try:
                 if pod != self.pod_id:
-                    return await there(pod, frozenset(unreachable))
+                    with self.in_flight.sending(pod):
+                        return await there(pod, frozenset(unreachable))
                 await self.ensure_local(model_id, remaining, last_used_ms)
                 generation = self._loader.copy_generation(model_id)
                 with self.serving(model_id):
@@ -283,6 +241,30 @@ class Router:
                 excluded.add(pod)
             log.info("retrying %s elsewhere: %s", model_id, error.message if error else "redirected")
         raise error or MeshError(grpc.StatusCode.UNAVAILABLE, f"no pod could serve {model_id}")
+
+    async def serve_here(
+        self,
+        model_id: str,
+        timeout_s: float | None,
+        here: Callable[[], Awaitable[T]],
+        extra_copy: bool = False,
+    ) -> T:
+        """A request a peer forwarded: served here, loading the model first; a copy the runtime lost is
+        reloaded once. A failed load raises ``LoadHereFailed`` (the sender may try another pod); ``here()``'s
+        own errors pass as they are."""
+        for repaired in (False, True):
+            try:
+                await self.ensure_local(model_id, timeout_s, extra_copy=extra_copy)
+            except MeshError as e:  # LoadClaimed included: the sender goes to the claimer
+                raise LoadHereFailed(e) from e
+            generation = self._loader.copy_generation(model_id)
+            try:
+                with self.serving(model_id):
+                    return await here()
+            except RuntimeNotFound as suspect:
+                if repaired or not await self.copy_lost(model_id, generation, suspect.said):
+                    raise suspect.answer from None  # the request's own error, or a reload did not help
+        raise AssertionError("unreachable")  # the second pass returns or raises
 
     async def load_somewhere(self, model_id: str, last_used_ms: int | None = None) -> None:
         """Load on the pod a first request would load it on (this one or a peer); return when loaded."""
@@ -365,17 +347,22 @@ class Router:
         """Requests another serving process of this pod answered from the runtime."""
         self._loader.record_use(model_id, count, last_used_ms)
 
-    def acquire(self, model_id: str) -> None:
-        """A request in flight: the model is not evicted under it (release() when done)."""
-        self._loader.acquire(model_id)
+    def acquire(self, model_id: str, pod_id: str) -> None:
+        """A request in flight to ``pod_id``: in the book; served here, the model is not evicted under it."""
+        self.in_flight.started(pod_id)
+        if pod_id == self.pod_id:
+            self._loader.acquire(model_id)
 
-    def release(self, model_id: str) -> None:
-        self._loader.release(model_id)
+    def release(self, model_id: str, pod_id: str) -> None:
+        self.in_flight.finished(pod_id)
+        if pod_id == self.pod_id:
+            self._loader.release(model_id)
 
     @contextmanager
     def serving(self, model_id: str) -> Iterator[None]:
-        self._loader.acquire(model_id)
+        """Serving ``model_id`` here: in the book, and pinned against eviction until done."""
+        self.acquire(model_id, self.pod_id)
         try:
             yield
         finally:
-            self._loader.release(model_id)
+            self.release(model_id, self.pod_id)

@@ -4,8 +4,9 @@ A grpc.aio server spends about half a millisecond of CPU on every call it proxie
 RESULTS.md); this front takes the common call off it. Per stream, top to bottom:
 
   receive HEADERS + DATA -> ModelInfer / ModelMetadata in one uncompressed message? -> resolve the model
-  (mm-* header or field 1) -> loaded here, or on a peer? -> here: write the concrete id into field 1 and
-  send the frames to the runtime; on a peer: send them to its internal port -> pass the answer back.
+  (mm-* header or field 1) -> the route decision (mesh/routing/decision.py): serve here, or forward to a
+  peer that holds it? -> here: write the concrete id into field 1 and send the frames to the runtime; to
+  a peer: send them to its internal port -> pass the answer back.
 
 Every other stream (the management API, health, reflection, server-level calls, models not loaded
 anywhere, errors, streaming) is relayed frame by frame, unchanged, to the pod's grpc.aio server on its
@@ -40,6 +41,7 @@ from mesh.fronts.h2.wire import ErrorCode, Headers, clipped_trailers, grpc_error
 from mesh.models.copies import RUNTIME_ANSWER_TRAILER
 from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER
 from mesh.registry.records import InstanceRecord
+from mesh.routing.decision import ForwardTo, Route, ServeHere
 from mesh.routing.target import RequestTarget, TargetError, TargetKind, request_target
 from mesh.routing.wire import WireFormatError, with_model_id
 
@@ -66,11 +68,10 @@ class FrontRouting(Protocol):
     pod_id: str
 
     def model_id(self, target: RequestTarget) -> str: ...
-    def holder_now(self, model_id: str) -> str | None: ...
-    def loaded_here(self, model_id: str) -> bool: ...
+    def decide(self, model_id: str, *, only_here: bool = False) -> Route: ...
     def instance(self, pod_id: str) -> InstanceRecord: ...
-    def acquire(self, model_id: str) -> None: ...
-    def release(self, model_id: str) -> None: ...
+    def acquire(self, model_id: str, pod_id: str) -> None: ...
+    def release(self, model_id: str, pod_id: str) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -85,7 +86,8 @@ class ClientStream:
     body: bytearray = field(default_factory=bytearray)
     upstream: H2Endpoint | None = None
     upstream_id: int = 0
-    model_id: str | None = None  # served here on the fast path: in flight for the model (released at the end)
+    model_id: str | None = None  # on the fast path: in flight for the model (released at the end)
+    served_by: str = ""  # on the fast path: the pod serving it (this one, or a peer that holds the model)
     via_peer: bool = False  # on the fast path to a peer that holds the model
     ended: bool = False  # the client has sent all of its request
     response_headers: Headers | None = None
@@ -95,7 +97,8 @@ class ClientStream:
 @dataclass(frozen=True, slots=True)
 class FastRoute:
     model_id: str
-    body: bytes  # the gRPC message, with the concrete id in field 1
+    pod: str  # the pod that serves it: this one, or a peer that holds the model
+    body: bytes  # the gRPC message, with the concrete id in field 1 (to a peer: as the client sent it)
     peer_address: str | None = None  # None: this pod's runtime; else the holder's internal port
 
 
@@ -179,13 +182,15 @@ class H2Front:
         try:
             target = request_target(named, message)
             model_id = self._router.model_id(target)
-            pod = self._router.holder_now(model_id)
-            if pod is None:
-                return None
-            if pod != self._router.pod_id:  # the peer writes the id into field 1 itself
-                return FastRoute(model_id, body, self._router.instance(pod).internal_address)
-            field1 = target.id if target.kind is TargetKind.NAME else None
-            return FastRoute(model_id, _with_model_id(body, message, model_id, field1))
+            route = self._router.decide(model_id)
+            if isinstance(route, ForwardTo):  # the peer writes the id into field 1 itself
+                return FastRoute(model_id, route.pod, body, self._router.instance(route.pod).internal_address)
+            if isinstance(route, ServeHere):
+                field1 = target.id if target.kind is TargetKind.NAME else None
+                return FastRoute(
+                    model_id, self._router.pod_id, _with_model_id(body, message, model_id, field1)
+                )
+            return None  # a load, or an error: the general route's
         except (TargetError, MeshError, Reroute, WireFormatError):
             return None  # the relay words the error
 
@@ -198,21 +203,21 @@ class H2Front:
         if model is None or header(headers, AVOID) is not None:
             return None
         model_id = model.decode("utf-8", "replace")
-        if not self._router.loaded_here(model_id):
+        if not isinstance(self._router.decide(model_id, only_here=True), ServeHere):
             return None
         try:
-            return FastRoute(model_id, _with_model_id(body, body[5:], model_id))
+            return FastRoute(model_id, self._router.pod_id, _with_model_id(body, body[5:], model_id))
         except WireFormatError:
             return None
 
     def is_fast_method(self, path: bytes | None) -> bool:
         return path is not None and path.decode("latin-1") in self._fast
 
-    def serving(self, model_id: str) -> None:
-        self._router.acquire(model_id)
+    def serving(self, model_id: str, pod_id: str) -> None:
+        self._router.acquire(model_id, pod_id)
 
-    def served(self, model_id: str) -> None:
-        self._router.release(model_id)
+    def served(self, model_id: str, pod_id: str) -> None:
+        self._router.release(model_id, pod_id)
 
     def stream_done(self) -> None:
         if not any(c.streams for c in self.connections):
@@ -364,14 +369,14 @@ class FrontStreams:
             self._relay_stream(stream, self._take_body(stream), True)
             return
         headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_UPSTREAM))
+        stream.model_id, stream.served_by = route.model_id, route.pod
+        self._front.serving(route.model_id, route.pod)
         if route.peer_address is not None:
             self._front.counts["fast_to_peer"] += 1
             stream.via_peer = True
             headers = (*headers, (INTERNAL_MODEL, route.model_id.encode()))
             self._front.upstreams.send(stream, route.peer_address, headers, route.body, True)
             return
-        stream.model_id = route.model_id
-        self._front.serving(route.model_id)
         self._front.counts["fast"] += 1
         self._front.upstreams.send(stream, RUNTIME, headers, route.body, True)
 
@@ -405,7 +410,7 @@ class FrontStreams:
 
     def _release_model(self, stream: ClientStream) -> None:
         if stream.model_id is not None:
-            self._front.served(stream.model_id)
+            self._front.served(stream.model_id, stream.served_by)
             stream.model_id = None
 
     def _finish(self, stream: ClientStream) -> None:
