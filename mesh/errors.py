@@ -14,6 +14,16 @@ from dataclasses import dataclass
 import grpc
 
 
+class BadRequest(ValueError):
+    """The request itself is wrong (INVALID_ARGUMENT): which model it is for is unclear, or its bytes do not
+    parse. ``what`` prefixes the message a client gets."""
+
+    what = ""
+
+    def client_message(self) -> str:
+        return f"{self.what}{self}"
+
+
 class MeshError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)

@@ -8,11 +8,10 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
 import pytest
 
 from mesh.models.cache import ModelCache
-from mesh.models.copies import REMEMBERED_ANSWERS, CopyCheck, grpc_not_found, rest_not_found
+from mesh.models.copies import REMEMBERED_ANSWERS, CopyCheck
 from mesh.models.local import ModelLoader
 from mesh.registry.records import ModelRecord
 from mesh.registry.store import Unchanged
@@ -85,17 +84,6 @@ class Clock:
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
-
-
-# -- the rule for runtime answers ------------------------------------------------------------------
-def test_what_counts_as_the_runtime_saying_not_found() -> None:
-    assert grpc_not_found(grpc.StatusCode.NOT_FOUND, "Model m with version 7 not found")
-    assert grpc_not_found(grpc.StatusCode.UNAVAILABLE, "Request for unknown model: 'm' is not found")
-    assert not grpc_not_found(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
-    assert not grpc_not_found(grpc.StatusCode.UNAVAILABLE, "DNS resolution failed: Domain name not found")
-    assert not grpc_not_found(grpc.StatusCode.INVALID_ARGUMENT, "unexpected inference input 'x'")
-    assert rest_not_found(404)
-    assert not rest_not_found(400) and not rest_not_found(503)
 
 
 # -- CopyCheck: single flight, verdicts, rate limit ------------------------------------------------

@@ -24,9 +24,10 @@ from mesh.cluster.vmodels import SetVModel, delete_vmodel, needed_models, set_vm
 from mesh.errors import MeshError
 from mesh.limits import request_error
 from mesh.models.local import now_ms
+from mesh.outcomes import MESH_ERRORS, abort
 from mesh.registry.records import ModelRecord
 from mesh.registry.status import model_status
-from mesh.registry.store import EtcdStore, StoreError, Unchanged
+from mesh.registry.store import EtcdStore, Unchanged
 from mesh.registry.view import RoutingTable
 from mesh.routing.router import Router
 from protos import model_mesh_pb2 as mm
@@ -78,11 +79,9 @@ def _grpc_errors(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, too_long)
         try:
             return await method(self, request, context)
-        except MeshError as e:
-            await context.abort(e.code, e.message)
-        except StoreError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {e or type(e).__name__}")
-        except TimeoutError:
+        except MESH_ERRORS as e:  # etcd's errors included (mesh/outcomes.py: grpc_status)
+            await abort(context, e)
+        except TimeoutError:  # the servicer's only timeouts are etcd's
             await context.abort(grpc.StatusCode.UNAVAILABLE, "etcd unavailable: timed out")
         raise AssertionError("unreachable")
 

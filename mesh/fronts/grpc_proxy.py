@@ -19,7 +19,6 @@ import grpc
 from tritonclient.grpc import service_pb2 as v2
 
 from mesh.errors import MeshError, Reroute
-from mesh.models.copies import RUNTIME_ANSWER_TRAILER, RuntimeNotFound, grpc_not_found, peer_answer
 from mesh.models.local import LoadClaimed
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import USAGE_METHOD, parse_usage
@@ -29,15 +28,20 @@ from mesh.outcomes import (
     INTERNAL_MODEL_HEADER,
     LOAD_FAILED_TRAILER,
     LOAD_METHOD,
+    MESH_ERRORS,
     REDIRECT_TRAILER,
+    RUNTIME_ANSWER_TRAILER,
     RUNTIME_DOWN_TRAILER,
     Metadata,
     Passthrough,
+    abort,
+    peer_error,
+    runtime_error,
 )
 from mesh.routing.peers import PeerPool
 from mesh.routing.router import LoadHereFailed, Router
 from mesh.routing.target import TargetError, request_target
-from mesh.routing.wire import WireFormatError, with_model_id
+from mesh.routing.wire import with_model_id
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +113,15 @@ async def call_runtime(
     ``with_model_id``).
 
     Raises RuntimeNotFound for the runtime's "not found" (lost model, or a version or input the model
-    lacks: the caller asks ``Router.copy_lost``), Reroute when the runtime is down, else Passthrough.
+    lacks: the caller asks ``Router.copy_lost``), Reroute when the runtime is down, else Passthrough;
+    WireFormatError when the request's bytes do not parse.
     """
     request = with_model_id(request, id_path, model_id, field1)
     try:
         response: bytes = await runtime.method(method)(request, timeout=timeout_s, metadata=metadata)
         return response
     except grpc.aio.AioRpcError as e:
-        if grpc_not_found(e.code(), e.details() or ""):
-            raise RuntimeNotFound(Passthrough(e), f"{e.code().name} {e.details()}") from e
-        if e.code() == grpc.StatusCode.UNAVAILABLE:  # the runtime is down: another pod may serve it
-            raise Reroute(MeshError(e.code(), f"runtime unavailable: {e.details()}")) from e
-        raise Passthrough(e) from e
+        raise runtime_error(e) from e  # mesh/outcomes.py: what the runtime's answer means
 
 
 class InferenceProxy(grpc.GenericRpcHandler):
@@ -178,17 +179,11 @@ class InferenceProxy(grpc.GenericRpcHandler):
                             address, method, request, model_id, outgoing, context.time_remaining(), avoid
                         )
                     except grpc.aio.AioRpcError as e:
-                        raise peer_answer(e) from e
+                        raise peer_error(e) from e
 
                 return await self._router.route(model_id, context.time_remaining(), here, there)
-            except TargetError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            except WireFormatError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
-            except MeshError as e:
-                await context.abort(e.code, e.message)
-            except Passthrough as e:
-                await context.abort(e.code, e.details)
+            except MESH_ERRORS as e:
+                await abort(context, e)
             raise AssertionError("unreachable")  # abort() raises
 
         return forward
@@ -197,7 +192,7 @@ class InferenceProxy(grpc.GenericRpcHandler):
         try:
             target = request_target(context.invocation_metadata() or (), request)
         except TargetError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await abort(context, e)
         return v2.ModelReadyResponse(ready=self._router.ready(target)).SerializeToString()
 
 
@@ -243,14 +238,12 @@ class PeerHandler(grpc.GenericRpcHandler):
                 return await self._router.serve_here(model_id, context.time_remaining(), here)
             except LoadHereFailed as e:
                 await _abort_load(context, e.error)
-            except WireFormatError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
-            except Reroute as e:
-                await context.abort(
-                    e.error.code, e.error.message, trailing_metadata=((RUNTIME_DOWN_TRAILER, "1"),)
-                )
+            except Reroute as e:  # the runtime here is down
+                await abort(context, e, ((RUNTIME_DOWN_TRAILER, "1"),))
             except Passthrough as e:  # the runtime's own answer: final for the sender too, whatever its code
-                await context.abort(e.code, e.details, trailing_metadata=((RUNTIME_ANSWER_TRAILER, "1"),))
+                await abort(context, e, ((RUNTIME_ANSWER_TRAILER, "1"),))
+            except MESH_ERRORS as e:
+                await abort(context, e)
             raise AssertionError("unreachable")
 
         return serve
@@ -274,7 +267,7 @@ class PeerHandler(grpc.GenericRpcHandler):
         try:
             usage = parse_usage(request)
         except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await abort(context, MeshError(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         for model_id, (count, last_used_ms) in usage.items():
             self._router.record_use(model_id, count, last_used_ms)
         return b""
@@ -285,9 +278,8 @@ class PeerHandler(grpc.GenericRpcHandler):
         avoid = next((str(v) for k, v in metadata if k == AVOID_HEADER), "")
         self._router.heard_unreachable(p for p in avoid.split(",") if p)
         if not model_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"internal call without {INTERNAL_MODEL_HEADER}"
-            )
+            missing = f"internal call without {INTERNAL_MODEL_HEADER}"
+            await abort(context, MeshError(grpc.StatusCode.INVALID_ARGUMENT, missing))
         await self._router.caught_up(model_id)
         return model_id
 
@@ -295,8 +287,8 @@ class PeerHandler(grpc.GenericRpcHandler):
 async def _abort_load(context: grpc.aio.ServicerContext, error: MeshError) -> None:
     """A load here failed: tell the sender which pod claimed it, or that it may try another."""
     if isinstance(error, LoadClaimed):
-        await context.abort(error.code, error.message, trailing_metadata=((REDIRECT_TRAILER, error.holder),))
-    await context.abort(error.code, error.message, trailing_metadata=((LOAD_FAILED_TRAILER, "1"),))
+        await abort(context, error, ((REDIRECT_TRAILER, error.holder),))
+    await abort(context, error, ((LOAD_FAILED_TRAILER, "1"),))
 
 
 def _constant(response: bytes) -> Behavior:
@@ -308,7 +300,7 @@ def _constant(response: bytes) -> Behavior:
 
 def _refuse(code: grpc.StatusCode, message: str) -> Behavior:
     async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        await context.abort(code, message)
+        await abort(context, MeshError(code, message))
         raise AssertionError("unreachable")
 
     return refuse

@@ -20,9 +20,20 @@ from aiohttp import web
 
 from mesh.errors import MeshError, Reroute
 from mesh.fronts.server_limits import GuardedListener, RestLimits, guard_middleware, read_body
-from mesh.models.copies import RuntimeNotFound, rest_not_found
 from mesh.models.local import LoadClaimed
-from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, LOAD_FAILED_TRAILER, REDIRECT_TRAILER
+from mesh.outcomes import (
+    AVOID_HEADER,
+    INTERNAL_MODEL_HEADER,
+    LOAD_FAILED_TRAILER,
+    MESH_ERRORS,
+    REDIRECT_TRAILER,
+    Outcome,
+    Verdict,
+    from_peer_http,
+    from_runtime_http,
+    grpc_status,
+    outcome_exception,
+)
 from mesh.routing.router import LoadHereFailed, Router
 from mesh.routing.target import RequestTarget, TargetError, header_target, name_target
 
@@ -172,7 +183,7 @@ class RestGateway:
         try:
             target = self._target(request)
         except TargetError as e:
-            return error(400, str(e))
+            return http_error(e)
         ready = self._router.ready(target)
         return web.json_response({"name": target.id, "ready": ready}, status=200 if ready else 400)
 
@@ -187,28 +198,21 @@ class RestGateway:
 
             async def here() -> web.Response:
                 response = await self._call(self._runtime_base, request, model_id, body, internal=False)
-                if rest_not_found(response.status):  # lost copy, or the request's own: the router asks
-                    raise RuntimeNotFound(RuntimeReply(response), f"{response.status} {response.text}")
-                if response.status == 503:  # the runtime here is down: another copy may serve
-                    raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, "runtime unavailable"))
-                return response
+                return acted_on(from_runtime_http(response.status), response, "runtime unavailable")
 
             async def there(pod_id: str, avoid: frozenset[str]) -> web.Response:
                 rest_address = self._router.instance(pod_id).internal_rest_address
                 if not rest_address:
                     raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} serves no REST"))
                 base = f"http://{rest_address}"
-                return peer_outcome(
-                    await self._call(base, request, model_id, body, internal=True, avoid=avoid)
-                )
+                response = await self._call(base, request, model_id, body, internal=True, avoid=avoid)
+                return acted_on(from_peer_http(response.status, response.headers), response)
 
             return await self._router.route(model_id, None, here, there)
         except RuntimeReply as reply:  # the runtime has the model: its 404 is the request's own
             return reply.response
-        except TargetError as e:
-            return error(400, str(e))
-        except MeshError as e:
-            return error(HTTP_STATUS.get(e.code, 500), e.message)
+        except MESH_ERRORS as e:
+            return http_error(e)
 
     async def _serve_forwarded(self, request: web.Request) -> web.Response:
         """The internal listener: a peer resolved and routed the request already; serve it here."""
@@ -224,18 +228,17 @@ class RestGateway:
         self._router.heard_unreachable(p for p in avoid.split(",") if p)
         await self._router.caught_up(model_id)
 
-        async def here() -> web.Response:
+        async def here() -> web.Response:  # the sender decides on a runtime that is down
             response = await self._call(self._runtime_base, request, model_id, body, internal=False)
-            if rest_not_found(response.status):  # lost copy, or the request's own: the router asks
-                raise RuntimeNotFound(RuntimeReply(response), f"{response.status} {response.text}")
-            return response
+            outcome = from_runtime_http(response.status)
+            return acted_on(outcome, response) if outcome.verdict is Verdict.COPY_LOST else response
 
         try:
             return await self._router.serve_here(model_id, None, here)
         except LoadHereFailed as e:
             if isinstance(e.error, LoadClaimed):
                 return error(409, e.error.message, {REDIRECT_TRAILER: e.error.holder})
-            return error(HTTP_STATUS.get(e.error.code, 500), e.error.message, {LOAD_FAILED_TRAILER: "1"})
+            return http_error(e.error, {LOAD_FAILED_TRAILER: "1"})
         except RuntimeReply as reply:  # the runtime has the model: its 404 is the request's own
             return reply.response
 
@@ -286,15 +289,22 @@ class RestGateway:
             ) from e
 
 
-def peer_outcome(response: web.Response) -> web.Response:
-    """A peer gateway's answer: returned as it is, unless another pod should be tried."""
-    message = response.text or ""
-    if response.status == 409 and REDIRECT_TRAILER in response.headers:
-        raise Reroute(
-            MeshError(grpc.StatusCode.ABORTED, message),
-            exclude=False,
-            prefer=response.headers[REDIRECT_TRAILER],
-        )
-    if response.status == 503 or (response.status == 500 and LOAD_FAILED_TRAILER in response.headers):
-        raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, message))
-    return response
+def http_error(e: Exception, headers: dict[str, str] | None = None) -> web.Response:
+    """The mesh's exceptions as REST errors: their gRPC status (mesh/outcomes.py), mapped as grpc-gateway."""
+    code, message = grpc_status(e)
+    return error(HTTP_STATUS.get(code, 500), message, headers)
+
+
+# The gRPC status an HTTP answer the route acts on stands for (what its retries report).
+_GRPC_OF_HTTP = {404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.ABORTED}
+
+
+def acted_on(outcome: Outcome, response: web.Response, unavailable: str = "") -> web.Response:
+    """``response``, unless the route acts on its ``outcome``: then what the route acts on is raised."""
+    if not outcome.route_decides:
+        return response
+    code = _GRPC_OF_HTTP.get(response.status, grpc.StatusCode.UNAVAILABLE)
+    message = unavailable or response.text or ""
+    raised = outcome_exception(outcome, RuntimeReply(response), code, message)
+    assert raised is not None
+    raise raised

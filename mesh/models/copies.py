@@ -28,53 +28,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import grpc
-
-from mesh.outcomes import Passthrough, peer_outcome, trailer
-
 log = logging.getLogger(__name__)
 
 READY_RECHECK_S = 1.0  # how long an answer found to be the request's own stands for a copy
 REMEMBERED_ANSWERS = 16  # per copy: the oldest is forgotten first
-MAX_SAID_CHARS = 512  # of an answer's text, kept to recognise it
-# Set by a pod on a runtime answer it passed through after the check (the request's own error): the sender
-# returns it as it came, even when its code (Triton's UNAVAILABLE "... not found") would otherwise reroute.
-RUNTIME_ANSWER_TRAILER = "mm-internal-runtime-answer"
-
-
-def grpc_not_found(code: grpc.StatusCode, details: str) -> bool:
-    """A runtime's gRPC answer that says it has no such model (or version): NOT_FOUND, or UNAVAILABLE saying
-    a model is "not found" (what some Triton versions answer for an unknown model or version; a transport's
-    UNAVAILABLE, a DNS "domain name not found" say, names no model and still means the runtime is down)."""
-    if code == grpc.StatusCode.NOT_FOUND:
-        return True
-    text = details.lower()
-    return code == grpc.StatusCode.UNAVAILABLE and "not found" in text and "model" in text
-
-
-def rest_not_found(status: int) -> bool:
-    """A runtime's REST answer that says it has no such model (or version): 404 (MLServer and Triton)."""
-    return status == 404
-
-
-class RuntimeNotFound(Exception):
-    """The runtime answered "not found" for a model this pod holds; ``CopyCheck`` says what that means.
-
-    ``answer`` is the runtime's own answer, given to the client when the model is there after all;
-    ``said`` is that answer as text (code and message), what a "ready" verdict is remembered by.
-    """
-
-    def __init__(self, answer: Exception, said: str) -> None:
-        super().__init__(said)
-        self.answer = answer
-        self.said = said[:MAX_SAID_CHARS]
-
-
-def peer_answer(error: grpc.aio.AioRpcError) -> Exception:
-    """``peer_outcome``, except that a runtime answer the peer passed through after the check stays final."""
-    if trailer(error, RUNTIME_ANSWER_TRAILER) is not None:
-        return Passthrough(error)
-    return peer_outcome(error)
 
 
 @dataclass

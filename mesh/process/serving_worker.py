@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.errors import MeshError, Reroute
+from mesh.errors import BadRequest, MeshError, Reroute
 from mesh.fronts.grpc_proxy import (
     V2_SERVICE,
     Behavior,
@@ -48,10 +48,9 @@ from mesh.fronts.grpc_proxy import (
 from mesh.fronts.h2.client import FrontLimits
 from mesh.fronts.h2.front import H2Front
 from mesh.fronts.server_limits import grpc_server_options
-from mesh.models.copies import RuntimeNotFound, peer_answer
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import USAGE_METHOD, UsageLog
-from mesh.outcomes import Passthrough
+from mesh.outcomes import Passthrough, RuntimeNotFound, abort, peer_error
 from mesh.process.entry import freeze_startup_heap, run_until_signalled
 from mesh.process.settings import Settings, parse_settings
 from mesh.registry.records import InstanceRecord
@@ -62,7 +61,6 @@ from mesh.routing.inflight import InFlightBook
 from mesh.routing.peers import PeerHealth, PeerPool
 from mesh.routing.router import resolve_model_id
 from mesh.routing.target import RequestTarget, TargetError, request_target
-from mesh.routing.wire import WireFormatError
 from protos import model_mesh_pb2
 
 log = logging.getLogger("mesh.worker")
@@ -177,11 +175,8 @@ class WorkerProxy(grpc.GenericRpcHandler):
                     )
             except (RuntimeNotFound, Reroute):  # lost copy or bad request; runtime down: main decides
                 return await self._relayed(relay, request, context)
-            except WireFormatError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
-                raise AssertionError("unreachable") from None
-            except Passthrough as e:
-                await context.abort(e.code, e.details)
+            except (BadRequest, Passthrough) as e:
+                await abort(context, e)
                 raise AssertionError("unreachable") from None
 
         return serve
@@ -210,9 +205,9 @@ class WorkerProxy(grpc.GenericRpcHandler):
         except MeshError:  # the pod's instance record went away meanwhile
             return await self._relayed(relay, request, context)
         except grpc.aio.AioRpcError as e:
-            outcome = peer_answer(e)
+            outcome = peer_error(e)
             if isinstance(outcome, Passthrough):  # the model's own answer: final
-                await context.abort(outcome.code, outcome.details)
+                await abort(context, outcome)
                 raise AssertionError("unreachable") from None
             if isinstance(outcome, Reroute) and outcome.unreachable:
                 self._routing.health.unreachable(pod)  # not tried again until its lease would have run out

@@ -20,9 +20,8 @@ from typing import TypeVar
 import grpc
 
 from mesh.errors import MeshError, Reroute
-from mesh.models.copies import RuntimeNotFound
 from mesh.models.local import LoadClaimed, ModelLoader, now_ms
-from mesh.outcomes import LOAD_METHOD, Passthrough, peer_outcome
+from mesh.outcomes import LOAD_METHOD, Passthrough, RuntimeNotFound, peer_error
 from mesh.registry.records import InstanceRecord
 from mesh.registry.status import PoolStats, live_copies, pool_stats
 from mesh.registry.store import StoreError
@@ -277,7 +276,7 @@ class Router:
             try:
                 await self._peers.call(address, LOAD_METHOD, b"", model_id, (), self._load_timeout_s, avoid)
             except grpc.aio.AioRpcError as e:
-                outcome = peer_outcome(e)
+                outcome = peer_error(e)
                 if isinstance(outcome, Passthrough):
                     raise MeshError(outcome.code, outcome.details) from e
                 raise outcome from e

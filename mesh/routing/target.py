@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from mesh.errors import BadRequest
 from mesh.limits import MAX_ID_BYTES, id_error
 from mesh.routing.wire import WireFormatError, read_string_field
 
@@ -26,7 +27,7 @@ class RequestTarget:
     id: str
 
 
-class TargetError(ValueError):
+class TargetError(BadRequest):
     """The request does not say clearly which model it is for (INVALID_ARGUMENT)."""
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mesh.errors import BadRequest
+
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
 
 
-class WireFormatError(ValueError):
+class WireFormatError(BadRequest):
     """The bytes are not a well-formed protobuf message."""
+
+    what = "malformed request: "
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:

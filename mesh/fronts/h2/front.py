@@ -38,8 +38,7 @@ from mesh.fronts.h2.client import ClientConnection, FrontLimits
 from mesh.fronts.h2.endpoint import H2Endpoint, WriteBatch
 from mesh.fronts.h2.upstream import RELAY, RUNTIME, Upstreams
 from mesh.fronts.h2.wire import ErrorCode, Headers, clipped_trailers, grpc_error_headers, header
-from mesh.models.copies import RUNTIME_ANSWER_TRAILER
-from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER
+from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, from_http2_trailers
 from mesh.registry.records import InstanceRecord
 from mesh.routing.decision import ForwardTo, Route, ServeHere
 from mesh.routing.target import RequestTarget, TargetError, TargetKind, request_target
@@ -48,15 +47,9 @@ from mesh.routing.wire import WireFormatError, with_model_id
 log = logging.getLogger(__name__)
 
 FAST_METHODS = (V2_SERVICE + "ModelInfer", V2_SERVICE + "ModelMetadata")
-# Answers the general route decides on instead: from the runtime NOT_FOUND (the model may be lost: the route
-# asks the runtime) and UNAVAILABLE (it is down); from a peer also ABORTED (redirect) and INTERNAL (its load
-# failed), unless the peer marked the answer as its runtime's own, checked there.
-REPLAYED_FROM_RUNTIME = frozenset({b"5", b"14"})
-REPLAYED_FROM_PEER = frozenset({b"5", b"10", b"13", b"14"})
 _DROPPED_UPSTREAM = (b"mm-", b"content-length")
 INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
 AVOID = AVOID_HEADER.encode()
-RUNTIME_ANSWER = RUNTIME_ANSWER_TRAILER.encode()
 SWEEP_S = 0.5  # how often connections are checked against their timeouts
 LISTEN_BACKLOG = 4096  # connections the kernel queues before accept: a connect burst waits, not fails
 
@@ -310,9 +303,7 @@ class FrontStreams:
         if not end_stream:
             stream.response_headers = headers
             return
-        replayed = REPLAYED_FROM_PEER if stream.via_peer else REPLAYED_FROM_RUNTIME
-        final = stream.via_peer and header(headers, RUNTIME_ANSWER) is not None
-        if not final and header(headers, b"grpc-status") in replayed:
+        if from_http2_trailers(headers, stream.via_peer).route_decides:
             self._replay(stream)
             return
         if stream.via_peer:  # the peer's own trailers are not the client's business
