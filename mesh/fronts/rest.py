@@ -88,10 +88,12 @@ class RestGateway:
         version: str,
         max_body_bytes: int,
         front_counts: Callable[[], dict[str, int]] | None = None,
+        load_timings: Callable[[int | None], dict[str, object]] | None = None,
         limits: RestLimits | None = None,
     ) -> None:
         self._router = router
         self._front_counts = front_counts
+        self._load_timings = load_timings
         self._runtime_base = f"http://{runtime_rest}" if runtime_rest else ""
         self._metadata = {"name": server_name, "version": version, "extensions": []}
         self._session: aiohttp.ClientSession | None = None
@@ -126,6 +128,7 @@ class RestGateway:
                 web.get("/v2", self._server_metadata),
                 web.get("/mesh/pools", self._pools),
                 web.get("/mesh/front", self._front),
+                web.get("/mesh/loads", self._loads),
                 web.get(model + "/ready", self._model_ready),
                 web.get(versioned + "/ready", self._model_ready),
                 web.get(model, self._forward),
@@ -173,6 +176,15 @@ class RestGateway:
         if self._front_counts is None:
             return error(404, "this pod runs the grpc.aio front (--front=grpc)")
         return web.json_response(self._front_counts())
+
+    async def _loads(self, request: web.Request) -> web.Response:
+        """Where this pod's recent loads spent their time: the runtime's part, the queue, the mesh's own."""
+        if self._load_timings is None:
+            return error(404, "no load timings on this pod")
+        last = request.query.get("last", "")
+        if last and not last.isdigit():
+            return error(400, "last must be a number of loads")
+        return web.json_response(self._load_timings(int(last) if last else None))
 
     @staticmethod
     def _target(request: web.Request) -> RequestTarget:

@@ -21,6 +21,7 @@ import grpc
 from mesh.errors import MeshError, load_failure_code
 from mesh.models.cache import ModelCache
 from mesh.models.copies import CopyCheck
+from mesh.models.load_timings import LoadPhases, LoadTimings
 from mesh.models.rates import RateTracker
 from mesh.models.runtime_client import RuntimeClient
 from mesh.registry.records import LoadFailure, ModelRecord
@@ -75,6 +76,7 @@ class ModelLoader:
         self.runtime_down = False  # the runtime stopped answering: its models are gone, no loads here
         self._request_done = asyncio.Event()  # a model's last request in flight finished
         self.changed = asyncio.Event()  # set when the models held change: the instance record is republished
+        self.timings = LoadTimings()  # where the time of each load went (GET /mesh/loads)
         # Every load here gets the next number: a runtime's "not found" is judged for the copy it came from.
         self._generations: dict[str, int] = {}
         self._last_generation = 0
@@ -194,10 +196,13 @@ class ModelLoader:
         unloading = self._unloads.get(model_id)
         if unloading is not None:  # an eviction of this model is still running: load after it
             await unloading.wait()
+        phases = LoadPhases()
+        clock = time.perf_counter()
         try:
             predicted = await self._runtime.predict_size(model_id, record.type, record.path, record.key)
         except grpc.aio.AioRpcError:
             predicted = 0
+        phases.predict, clock = _lap(clock)
         if predicted > self.cache.capacity:
             await self._fail(
                 model_id,
@@ -212,15 +217,20 @@ class ModelLoader:
             is None
         ):
             raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
+        phases.claim, clock = _lap(clock)
         # Reserve the bytes first, so concurrent loads plan their evictions around each other.
         self.cache.start_load(model_id, predicted, last_used_ms or now_ms())
         try:
-            await self._make_room(model_id, used_before_ms=last_used_ms)
+            phases.runtime_unload = await self._make_room(model_id, used_before_ms=last_used_ms)
+            made_room, clock = _lap(clock)
+            phases.evict_registry = max(0.0, made_room - phases.runtime_unload)
             try:
                 async with self._loading_slots:  # the runtime's maxLoadingConcurrency
+                    phases.queue, clock = _lap(clock)
                     size = await self._runtime.load(
                         model_id, record.type, record.path, record.key, timeout_s=self._load_timeout_s
                     )
+                    phases.runtime_load, clock = _lap(clock)
             except grpc.aio.AioRpcError as e:
                 code = load_failure_code(e.code())
                 await self._fail(model_id, code, f"load of {model_id} failed on {self.pod_id}: {e.details()}")
@@ -232,6 +242,8 @@ class ModelLoader:
             written = await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
             if written is None:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
+            phases.publish, clock = _lap(clock)
+            self.timings.record(phases)
         except BaseException:
             # Failed, cancelled or unregistered: give the bytes back, make sure the runtime does not
             # keep the model (a cancelled load may still complete there), and clear this pod's claim.
@@ -278,8 +290,9 @@ class ModelLoader:
         return written
 
     # -- eviction and unloading ----------------------------------------------------------
-    async def _make_room(self, for_model: str, used_before_ms: int | None = None) -> None:
-        """Evict least-recently-used models until the reserved bytes fit the capacity.
+    async def _make_room(self, for_model: str, used_before_ms: int | None = None) -> float:
+        """Evict least-recently-used models until the reserved bytes fit the capacity; returns the seconds
+        the runtime's unloads took (the longest: they run at once).
 
         Models serving requests, loading, or (with ``used_before_ms``) used since then are kept.
         """
@@ -295,7 +308,8 @@ class ModelLoader:
             log.info("evicting %s from %s", victims, self.pod_id)
             for victim in victims:
                 self._begin_unload(victim)  # at once, so no concurrent plan picks it again
-            await asyncio.gather(*(self._evict(v) for v in victims))
+            return max(await asyncio.gather(*(self._evict(v) for v in victims)))
+        return 0.0
 
     async def unload(self, model_id: str) -> None:
         if model_id in self.cache:
@@ -312,11 +326,14 @@ class ModelLoader:
         self._generations.pop(model_id, None)
         self.copy_check.forget(model_id)
 
-    async def _evict(self, model_id: str) -> None:
-        """Stop routing to this copy, then unload it; its bytes stay reserved until the unload returns."""
+    async def _evict(self, model_id: str) -> float:
+        """Stop routing to this copy, then unload it; its bytes stay reserved until the unload returns.
+        Returns the seconds the runtime's unload took."""
         await self._drop_from_registry(model_id)
+        start = time.perf_counter()
         await self._unload_from_runtime(model_id)
         self.changed.set()
+        return time.perf_counter() - start
 
     async def _drop_from_registry(self, model_id: str) -> None:
         try:
@@ -388,6 +405,12 @@ class ModelLoader:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _lap(since: float) -> tuple[float, float]:
+    """Seconds since ``since``, and now (the next phase's start)."""
+    now = time.perf_counter()
+    return now - since, now
 
 
 # -- record mutations (pure) ---------------------------------------------------------------

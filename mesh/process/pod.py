@@ -210,6 +210,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             VERSION,
             settings.max_message_bytes,
             front_counts=(lambda: front_counts(front, internal_front)) if front is not None else None,
+            load_timings=loader.timings.summary,
             limits=RestLimits.from_settings(settings),
         )
         # The external port (--front=grpc) takes clients: the client limits. The unix socket behind the

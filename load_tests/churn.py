@@ -1,0 +1,287 @@
+"""Scenario "churn": real MLServer pods living on their misses.
+
+Two parts, each on a fresh local mesh (etcd, one MLServer pod stack: MLServer, its adapter, the pod):
+
+- **churn**: a few hundred small sklearn models (iris LogisticRegression, ~1 KB files) and a few large ones
+  (nearest neighbours over a repeated iris, megabytes), a Zipf trace over them, room for about a fifth, 8
+  requests in flight through the pod's inference port. Reported: throughput, p50/p99, hit ratio, loads per
+  second, and where the loads' time went (the pod's ``/mesh/loads``: runtime load, runtime unload, the queue
+  for a loading slot, the mesh's own part).
+- **miss cost by models loaded**: the pod is filled with L small models (L = 20, 100, 500), then misses
+  one at a time (``ensureLoaded`` sync of a model not loaded: each evicts one): the miss's p50 through the
+  mesh and its phases, next to MLServer's bare load of the same model with an empty repository and an
+  in-process ``joblib.load``. A miss should not grow with L.
+
+Every small model counts as ``SMALL_SIZE`` bytes (the adapter's ``--min-model-size-bytes``) so that "a fifth
+fits" means the same whatever the adapter measures for a tiny model.
+
+    .venv/bin/python -m load_tests.churn [--full] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import statistics
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import joblib
+import numpy as np
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from tritonclient.grpc import service_pb2 as v2
+from tritonclient.grpc import service_pb2_grpc as v2_grpc
+
+from harness.cluster import LocalMesh, MLServerProcess
+from load_tests.loadgen import LoadResult, closed_loop, raw_call
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+SMALL_SIZE = 1 << 20  # what a small model counts for (min model size)
+ALPHA = 1.0
+FIT = 0.2  # the pod's room as a fraction of all models' bytes
+IRIS_X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ChurnSettings:
+    small_models: int = 300
+    large_models: int = 3
+    large_repeat: int = 400  # iris rows x this: ~1.5 MB per large model
+    in_flight: int = 8
+    warm_up_requests: int = 300
+    requests: int = 1500
+    max_seconds: float = 180.0
+    loaded_levels: tuple[int, ...] = (20, 100, 500)
+    misses: int = 10
+    seed: int = 0
+
+
+def zipf_trace(models: int, requests: int, seed: int) -> list[int]:
+    """Model indexes, rank r drawn with weight r**-ALPHA."""
+    rng = np.random.default_rng(seed)
+    weights = np.arange(1, models + 1, dtype=float) ** -ALPHA
+    return [int(i) for i in rng.choice(models, size=requests, p=weights / weights.sum())]
+
+
+def infer_body(model_id: str) -> bytes:
+    tensor = v2.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP32", shape=list(IRIS_X.shape))
+    return v2.ModelInferRequest(
+        model_name=model_id, inputs=[tensor], raw_input_contents=[IRIS_X.tobytes()]
+    ).SerializeToString()
+
+
+def write_models(directory: Path, large_repeat: int) -> tuple[Path, Path]:
+    """One small and one large model folder; every model id of a kind is registered with that path."""
+    x, y = load_iris(return_X_y=True)
+    small, large = directory / "small", directory / "large"
+    small.mkdir(parents=True, exist_ok=True)
+    large.mkdir(parents=True, exist_ok=True)
+    joblib.dump(LogisticRegression(max_iter=500).fit(x, y), small / "model.joblib")
+    knn = KNeighborsClassifier(n_neighbors=1).fit(np.repeat(x, large_repeat, 0), np.repeat(y, large_repeat))
+    joblib.dump(knn, large / "model.joblib")
+    return small, large
+
+
+def register(address: str, models: dict[str, Path]) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = mm_grpc.ModelMeshStub(channel)
+        for model_id, path in models.items():
+            info = mm.ModelInfo(type="sklearn", path=str(path))
+            stub.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info), timeout=30)
+
+
+def load_timings(rest_address: str, last: int | None = None) -> dict[str, Any]:
+    query = f"?last={last}" if last else ""
+    with urllib.request.urlopen(f"http://{rest_address}/mesh/loads{query}", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def _phase_p50s(timings: dict[str, Any]) -> dict[str, float]:
+    return {name: figures["p50_ms"] for name, figures in timings["phases"].items()}
+
+
+# -- part 1: churn -------------------------------------------------------------------------------
+async def run_churn_trace(work_dir: Path, settings: ChurnSettings, adapter_args: list[str]) -> dict[str, Any]:
+    small, large = write_models(work_dir / "models", settings.large_repeat)
+    large_size = int((large / "model.joblib").stat().st_size * 1.25)
+    models = {f"small-{i:04d}": small for i in range(settings.small_models)}
+    models |= {f"large-{i}": large for i in range(settings.large_models)}
+    total_bytes = settings.small_models * SMALL_SIZE + settings.large_models * max(large_size, SMALL_SIZE)
+    capacity = int(FIT * total_bytes)
+    ids = list(models)
+    random.Random(settings.seed).shuffle(ids)  # popularity does not follow the names
+    trace = zipf_trace(len(ids), settings.warm_up_requests + settings.requests, settings.seed)
+    bodies = [infer_body(ids[i]) for i in trace]
+    with LocalMesh(
+        work_dir / "mesh", capacity_bytes=capacity, min_model_size_bytes=SMALL_SIZE, adapter_args=adapter_args
+    ) as mesh:
+        pod = mesh.pod
+        assert pod is not None
+        register(pod.address, models)
+        async with grpc.aio.insecure_channel(pod.address) as channel:
+            call = raw_call(channel, INFER_METHOD)
+            await closed_loop(
+                call,
+                bodies[: settings.warm_up_requests],
+                settings.in_flight,
+                settings.warm_up_requests,
+                settings.max_seconds,
+            )
+            before = load_timings(pod.rest_address)
+            result: LoadResult = await closed_loop(
+                call,
+                bodies[settings.warm_up_requests :],
+                settings.in_flight,
+                settings.requests,
+                settings.max_seconds,
+            )
+            after = load_timings(pod.rest_address)
+            loads = after["loads"] - before["loads"]
+            phases = load_timings(pod.rest_address, last=loads)
+    return {
+        "models": len(models),
+        "capacity_bytes": capacity,
+        "fits": f"{capacity / total_bytes:.0%} of all bytes",
+        "throughput": round(result.throughput, 1),
+        "p50_ms": round(result.p50_ms, 1),
+        "p99_ms": round(result.p99_ms, 1),
+        "requests": result.ok,
+        "errors": result.errors,
+        "hit_ratio": round(1 - loads / max(1, result.ok), 3),
+        "loads_per_s": round(loads / result.duration_s, 2),
+        "load_phases_p50_ms": _phase_p50s(phases),
+    }
+
+
+# -- part 2: the miss cost by models loaded --------------------------------------------------------
+async def _ensure_loaded(stub: mm_grpc.ModelMeshStub, model_id: str) -> float:
+    start = time.perf_counter()
+    await stub.ensureLoaded(mm.EnsureLoadedRequest(modelId=model_id, sync=True), timeout=300)
+    return time.perf_counter() - start
+
+
+async def miss_cost(
+    work_dir: Path, loaded: int, settings: ChurnSettings, adapter_args: list[str]
+) -> dict[str, Any]:
+    small, _ = write_models(work_dir / "models", 1)
+    models = {f"m-{i:05d}": small for i in range(loaded + settings.misses)}
+    ids = list(models)
+    with LocalMesh(
+        work_dir / "mesh",
+        capacity_bytes=loaded * SMALL_SIZE,
+        min_model_size_bytes=SMALL_SIZE,
+        adapter_args=adapter_args,
+    ) as mesh:
+        pod = mesh.pod
+        assert pod is not None
+        register(pod.address, models)
+        async with grpc.aio.insecure_channel(pod.address) as channel:
+            stub = mm_grpc.ModelMeshStub(channel)
+            fill_start = time.perf_counter()
+            pending = iter(ids[:loaded])
+
+            async def filler() -> None:
+                for model_id in pending:
+                    await _ensure_loaded(stub, model_id)
+
+            await asyncio.gather(*(filler() for _ in range(settings.in_flight)))
+            fill_s = time.perf_counter() - fill_start
+            misses = [await _ensure_loaded(stub, model_id) for model_id in ids[loaded:]]
+        phases = load_timings(pod.rest_address, last=settings.misses)
+    return {
+        "loaded": loaded,
+        "fill_s": round(fill_s, 1),
+        "fill_loads_per_s": round(loaded / fill_s, 1),
+        "miss_p50_ms": round(1000 * statistics.median(misses), 1),
+        "miss_max_ms": round(1000 * max(misses), 1),
+        "phases_p50_ms": _phase_p50s(phases),
+    }
+
+
+def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 8) -> float:
+    """MLServer's own load of the small model, its repository holding only that model: median ms."""
+    repository = work_dir / "repository"
+    folder = repository / "bare-model"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.joblib").write_bytes((model_dir / "model.joblib").read_bytes())
+    settings = {"name": "bare-model", "implementation": "mlserver_sklearn.SKLearnModel"}
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    times = []
+    with (
+        MLServerProcess.start(repository, work_dir=work_dir) as server,
+        grpc.insecure_channel(server.grpc_address) as channel,
+    ):
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name="bare-model"), timeout=60)
+            times.append(time.perf_counter() - start)
+            stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name="bare-model"), timeout=60)
+    return round(1000 * statistics.median(times), 2)
+
+
+def joblib_load_ms(model_dir: Path, rounds: int = 20) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        joblib.load(model_dir / "model.joblib")
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 2)
+
+
+async def run_churn(
+    work_dir: Path,
+    full: bool = False,
+    adapter_args: Sequence[str] = (),
+    settings: ChurnSettings | None = None,
+) -> dict[str, Any]:
+    settings = settings or (ChurnSettings(requests=3000, misses=20) if full else ChurnSettings())
+    args = list(adapter_args)
+    small, _ = write_models(work_dir / "reference-models", 1)
+    results: dict[str, Any] = {
+        "settings": asdict(settings),
+        "adapter_args": args,
+        "mlserver_bare_load_ms": bare_mlserver_load(work_dir / "bare", small),
+        "joblib_load_ms": joblib_load_ms(small),
+    }
+    results["churn"] = await run_churn_trace(work_dir / "churn", settings, args)
+    results["miss_cost"] = [
+        await miss_cost(work_dir / f"miss-{loaded}", loaded, settings, args)
+        for loaded in settings.loaded_levels
+    ]
+    bare = results["mlserver_bare_load_ms"]
+    for row in results["miss_cost"]:
+        row["miss_vs_bare_load"] = round(row["miss_p50_ms"] / bare, 1) if bare else None
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--adapter-arg", action="append", default=[], help="passed to every adapter")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="churn-") as scratch:
+        results = asyncio.run(run_churn(Path(scratch), args.full, args.adapter_arg))
+    text = json.dumps(results, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
