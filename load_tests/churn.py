@@ -268,6 +268,83 @@ async def run_churn(
     return results
 
 
+BASELINE = (
+    Path(__file__).resolve().parent / "churn_baseline.json"
+)  # the adapter before the change, same settings
+
+
+def baseline() -> dict[str, Any] | None:
+    return json.loads(BASELINE.read_text()) if BASELINE.exists() else None
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    churn, before = result["churn"], (baseline() or {}).get("churn")
+    lines = [
+        f"MLServer's bare load of a small model (empty repository): {result['mlserver_bare_load_ms']} ms; "
+        f"in-process joblib.load: {result['joblib_load_ms']} ms",
+        f"churn: {churn['models']} models, room for {churn['fits']}, "
+        f"{result['settings']['in_flight']} in flight: "
+        f"{churn['throughput']} req/s, p50 {churn['p50_ms']} ms, p99 {churn['p99_ms']} ms, hit ratio "
+        f"{churn['hit_ratio']}, {churn['loads_per_s']} loads/s, errors {churn['errors'] or 'none'}",
+        "churn loads, p50 per phase (ms): "
+        + ", ".join(f"{k} {v}" for k, v in churn["load_phases_p50_ms"].items()),
+    ]
+    if before:
+        lines.append(
+            "the same churn with the adapter before (load_tests/churn_baseline.json): "
+            f"{before['throughput']} req/s, p50 {before['p50_ms']} ms, p99 {before['p99_ms']} ms, "
+            f"{before['loads_per_s']} loads/s"
+        )
+    for row in result["miss_cost"]:
+        phases = row["phases_p50_ms"]
+        lines.append(
+            f"{row['loaded']} models loaded: a miss p50 {row['miss_p50_ms']} ms "
+            f"({row['miss_vs_bare_load']}x the bare load; runtime load {phases['runtime_load']}, "
+            f"runtime unload {phases['runtime_unload']}, mesh {phases['mesh']} ms), "
+            f"filling took {row['fill_s']} s "
+            f"({row['fill_loads_per_s']} loads/s)"
+        )
+    return lines
+
+
+def goal_checks(result: dict[str, Any]) -> list[tuple[str, str, bool | None, str]]:
+    """(goal, measured, met, shortfall) rows for RESULTS.md's goals table."""
+    rows: list[tuple[str, str, bool | None, str]] = []
+    at_100 = next((r for r in result["miss_cost"] if r["loaded"] == 100), None)
+    if at_100 is not None and at_100["miss_vs_bare_load"] is not None:
+        ratio = at_100["miss_vs_bare_load"]
+        rows.append(
+            (
+                "miss p50 with 100 models loaded ≤ 2x MLServer's bare load",
+                f"{at_100['miss_p50_ms']} ms, {ratio}x the bare {result['mlserver_bare_load_ms']} ms",
+                ratio <= 2,
+                f"{ratio}x instead of ≤ 2x",
+            )
+        )
+    before = (baseline() or {}).get("churn")
+    if before:
+        churn = result["churn"]
+        gain = churn["throughput"] / before["throughput"] if before["throughput"] else 0
+        rows.append(
+            (
+                "churn throughput ≥ 4x the adapter before",
+                f"{churn['throughput']} req/s against {before['throughput']} ({gain:.1f}x)",
+                gain >= 4,
+                f"{gain:.1f}x instead of ≥ 4x",
+            )
+        )
+        share = churn["p99_ms"] / before["p99_ms"] if before["p99_ms"] else 1
+        rows.append(
+            (
+                "churn p99 ≤ a quarter of the adapter before",
+                f"{churn['p99_ms']} ms against {before['p99_ms']} ms ({share:.2f})",
+                share <= 0.25,
+                f"{share:.2f} of it instead of ≤ 0.25",
+            )
+        )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.triton import triton_installed
-from load_tests import cache_scenario, cache_sim, cold_start, scale, stalls
+from load_tests import cache_scenario, cache_sim, churn, cold_start, scale, stalls
 from load_tests.hop import HOP_BACKENDS, HopSettings, run_hop
 from load_tests.multicore import run_multicore
 from load_tests.profile_hot_path import run_profile
@@ -39,7 +39,7 @@ HOP_TITLES = {
     "triton": "Triton python backend, --front=grpc",
     "triton-h2": "Triton python backend, --front=h2",
 }
-SCENARIOS = ("hop", "stalls", "multicore", "cache", "cold_start", "scale", "cache_sim", "profile")
+SCENARIOS = ("hop", "stalls", "multicore", "cache", "cold_start", "churn", "scale", "cache_sim", "profile")
 
 
 def hop_settings(full: bool) -> HopSettings:
@@ -67,6 +67,8 @@ def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
         return asyncio.run(cache_scenario.run_cache(directory, full))
     if name == "cold_start":
         return asyncio.run(cold_start.run_cold_start(directory, full))
+    if name == "churn":
+        return asyncio.run(churn.run_churn(directory, full))
     if name == "scale":
         return asyncio.run(scale.run_scale(directory, full))
     if name == "cache_sim":
@@ -172,6 +174,10 @@ def goal_rows(results: dict[str, Any]) -> list[str]:
             f"max {loads['max']} loads per model, {loads['models_never_loaded']} never loaded",
             loads["max"] == 1 and loads["models_never_loaded"] == 0,
         )
+    ch = results.get("churn")
+    if ch and "churn" in ch:
+        for goal, measured, ok, shortfall in churn.goal_checks(ch):
+            row(goal, measured, ok, shortfall)
     sc = results.get("scale")
     if sc and "propagation_ms" in sc:
         p99 = sc["after_write_ms"].get("p99")
@@ -237,14 +243,26 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _run_dates(meta: dict[str, Any]) -> list[str]:
+    """Which run each scenario's figures come from, when a later ``--only`` run replaced some of them."""
+    dates = meta.get("scenario_runs", {})
+    if len(set(dates.values())) < 2:
+        return []
+    by_run: dict[str, list[str]] = {}
+    for name, run in dates.items():
+        by_run.setdefault(run, []).append(name)
+    return ["Runs: " + "; ".join(f"{', '.join(names)} on {run}" for run, names in sorted(by_run.items())), ""]
+
+
 def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     out = [
         "# load_tests results",
         "",
         f"`{meta['command']}` on {meta['date']} ({meta['machine']}), {meta['seconds']} s. "
-        "Every figure below was measured side by side in that one run; latencies are medians over rounds "
+        "Every figure of a scenario was measured side by side in one run; latencies are medians over rounds "
         "(spreads in results.json). This machine is shared and noisy: compare ratios, not absolute times.",
         "",
+        *_run_dates(meta),
         "## Goals",
         "",
         *goal_rows(results),
@@ -289,6 +307,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
         ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF, lfu-size and Belady"),
         ("cold_start", "Cold start: a burst of first requests"),
+        ("churn", "Churn: real MLServer pods living on their misses"),
         ("scale", "Scale: many models, many pods"),
         ("cache_sim", "Cache policies alone, simulated on a longer trace"),
         ("profile", "Profile: where the local pod's CPU goes"),
@@ -311,6 +330,8 @@ def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
         return cache_scenario.summary_lines(result)
     if name == "cold_start":
         return cold_start.summary_lines(result)
+    if name == "churn":
+        return churn.summary_lines(result)
     if name == "stalls":
         return stalls.summary_lines(result)
     if name == "scale":
@@ -388,6 +409,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
         "seconds": round(time.time() - began),
     }
+    saved_path = args.out_dir / "results.json"
+    if args.only and saved_path.exists():  # a subset replaces only its own scenarios' figures
+        saved = json.loads(saved_path.read_text())
+        earlier = saved.pop("meta", {})
+        runs = earlier.get("scenario_runs") or {name: earlier.get("date", "?") for name in saved}
+        results = {**saved, **results}
+        meta["scenario_runs"] = {**runs, **{name: meta["date"] for name in chosen}}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.json").write_text(json.dumps({"meta": meta, **results}, indent=1) + "\n")
     (args.out_dir / "RESULTS.md").write_text(render(results, meta) + "\n")

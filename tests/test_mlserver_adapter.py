@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -29,9 +30,15 @@ from harness.cluster import MLServerProcess
 from harness.processes import default_mlserver_bin, free_port
 from protos import model_runtime_pb2 as pb
 from protos import model_runtime_pb2_grpc as pb_grpc
+from runtime_adapters.common.base import ModelToLoad
 from runtime_adapters.common.memory import find_listening_pid, process_tree_rss
 from runtime_adapters.common.model_files import files_size
-from runtime_adapters.mlserver.adapter import MARKER_FILE, MLServerAdapter, MLServerAdapterConfig
+from runtime_adapters.mlserver.adapter import (
+    DEFAULT_MAX_LOADING_CONCURRENCY,
+    LOADED_DIR,
+    MLServerAdapter,
+    MLServerAdapterConfig,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -137,6 +144,53 @@ def mlserver_repo(mlserver: MLServerProcess) -> Path:
     return mlserver.log_path.parent / "repo"
 
 
+def scanned(repo: Path) -> list[str]:
+    """What MLServer's repository scan sees: the root's folders that are not hidden."""
+    return sorted(p.name for p in repo.iterdir() if not p.name.startswith("."))
+
+
+def files_left(repo: Path) -> list[Path]:
+    """Every file under the repository, hidden folders included: nothing may be left behind."""
+    return sorted(p for p in repo.rglob("*") if p.is_file())
+
+
+def slow_model(directory: Path) -> Path:
+    """Nearest neighbours that keep ~40 MB of training data: a load that takes a while."""
+    x, y = load_iris(return_X_y=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    slow = KNeighborsClassifier(n_neighbors=1).fit(np.repeat(x, 8000, axis=0), np.repeat(y, 8000))
+    joblib.dump(slow, directory / "model.joblib")
+    return directory
+
+
+class _Pause:
+    """Unpickles as ``time.sleep(seconds)``: a load that takes as long as a test needs to look at it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[Callable[[float], None], tuple[float]]:
+        return time.sleep, (self.seconds,)
+
+
+class _Ballast:
+    """Unpickles as ``numpy.ones(count)``: memory once loaded, a few bytes on disk."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __reduce__(self) -> tuple[Callable[[int], np.ndarray], tuple[int]]:
+        return np.ones, (self.count,)
+
+
+def pausing_model(directory: Path, seconds: float = 3.0, megabytes: int = 0) -> Path:
+    """A "model" whose load waits ``seconds`` (inside MLServer, unpickling it), then holds ``megabytes``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ballast = _Ballast(megabytes * (1 << 20) // 8)
+    (directory / "model.joblib").write_bytes(pickle.dumps((_Pause(seconds), ballast)))
+    return directory
+
+
 @pytest.fixture
 async def adapter(mlserver: MLServerProcess) -> AsyncIterator[AdapterHandle]:
     handle, stop = await start_adapter(mlserver)
@@ -182,7 +236,7 @@ async def test_runtime_status_ready(adapter: AdapterHandle) -> None:
     status = await adapter.stub.runtimeStatus(pb.RuntimeStatusRequest())
     assert status.status == pb.RuntimeStatusResponse.READY
     assert status.capacityInBytes == 512 << 20
-    assert status.maxLoadingConcurrency == 1
+    assert status.maxLoadingConcurrency == DEFAULT_MAX_LOADING_CONCURRENCY
     assert status.modelLoadingTimeoutMs == 60_000
     assert status.defaultModelSizeInBytes == 1 << 20
     assert status.runtimeVersion.startswith("mlserver-1.")
@@ -211,10 +265,9 @@ async def test_load_infer_unload(
     np.testing.assert_array_equal(await predict(triton, dir_id, iris.x), iris.expected_dir)
     np.testing.assert_array_equal(await predict(triton, file_id, iris.x), iris.expected_file)
 
-    settings = json.loads((adapter.adapter.model_dir(dir_id) / "model-settings.json").read_text())
-    assert settings["name"] == dir_id
-    assert settings["implementation"] == "mlserver_sklearn.SKLearnModel"
-    assert settings["parameters"]["uri"] == str(iris.dir_model)
+    # Loaded: out of the scanned folder, remembered in the hidden one.
+    assert scanned(adapter.repo) == []
+    assert adapter.adapter.loaded_marker(dir_id).read_text() == dir_id
 
     size = await adapter.stub.modelSize(pb.ModelSizeRequest(modelId=dir_id))
     assert size.sizeInBytes == resp.sizeInBytes
@@ -227,10 +280,11 @@ async def test_load_infer_unload(
     await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=dir_id))
     assert not await model_ready(triton, dir_id)
     assert not adapter.adapter.model_dir(dir_id).exists()
+    assert not adapter.adapter.loaded_marker(dir_id).exists()
     # The other model is untouched.
     np.testing.assert_array_equal(await predict(triton, file_id, iris.x), iris.expected_file)
     await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=file_id))
-    assert list(adapter.repo.iterdir()) == []
+    assert files_left(adapter.repo) == []
     assert adapter.registry.get_sample_value("modelmesh_adapter_loaded_models") == 0
 
 
@@ -256,7 +310,7 @@ async def test_invalid_requests_touch_nothing(
         await adapter.stub.loadModel(load_req("", iris.dir_model))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    assert list(adapter.repo.iterdir()) == []
+    assert files_left(adapter.repo) == []
     assert (
         adapter.registry.get_sample_value("modelmesh_adapter_load_requests_total", {"result": "failure"}) == 3
     )
@@ -270,7 +324,8 @@ async def test_corrupt_model_then_good_model(
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "MLServer failed to load model 'broken'" in (err.value.details() or "")
     assert not adapter.adapter.model_dir("broken").exists()
-    assert "broken" not in await ready_models(triton)
+    assert not adapter.adapter.loaded_marker("broken").exists()
+    assert not await model_ready(triton, "broken")
 
     # Another runtime's failure (xgboost cannot read a joblib folder) passes MLServer's message through.
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -281,27 +336,24 @@ async def test_corrupt_model_then_good_model(
 
     await adapter.stub.loadModel(load_req("good", iris.dir_model))
     np.testing.assert_array_equal(await predict(triton, "good", iris.x), iris.expected_dir)
-    assert [p.name for p in adapter.repo.iterdir()] == [adapter.adapter.model_dir("good").name]
+    assert scanned(adapter.repo) == []
+    assert files_left(adapter.repo) == [adapter.adapter.loaded_marker("good")]
     await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId="good"))
 
 
 async def test_load_timeout_cleans_up(
     mlserver: MLServerProcess, triton: triton_aio.InferenceServerClient, tmp_path: Path
 ) -> None:
-    # A model that takes far longer to load than the timeout: nearest neighbours keep ~40 MB of training data.
-    x, y = load_iris(return_X_y=True)
-    (tmp_path / "slow").mkdir()
-    slow = KNeighborsClassifier(n_neighbors=1).fit(np.repeat(x, 8000, axis=0), np.repeat(y, 8000))
-    joblib.dump(slow, tmp_path / "slow" / "model.joblib")
+    slow_model(tmp_path / "slow")  # takes far longer to load than the timeout
     handle, stop = await start_adapter(mlserver, load_timeout_ms=20)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await handle.stub.loadModel(load_req("slow", tmp_path / "slow"))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert list(handle.repo.iterdir()) == []
+        assert files_left(handle.repo) == []
 
         async def gone() -> bool:
-            return "slow" not in await ready_models(triton)
+            return not await model_ready(triton, "slow")
 
         await eventually(gone)
     finally:
@@ -321,7 +373,7 @@ async def test_cancelled_load_then_unload_does_not_leak(
     call.cancel()
     await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=model_id))
 
-    assert model_id not in await ready_models(triton)
+    assert not await model_ready(triton, model_id)
     assert not adapter.adapter.model_dir(model_id).exists()
 
     # Nothing left running in the background can resurrect it.
@@ -329,8 +381,8 @@ async def test_cancelled_load_then_unload_does_not_leak(
         return not adapter.adapter._background
 
     await eventually(settled)
-    assert model_id not in await ready_models(triton)
-    assert list(adapter.repo.iterdir()) == []
+    assert not await model_ready(triton, model_id)
+    assert files_left(adapter.repo) == []
 
 
 async def test_runtime_status_purges_leftovers(
@@ -352,9 +404,8 @@ async def test_runtime_status_purges_leftovers(
         status = await b.stub.runtimeStatus(pb.RuntimeStatusRequest())
         assert status.status == pb.RuntimeStatusResponse.READY
         assert not await model_ready(triton, "leftover")
-        assert await ready_models(triton) == set()
-        assert [p.name for p in b.repo.iterdir()] == ["operator-owned"]
-        assert not any((p / MARKER_FILE).exists() for p in b.repo.iterdir())
+        assert scanned(b.repo) == ["operator-owned"]
+        assert files_left(b.repo) == [b.repo / "operator-owned" / "notes.txt"]
     finally:
         if stop_b is not None:
             await stop_b()
@@ -453,3 +504,109 @@ async def test_size_is_the_measured_memory_not_the_file_size(adapter: AdapterHan
         assert response.sizeInBytes > 100 << 20
     finally:
         await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId="bloated"))
+
+
+async def test_a_load_interrupted_by_an_adapter_restart_is_purged(
+    mlserver: MLServerProcess, iris: IrisModels, triton: triton_aio.InferenceServerClient
+) -> None:
+    """An adapter that died mid-load leaves the load's folder in the scanned root and its marker: the next
+    adapter unloads the model (MLServer may have finished loading it) and deletes both."""
+    handle, stop = await start_adapter(mlserver)
+    try:
+        model = ModelToLoad("half-loaded", "mlserver_sklearn.SKLearnModel", iris.dir_model)
+        handle.adapter._stage(model)  # what a load does before it asks MLServer
+        await handle.adapter.runtime_load("half-loaded")  # MLServer loaded it; the adapter died here
+        assert await model_ready(triton, "half-loaded")
+        assert scanned(handle.repo) == [handle.adapter.model_dir("half-loaded").name]
+    finally:
+        await stop()
+    handle, stop = await start_adapter(mlserver)
+    try:
+        status = await handle.stub.runtimeStatus(pb.RuntimeStatusRequest())
+        assert status.status == pb.RuntimeStatusResponse.READY
+        assert not await model_ready(triton, "half-loaded")
+        assert files_left(handle.repo) == []
+    finally:
+        await stop()
+
+
+async def test_the_scanned_folder_holds_only_the_loads_in_progress(
+    adapter: AdapterHandle, iris: IrisModels, tmp_path: Path
+) -> None:
+    """MLServer rescans its repository on every load: with only loads in progress there, a load costs the
+    same however many models the pod holds."""
+    for i in range(5):
+        await adapter.stub.loadModel(load_req(f"held-{i}", iris.dir_model))
+    assert scanned(adapter.repo) == []
+    slow = adapter.stub.loadModel(load_req("slow", pausing_model(tmp_path / "slow")))
+
+    async def loading() -> bool:
+        return adapter.adapter.model_dir("slow").exists() or slow.done()
+
+    await eventually(loading)
+    assert scanned(adapter.repo) == [adapter.adapter.model_dir("slow").name]
+    settings = json.loads((adapter.adapter.model_dir("slow") / "model-settings.json").read_text())
+    assert settings["name"] == "slow"
+    assert settings["implementation"] == "mlserver_sklearn.SKLearnModel"
+    await slow
+    assert scanned(adapter.repo) == []
+    assert sorted(p.name for p in (adapter.repo / LOADED_DIR).iterdir()) == sorted(
+        adapter.adapter.loaded_marker(m).name for m in ["slow", *(f"held-{i}" for i in range(5))]
+    )
+    for model_id in ["slow", *(f"held-{i}" for i in range(5))]:
+        await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=model_id))
+    assert files_left(adapter.repo) == []
+
+
+async def test_an_unload_does_not_wait_behind_another_models_load(
+    adapter: AdapterHandle, iris: IrisModels, triton: triton_aio.InferenceServerClient
+) -> None:
+    """Work is serialised per model: while a load of one model holds its lock (here for as long as the test
+    likes), an unload of another goes through. (MLServer itself runs a load's unpickling on its event loop,
+    so a slow model there still delays whatever MLServer answers meanwhile.)"""
+    await adapter.stub.loadModel(load_req("quick", iris.dir_model))
+    async with adapter.adapter._locked("slow-elsewhere"):
+        await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId="quick"), timeout=20)
+    assert not await model_ready(triton, "quick")
+
+
+async def test_loads_of_different_models_are_sent_at_once(
+    adapter: AdapterHandle, tmp_path: Path, triton: triton_aio.InferenceServerClient
+) -> None:
+    status = await adapter.stub.runtimeStatus(pb.RuntimeStatusRequest())
+    assert status.maxLoadingConcurrency == 2
+    path = pausing_model(tmp_path / "slow", seconds=1.0, megabytes=40)
+    pid = adapter.adapter.config.runtime_pid
+    assert pid is not None
+    rss_before = process_tree_rss(pid)
+    loads = [adapter.stub.loadModel(load_req(f"together-{i}", path)) for i in range(2)]
+
+    async def both_in_progress() -> bool:
+        return all(adapter.adapter.model_dir(f"together-{i}").exists() for i in range(2)) or any(
+            load.done() for load in loads
+        )
+
+    await eventually(both_in_progress)
+    assert not any(load.done() for load in loads), "one load finished before the other was sent"
+    sizes = [(await load).sizeInBytes for load in loads]
+    grown = process_tree_rss(pid) - rss_before
+    # Each is its share of the RSS growth while both loaded, plus MLServer's cost per model: together what
+    # both took, not the growth twice (a before/after window per load would count the other's as well).
+    overheads = 2 * adapter.adapter.config.model_overhead_bytes
+    assert all(size > 10 << 20 for size in sizes)
+    assert 0.8 * grown <= sum(sizes) - overheads <= 1.1 * grown
+    for i in range(2):
+        assert await model_ready(triton, f"together-{i}")
+        await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId=f"together-{i}"))
+
+
+async def test_a_tiny_models_size_includes_mlservers_cost_per_model(
+    adapter: AdapterHandle, iris: IrisModels
+) -> None:
+    response = await adapter.stub.loadModel(load_req("tiny", iris.dir_model))
+    try:
+        # ~1 KB of files and a load whose RSS delta is often 0: MLServer's cost per model still counts
+        assert response.sizeInBytes >= adapter.adapter.config.model_overhead_bytes
+        assert response.sizeInBytes > 4 * files_size(iris.dir_model)
+    finally:
+        await adapter.stub.unloadModel(pb.UnloadModelRequest(modelId="tiny"))

@@ -1,10 +1,11 @@
 """Where the time of a load goes: the runtime's part, and the mesh's own (pure).
 
-A miss on a full pod costs: the size prediction (an adapter call), the claim (a CAS in etcd and the view
-catching up), making room (evictions: leaving the registry, then the runtime's unload), waiting for one of
-the runtime's loading slots, the runtime's load, and publishing the copy (another CAS). The runtime's part
-is its load and its unloads; the queue is the wait for a slot; everything else is the mesh's.
-``LoadTimings`` keeps the last loads' phases and summarises them (``GET /mesh/loads`` on the REST port).
+A miss on a full pod costs: the claim (a CAS in etcd and the view catching up, with the adapter's size
+prediction asked meanwhile), making room (evictions: leaving the registry, then the runtime's unload),
+waiting for one of the runtime's loading slots, the runtime's load, and publishing the copy (another CAS).
+The runtime's part is its load and its unloads; the queue is the wait for a slot; everything else is the
+mesh's. ``LoadTimings`` keeps the last loads' phases and summarises them (``GET /mesh/loads`` on the REST
+port).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 
-PHASES = ("predict", "claim", "evict_registry", "runtime_unload", "queue", "runtime_load", "publish")
+PHASES = ("claim", "evict_registry", "runtime_unload", "queue", "runtime_load", "publish")
 RUNTIME_PHASES = frozenset({"runtime_load", "runtime_unload"})
 
 
@@ -21,8 +22,7 @@ RUNTIME_PHASES = frozenset({"runtime_load", "runtime_unload"})
 class LoadPhases:
     """Seconds each phase of one load took (a phase it did not go through: 0)."""
 
-    predict: float = 0.0
-    claim: float = 0.0
+    claim: float = 0.0  # with the size prediction alongside
     evict_registry: float = 0.0  # evictions for room: leaving the registry (the mesh's part)
     runtime_unload: float = 0.0  # evictions for room: the runtime's unloads (concurrent: the longest)
     queue: float = 0.0  # waiting for a loading slot (maxLoadingConcurrency)

@@ -198,11 +198,20 @@ class ModelLoader:
             await unloading.wait()
         phases = LoadPhases()
         clock = time.perf_counter()
+        start = now_ms()
+        # The claim: a CAS that names this pod as loading, unless a live peer already holds or loads it. The
+        # adapter's size prediction is asked meanwhile (a round trip each, and neither needs the other).
+        predicting = asyncio.ensure_future(self._predict_size(model_id, record))
         try:
-            predicted = await self._runtime.predict_size(model_id, record.type, record.path, record.key)
-        except grpc.aio.AioRpcError:
-            predicted = 0
-        phases.predict, clock = _lap(clock)
+            claimed = await self._update_registry(
+                model_id, lambda r: self._claim(model_id, r, start, extra_copy)
+            )
+        except BaseException:
+            predicting.cancel()
+            raise
+        predicted = await predicting
+        if claimed is None:
+            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
         if predicted > self.cache.capacity:
             await self._fail(
                 model_id,
@@ -210,13 +219,6 @@ class ModelLoader:
                 f"model {model_id} needs {predicted} bytes, more than the capacity of {self.pod_id} "
                 f"({self.cache.capacity} bytes)",
             )
-        start = now_ms()
-        # The claim: a CAS that names this pod as loading, unless a live peer already holds or loads it.
-        if (
-            await self._update_registry(model_id, lambda r: self._claim(model_id, r, start, extra_copy))
-            is None
-        ):
-            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
         phases.claim, clock = _lap(clock)
         # Reserve the bytes first, so concurrent loads plan their evictions around each other.
         self.cache.start_load(model_id, predicted, last_used_ms or now_ms())
@@ -254,6 +256,12 @@ class ModelLoader:
         self.changed.set()
         if size > predicted:
             await self._make_room(model_id)  # the measurement exceeded the prediction: others make way
+
+    async def _predict_size(self, model_id: str, record: ModelRecord) -> int:
+        try:
+            return await self._runtime.predict_size(model_id, record.type, record.path, record.key)
+        except grpc.aio.AioRpcError:
+            return 0  # the adapter will measure it
 
     def _claim(self, model_id: str, record: ModelRecord, at_ms: int, extra_copy: bool) -> ModelRecord:
         for pod in () if extra_copy else (*record.holders, *record.loading):

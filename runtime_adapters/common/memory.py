@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -21,6 +23,33 @@ def process_tree_rss(pid: int) -> int:
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
     return total
+
+
+class TreeRss:
+    """``process_tree_rss`` of one process, read often: listing its descendants walks every process on the
+    machine (a millisecond with a few dozen), so the list is kept for ``relist_s`` and redone when one of
+    them exits. Raises psutil.NoSuchProcess if the process itself is gone."""
+
+    def __init__(self, pid: int, relist_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pid = pid
+        self._root = psutil.Process(pid)
+        self._relist_s = relist_s
+        self._clock = clock
+        self._children: list[psutil.Process] = []
+        self._listed_at: float | None = None
+
+    def read(self) -> int:
+        now = self._clock()
+        if self._listed_at is None or now - self._listed_at >= self._relist_s:
+            self._children = self._root.children(recursive=True)
+            self._listed_at = now
+        total = int(self._root.memory_info().rss)
+        for child in self._children:
+            try:
+                total += int(child.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                self._listed_at = None  # list again next time
+        return total
 
 
 def find_listening_pid(port: int) -> int | None:

@@ -9,10 +9,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runtime_adapters.common.cli import adapter_parser, configure_logging, serve_adapter
+from runtime_adapters.common.cli import adapter_parser, configure_logging, env_int, serve_adapter
 from runtime_adapters.common.memory import default_capacity_bytes
 from runtime_adapters.common.storage import store_from_args
-from runtime_adapters.mlserver.adapter import MLServerAdapter, MLServerAdapterConfig
+from runtime_adapters.mlserver.adapter import (
+    DEFAULT_MAX_LOADING_CONCURRENCY,
+    DEFAULT_MODEL_OVERHEAD_BYTES,
+    MLServerAdapter,
+    MLServerAdapterConfig,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
         required="MLSERVER_REPOSITORY_DIR" not in os.environ,
         help="MLServer's model repository root (env MLSERVER_REPOSITORY_DIR)",
     )
+    p.add_argument(
+        "--max-loading-concurrency",
+        type=int,
+        default=env_int("MLSERVER_MAX_LOADING_CONCURRENCY", DEFAULT_MAX_LOADING_CONCURRENCY),
+        help="loads the mesh may send at once (env MLSERVER_MAX_LOADING_CONCURRENCY)",
+    )
+    p.add_argument(
+        "--model-overhead-bytes",
+        type=int,
+        default=env_int("MLSERVER_MODEL_OVERHEAD_BYTES", DEFAULT_MODEL_OVERHEAD_BYTES),
+        help="MLServer's own memory per loaded model, added to its measured growth "
+        "(env MLSERVER_MODEL_OVERHEAD_BYTES)",
+    )
     return p
 
 
@@ -47,6 +65,8 @@ async def serve(args: argparse.Namespace) -> None:
         min_model_size_bytes=args.min_model_size_bytes,
         load_timeout_ms=args.load_timeout_ms,
         default_model_size_bytes=args.default_model_size_bytes,
+        max_loading_concurrency=args.max_loading_concurrency,
+        model_overhead_bytes=args.model_overhead_bytes,
     )
     adapter = MLServerAdapter(config, store=store_from_args(args, config.repository_dir))
     await serve_adapter(adapter, args)
