@@ -44,6 +44,8 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 from harness.cluster import LocalMesh, MLServerProcess
+from harness.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
+from harness.triton import TritonProcess, triton_installed
 from load_tests.loadgen import LoadResult, closed_loop, raw_call
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
@@ -107,6 +109,11 @@ def load_timings(rest_address: str, last: int | None = None) -> dict[str, Any]:
     query = f"?last={last}" if last else ""
     with urllib.request.urlopen(f"http://{rest_address}/mesh/loads{query}", timeout=10) as reply:
         return json.loads(reply.read())
+
+
+def used_bytes(rest_address: str) -> int:
+    with urllib.request.urlopen(f"http://{rest_address}/mesh/pools", timeout=10) as reply:
+        return sum(int(pool["used_bytes"]) for pool in json.loads(reply.read()).values())
 
 
 def _phase_p50s(timings: dict[str, Any]) -> dict[str, float]:
@@ -177,7 +184,8 @@ async def miss_cost(
     work_dir: Path, loaded: int, settings: ChurnSettings, adapter_args: list[str]
 ) -> dict[str, Any]:
     small, _ = write_models(work_dir / "models", 1)
-    models = {f"m-{i:05d}": small for i in range(loaded + settings.misses)}
+    spare = loaded // 2 + 8  # to top the pod up if loads at once evicted more than they had to
+    models = {f"m-{i:05d}": small for i in range(loaded + spare + settings.misses)}
     ids = list(models)
     with LocalMesh(
         work_dir / "mesh",
@@ -198,8 +206,12 @@ async def miss_cost(
                     await _ensure_loaded(stub, model_id)
 
             await asyncio.gather(*(filler() for _ in range(settings.in_flight)))
+            topped_up = 0
+            while used_bytes(pod.rest_address) < (loaded - 1) * SMALL_SIZE and topped_up < spare:
+                await _ensure_loaded(stub, ids[loaded + topped_up])  # full: every miss below evicts
+                topped_up += 1
             fill_s = time.perf_counter() - fill_start
-            misses = [await _ensure_loaded(stub, model_id) for model_id in ids[loaded:]]
+            misses = [await _ensure_loaded(stub, m) for m in ids[loaded + spare :]]
         phases = load_timings(pod.rest_address, last=settings.misses)
     return {
         "loaded": loaded,
@@ -207,6 +219,60 @@ async def miss_cost(
         "fill_loads_per_s": round(loaded / fill_s, 1),
         "miss_p50_ms": round(1000 * statistics.median(misses), 1),
         "miss_max_ms": round(1000 * max(misses), 1),
+        "phases_p50_ms": _phase_p50s(phases),
+    }
+
+
+def triton_python_model(directory: Path, name: str) -> Path:
+    source = directory / name
+    (source / "1").mkdir(parents=True, exist_ok=True)
+    (source / "config.pbtxt").write_text(ADD_ONE_CONFIG.replace('name: "add-one"', f'name: "{name}"'))
+    (source / "1" / "model.py").write_text(ADD_ONE_MODEL)
+    return source
+
+
+def bare_triton_load(work_dir: Path, rounds: int = 5) -> float:
+    """Triton's own load of a python-backend model (it starts the model's stub process): median ms."""
+    repository = work_dir / "repository"
+    triton_python_model(repository, "bare-add-one")
+    times = []
+    with (
+        TritonProcess.start(repository, work_dir) as server,
+        grpc.insecure_channel(server.grpc_address) as channel,
+    ):
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name="bare-add-one"), timeout=120)
+            times.append(time.perf_counter() - start)
+            stub.RepositoryModelUnload(
+                v2.RepositoryModelUnloadRequest(model_name="bare-add-one"), timeout=120
+            )
+    return round(1000 * statistics.median(times), 1)
+
+
+async def triton_miss_cost(work_dir: Path, misses: int = 6) -> dict[str, Any]:
+    """Misses of python-backend models through a Triton pod, one at a time, next to Triton's own load."""
+    source = triton_python_model(work_dir / "models", "add-one")
+    models = {f"py-{i}": source for i in range(misses)}
+    with LocalMesh(work_dir / "mesh", pods=0, triton_pods=1) as mesh:
+        pod = mesh.stacks[0].pod
+        assert pod is not None
+        with grpc.insecure_channel(pod.address) as channel:
+            stub = mm_grpc.ModelMeshStub(channel)
+            for model_id, path in models.items():
+                info = mm.ModelInfo(type="python", path=str(path))
+                stub.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info), timeout=30)
+        async with grpc.aio.insecure_channel(pod.address) as aio_channel:
+            aio_stub = mm_grpc.ModelMeshStub(aio_channel)
+            times = [await _ensure_loaded(aio_stub, model_id) for model_id in models]
+        phases = load_timings(pod.rest_address, last=misses)
+    bare = bare_triton_load(work_dir / "bare")
+    miss = round(1000 * statistics.median(times), 1)
+    return {
+        "triton_bare_load_ms": bare,
+        "miss_p50_ms": miss,
+        "miss_vs_bare_load": round(miss / bare, 2) if bare else None,
         "phases_p50_ms": _phase_p50s(phases),
     }
 
@@ -265,6 +331,8 @@ async def run_churn(
     bare = results["mlserver_bare_load_ms"]
     for row in results["miss_cost"]:
         row["miss_vs_bare_load"] = round(row["miss_p50_ms"] / bare, 1) if bare else None
+    if triton_installed():
+        results["triton"] = await triton_miss_cost(work_dir / "triton")
     return results
 
 
@@ -294,6 +362,15 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             "the same churn with the adapter before (load_tests/churn_baseline.json): "
             f"{before['throughput']} req/s, p50 {before['p50_ms']} ms, p99 {before['p99_ms']} ms, "
             f"{before['loads_per_s']} loads/s"
+        )
+    triton = result.get("triton")
+    if triton:
+        tp = triton["phases_p50_ms"]
+        lines.append(
+            f"Triton python-backend models: a miss p50 {triton['miss_p50_ms']} ms through the mesh, "
+            f"Triton's own load {triton['triton_bare_load_ms']} ms ({triton['miss_vs_bare_load']}x; "
+            f"it starts the model's stub process: Triton's cost); runtime load {tp['runtime_load']} ms, "
+            f"mesh {tp['mesh']} ms"
         )
     for row in result["miss_cost"]:
         phases = row["phases_p50_ms"]

@@ -245,7 +245,6 @@ class ModelLoader:
             if written is None:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             phases.publish, clock = _lap(clock)
-            self.timings.record(phases)
         except BaseException:
             # Failed, cancelled or unregistered: give the bytes back, make sure the runtime does not
             # keep the model (a cancelled load may still complete there), and clear this pod's claim.
@@ -254,8 +253,12 @@ class ModelLoader:
             await self._drop_from_registry(model_id)
             raise
         self.changed.set()
-        if size > predicted:
-            await self._make_room(model_id)  # the measurement exceeded the prediction: others make way
+        if size > predicted:  # the measurement exceeded the prediction: others make way
+            runtime_unload = await self._make_room(model_id)
+            made_room, clock = _lap(clock)
+            phases.runtime_unload += runtime_unload
+            phases.evict_registry += max(0.0, made_room - runtime_unload)
+        self.timings.record(phases)
 
     async def _predict_size(self, model_id: str, record: ModelRecord) -> int:
         try:
