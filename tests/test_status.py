@@ -1,9 +1,9 @@
-"""ModelStatusInfo computed from registry records (pure)."""
+"""ModelStatusInfo and the v2 repository index computed from registry records (pure)."""
 
 from __future__ import annotations
 
 from mesh.registry.records import InstanceRecord, LoadFailure, ModelRecord
-from mesh.registry.status import PoolStats, model_status, pool_stats
+from mesh.registry.status import IndexEntry, PoolStats, model_status, pool_stats, repository_index
 from protos import model_mesh_pb2 as mm
 
 S = mm.ModelStatusInfo.ModelStatus
@@ -92,3 +92,39 @@ def test_pool_stats_add_up_per_pool() -> None:
         ),
         "triton": PoolStats(pods=1, capacity_bytes=7),
     }
+
+
+def test_repository_index_states_and_reasons() -> None:
+    models = {
+        "held": ModelRecord(type="t", holders={"alive": 5}, failures={"other": LoadFailure(9, "boom")}),
+        "loading": ModelRecord(type="t", loading={"alive": 6}, failures={"other": LoadFailure(9, "boom")}),
+        "idle": ModelRecord(type="t"),
+        "failed": ModelRecord(
+            type="t",
+            failures={
+                "a": LoadFailure(700, "older"),
+                "b": LoadFailure(900, "newest"),
+                "c": LoadFailure(1, "gone"),
+            },
+        ),
+        "expired": ModelRecord(type="t", failures={"a": LoadFailure(-5000, "expired")}),
+        "on-a-dead-pod": ModelRecord(type="t", holders={"dead": 5}, loading={"dead": 6}),
+    }
+    index = repository_index(models, {"alive"}, now_ms=1000, expiry_ms=EXPIRY)
+    assert index == [  # sorted by name, as Triton lists its repository
+        IndexEntry("expired", "UNAVAILABLE", "not loaded"),
+        IndexEntry("failed", "UNAVAILABLE", "newest"),
+        IndexEntry("held", "READY"),
+        IndexEntry("idle", "UNAVAILABLE", "not loaded"),
+        IndexEntry("loading", "LOADING"),
+        IndexEntry("on-a-dead-pod", "UNAVAILABLE", "not loaded"),
+    ]
+    assert all(entry.version == "" for entry in index)
+
+
+def test_repository_index_ready_only_and_empty() -> None:
+    models = {"b": ModelRecord(type="t", holders={"p": 1}), "a": ModelRecord(type="t", loading={"p": 1})}
+    assert repository_index(models, {"p"}, 0, EXPIRY, ready_only=True) == [IndexEntry("b", "READY")]
+    assert [e.name for e in repository_index(models, {"p"}, 0, EXPIRY)] == ["a", "b"]
+    assert repository_index({}, {"p"}, 0, EXPIRY) == []
+    assert repository_index(models, (), 0, EXPIRY, ready_only=True) == []  # no live pod: nothing is ready

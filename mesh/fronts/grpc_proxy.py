@@ -13,12 +13,14 @@ internal port, which serves forwarded requests here and never forwards again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as v2
 
 from mesh.errors import MeshError, Reroute
+from mesh.fronts.streams import relay_stream, stream_error
 from mesh.models.local import LoadClaimed
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import USAGE_METHOD, parse_usage
@@ -40,19 +42,27 @@ from mesh.outcomes import (
 )
 from mesh.routing.peers import PeerPool
 from mesh.routing.router import LoadHereFailed, Router
-from mesh.routing.target import TargetError, request_target
+from mesh.routing.target import RequestTarget, TargetError, request_target
 from mesh.routing.wire import with_model_id
 
 log = logging.getLogger(__name__)
 
 V2_SERVICE = "/inference.GRPCInferenceService/"
 STREAMING_METHODS = frozenset({V2_SERVICE + "ModelStreamInfer"})
+# v2 methods for one model, named in field 1: routed to a pod holding the model even when this pod's runtime
+# lacks the method (a mixed pool), and refused only by the pod that would serve them.
+PER_MODEL_METHODS = frozenset(
+    V2_SERVICE + m
+    for m in ("ModelInfer", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelStreamInfer")
+)
+MODEL_STATISTICS = V2_SERVICE + "ModelStatistics"
 # Headers that are ours or the transport's; everything else reaches the runtime.
 _DROP_HEADER_PREFIXES = ("mm-", ":", "grpc-")
 _DROP_HEADERS = frozenset({"user-agent", "content-type", "te"})
 MAX_CACHED_METHODS = 256
 
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+StreamBehavior = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
 def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -69,16 +79,22 @@ def forwarded_metadata(metadata: Metadata) -> list[tuple[str, str | bytes]]:
 class MethodTable:
     """The runtime's methodInfos: which methods are forwarded, and where the model id goes in each."""
 
-    def __init__(self, method_infos: dict[str, list[int]], allow_any_method: bool) -> None:
+    def __init__(self, method_infos: dict[str, list[int]], allow_any_method: bool, runtime: str = "") -> None:
         self._infos = method_infos  # "/pkg.Service/Method" -> field path of the model id
         self._allow_any = allow_any_method or not method_infos
+        self.runtime = runtime  # its runtimeVersion, to name it in refusals
 
     def refusal(self, method: str) -> str | None:
-        if method in STREAMING_METHODS:
-            return f"{method} (streaming) is not proxied yet"
+        """Why this pod's runtime does not take ``method`` (None: it does)."""
         if not self._allow_any and method not in self._infos:
-            return f"method {method} is not served by the runtime"
+            return f"method {method} is not served by the runtime" + (
+                f" {self.runtime}" if self.runtime else ""
+            )
         return None
+
+    def routable(self, method: str) -> bool:
+        """Whether the mesh forwards ``method`` at all: this pod's runtime takes it, or another pod's may."""
+        return self.refusal(method) is None or method in PER_MODEL_METHODS
 
     def id_path(self, method: str) -> list[int]:
         return self._infos.get(method, [1])
@@ -90,10 +106,10 @@ class HandlerCache:
     def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    def get(self, method: str, make: Callable[[], Behavior]) -> grpc.RpcMethodHandler:
+    def get(self, method: str, make: Callable[[], grpc.RpcMethodHandler]) -> grpc.RpcMethodHandler:
         handler = self._handlers.get(method)
         if handler is None:
-            handler = grpc.unary_unary_rpc_method_handler(make())  # no (de)serializers: raw bytes
+            handler = make()
             if len(self._handlers) < MAX_CACHED_METHODS:  # clients choose method names: bound the cache
                 self._handlers[method] = handler
         return handler
@@ -145,29 +161,46 @@ class InferenceProxy(grpc.GenericRpcHandler):
             V2_SERVICE + "ServerReady": _constant(v2.ServerReadyResponse(ready=True).SerializeToString()),
             V2_SERVICE + "ServerMetadata": _constant(metadata),
             V2_SERVICE + "ModelReady": self._model_ready,
+            V2_SERVICE + "RepositoryIndex": self._repository_index,
         }
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
-        return self._cache.get(method, lambda: self._local.get(method) or self._forwarder(method))
+        return self._cache.get(method, lambda: self._handler(method))
+
+    def _handler(self, method: str) -> grpc.RpcMethodHandler:
+        local = self._local.get(method)
+        if local is not None:
+            return grpc.unary_unary_rpc_method_handler(local)  # no (de)serializers: raw bytes
+        if not self._methods.routable(method):
+            refusal = self._methods.refusal(method) or method
+            return grpc.unary_unary_rpc_method_handler(_refuse(grpc.StatusCode.UNIMPLEMENTED, refusal))
+        if method in STREAMING_METHODS:
+            return grpc.stream_stream_rpc_method_handler(self._streamer(method))
+        return grpc.unary_unary_rpc_method_handler(self._forwarder(method))
+
+    async def _resolve(self, target: RequestTarget) -> str:
+        try:
+            return self._router.model_id(target)
+        except MeshError:  # perhaps registered elsewhere a moment ago
+            return await self._router.model_id_after_miss(target)
 
     def _forwarder(self, method: str) -> Behavior:
-        refusal = self._methods.refusal(method)
-        if refusal is not None:
-            return _refuse(grpc.StatusCode.UNIMPLEMENTED, refusal)
         id_path = self._methods.id_path(method)
+        refusal = self._methods.refusal(method)  # this pod's runtime lacks it: only a peer may serve it
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
             try:
                 target = request_target(metadata, request)
-                try:
-                    model_id = self._router.model_id(target)
-                except MeshError:  # perhaps registered elsewhere a moment ago
-                    model_id = await self._router.model_id_after_miss(target)
+                model_id = await self._resolve(target)
+                if method == MODEL_STATISTICS and not self._router.ready(target):
+                    return _no_statistics(model_id)  # not loaded anywhere: nothing to count, and no load
                 outgoing = forwarded_metadata(metadata)
 
                 async def here() -> bytes:
+                    if refusal is not None:
+                        raise MeshError(grpc.StatusCode.UNIMPLEMENTED, refusal)
                     return await call_runtime(
                         self._runtime, method, id_path, request, model_id, outgoing, context.time_remaining()
                     )
@@ -188,6 +221,82 @@ class InferenceProxy(grpc.GenericRpcHandler):
 
         return forward
 
+    def _streamer(self, method: str) -> StreamBehavior:
+        """ModelStreamInfer: the first message names the model; the stream goes where a unary call would
+        (loading the model first), and every message gets the concrete id."""
+        id_path = self._methods.id_path(method)
+        refusal = self._methods.refusal(method)
+
+        async def stream(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            metadata = context.invocation_metadata() or ()
+            first = await anext(requests, None)
+            if first is None:
+                return
+            upstream = "the runtime serving the stream"
+            try:
+                model_id = await self._resolve(request_target(metadata, first))
+                outgoing = forwarded_metadata(metadata)
+                served_by = ""
+
+                def splice(message: bytes) -> bytes:
+                    return with_model_id(message, id_path, model_id)
+
+                async def here() -> grpc.aio.StreamStreamCall:
+                    nonlocal served_by
+                    if refusal is not None:
+                        raise MeshError(grpc.StatusCode.UNIMPLEMENTED, refusal)
+                    call = self._runtime.stream(method)(metadata=outgoing, timeout=context.time_remaining())
+                    await call.write(splice(first))
+                    served_by = self._router.pod_id
+                    return call
+
+                async def there(pod_id: str, avoid: frozenset[str]) -> grpc.aio.StreamStreamCall:
+                    nonlocal served_by, upstream
+                    address = self._router.instance(pod_id).internal_address
+                    call = self._peers.stream(
+                        address, method, model_id, outgoing, context.time_remaining(), avoid
+                    )
+                    await call.write(first)  # the peer splices: it serves the model itself
+                    served_by, upstream = pod_id, f"pod {pod_id} serving the stream"
+                    return call
+
+                call = await self._router.route(model_id, context.time_remaining(), here, there)
+            except MESH_ERRORS as e:
+                await abort(context, e)
+                return
+            self._router.acquire(model_id, served_by)  # no await since route(): eviction cannot slip in
+            try:
+                async for answer in relay_stream(
+                    call, requests, splice if served_by == self._router.pod_id else _same
+                ):
+                    yield answer
+            except grpc.aio.AioRpcError as e:
+                await abort(context, stream_error(e, upstream))
+            finally:
+                self._router.release(model_id, served_by)
+
+        return stream
+
+    async def _repository_index(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The mesh's registered models and their state (not one runtime's folder)."""
+        try:
+            ready_only = v2.RepositoryIndexRequest.FromString(request).ready
+        except DecodeError:
+            await abort(
+                context, MeshError(grpc.StatusCode.INVALID_ARGUMENT, "cannot decode RepositoryIndexRequest")
+            )
+        entries = self._router.repository_index(ready_only)
+        return v2.RepositoryIndexResponse(
+            models=[
+                v2.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        ).SerializeToString()
+
     async def _model_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             target = request_target(context.invocation_metadata() or (), request)
@@ -207,16 +316,62 @@ class PeerHandler(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
-        return self._cache.get(method, lambda: self._server(method))
+        return self._cache.get(method, lambda: self._handler(method))
+
+    def _handler(self, method: str) -> grpc.RpcMethodHandler:
+        refusal = self._methods.refusal(method)
+        if method not in (LOAD_METHOD, USAGE_METHOD) and refusal is not None:
+            return grpc.unary_unary_rpc_method_handler(_refuse(grpc.StatusCode.UNIMPLEMENTED, refusal))
+        if method in STREAMING_METHODS:
+            return grpc.stream_stream_rpc_method_handler(self._streamer(method))
+        return grpc.unary_unary_rpc_method_handler(self._server(method))
+
+    def _streamer(self, method: str) -> StreamBehavior:
+        """A stream a peer forwarded: served here (loading the model first), never forwarded again."""
+        id_path = self._methods.id_path(method)
+
+        async def stream(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            metadata = context.invocation_metadata() or ()
+            model_id = await self._forwarded_model(metadata, context)
+            first = await anext(requests, None)
+            if first is None:
+                return
+
+            def splice(message: bytes) -> bytes:
+                return with_model_id(message, id_path, model_id)
+
+            async def here() -> grpc.aio.StreamStreamCall:
+                timeout = context.time_remaining()
+                call = self._runtime.stream(method)(metadata=forwarded_metadata(metadata), timeout=timeout)
+                await call.write(splice(first))
+                return call
+
+            try:
+                call = await self._router.serve_here(model_id, context.time_remaining(), here)
+            except LoadHereFailed as e:
+                await _abort_load(context, e.error)
+                return
+            except MESH_ERRORS as e:
+                await abort(context, e)
+                return
+            self._router.acquire(model_id, self._router.pod_id)
+            try:
+                async for answer in relay_stream(call, requests, splice):
+                    yield answer
+            except grpc.aio.AioRpcError as e:
+                await abort(context, stream_error(e, "the runtime serving the stream"))
+            finally:
+                self._router.release(model_id, self._router.pod_id)
+
+        return stream
 
     def _server(self, method: str) -> Behavior:
         if method == LOAD_METHOD:
             return self._load
         if method == USAGE_METHOD:
             return self._usage
-        refusal = self._methods.refusal(method)
-        if refusal is not None:
-            return _refuse(grpc.StatusCode.UNIMPLEMENTED, refusal)
         id_path = self._methods.id_path(method)
 
         async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -289,6 +444,15 @@ async def _abort_load(context: grpc.aio.ServicerContext, error: MeshError) -> No
     if isinstance(error, LoadClaimed):
         await abort(context, error, ((REDIRECT_TRAILER, error.holder),))
     await abort(context, error, ((LOAD_FAILED_TRAILER, "1"),))
+
+
+def _same(message: bytes) -> bytes:
+    return message
+
+
+def _no_statistics(model_id: str) -> bytes:
+    """ModelStatistics for a model loaded nowhere: valid and all zero (counts start with its first load)."""
+    return v2.ModelStatisticsResponse(model_stats=[v2.ModelStatistics(name=model_id)]).SerializeToString()
 
 
 def _constant(response: bytes) -> Behavior:

@@ -82,6 +82,10 @@ class RuntimeClient:
             self._methods[full_method] = callable_
         return callable_
 
+    def stream(self, full_method: str) -> grpc.aio.StreamStreamMultiCallable:
+        """A raw-bytes bidirectional stream for ``/package.Service/Method`` (ModelStreamInfer)."""
+        return self._serving_channel.stream_stream(full_method)
+
     async def model_ready(self, model_id: str) -> bool:
         """The runtime's own v2 ModelReady for the model, with no version: whether it has the model loaded.
 

@@ -40,6 +40,8 @@ from mesh.process.serving_worker import (
     DELEGATE_ENV,
     METHODS_ENV,
     PARENT_ENV,
+    REFLECTED_SERVICES,
+    SERVED_SERVICES,
     delegate_address,
     encode_methods,
     relay_path,
@@ -51,7 +53,6 @@ from mesh.registry.store import EtcdStore, Unchanged
 from mesh.registry.view import RoutingTable
 from mesh.routing.peers import PeerHealth, PeerPool
 from mesh.routing.router import Router
-from protos import model_mesh_pb2
 
 log = logging.getLogger("mesh.process.pod")
 SERVER_NAME = "modelmesh-py"
@@ -167,7 +168,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         )
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
-        methods = MethodTable(method_infos, status.allowAnyMethod)
+        methods = MethodTable(method_infos, status.allowAnyMethod, status.runtimeVersion)
         peers = PeerPool(settings.max_message_bytes)
         router = Router(
             settings.pod_id,
@@ -229,14 +230,11 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         transitions = Transitions(store, table, router)
         servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
         health_servicer = health.aio.HealthServicer()
-        mesh_service = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
         proxy = InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION)
         for server in servers:
             servicer.add_to_server(server)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-            reflection.enable_server_reflection(
-                (mesh_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-            )
+            reflection.enable_server_reflection(REFLECTED_SERVICES, server)
             server.add_generic_rpc_handlers((proxy,))
         # Peers reach this pod on a port of its own: what arrives there is served here, never forwarded.
         internal = grpc_server(settings, public=internal_front is None)
@@ -255,14 +253,14 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             await internal_front.start(settings.host, settings.internal_port)
         if settings.rest_port:
             await gateway.start(settings.host, settings.rest_port, settings.internal_rest_port)
-        for service in ("", mesh_service, "inference.GRPCInferenceService"):
+        for service in ("", *SERVED_SERVICES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
         def record() -> InstanceRecord:
             return instance_record(settings, loader, router, start_ms)
 
         await store.register_instance(settings.pod_id, record(), settings.lease_ttl_s)
-        worker_methods = encode_methods(method_infos, status.allowAnyMethod)
+        worker_methods = encode_methods(method_infos, status.allowAnyMethod, status.runtimeVersion)
         workers = start_serving_processes(settings, worker_methods)
         keeping = asyncio.create_task(keep_serving_processes(settings, worker_methods, workers))
         scaler = CopyScaler(

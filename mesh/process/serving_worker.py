@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,10 +37,12 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh.errors import BadRequest, MeshError, Reroute
 from mesh.fronts.grpc_proxy import (
+    STREAMING_METHODS,
     V2_SERVICE,
     Behavior,
     HandlerCache,
     MethodTable,
+    StreamBehavior,
     call_runtime,
     forwarded_metadata,
     message_size_options,
@@ -48,6 +50,7 @@ from mesh.fronts.grpc_proxy import (
 from mesh.fronts.h2.client import FrontLimits
 from mesh.fronts.h2.front import H2Front
 from mesh.fronts.server_limits import grpc_server_options
+from mesh.fronts.streams import relay_stream
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import USAGE_METHOD, UsageLog
 from mesh.outcomes import Passthrough, RuntimeNotFound, abort, peer_error
@@ -73,10 +76,12 @@ REPORT_INTERVAL_S = 1.0
 # What the main process answers itself, never the runtime: its own services, and the server-level v2 calls.
 MESH_SERVICES = ("/mmesh.", "/grpc.")
 MESH_ANSWERED = frozenset(
-    V2_SERVICE + m for m in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady")
+    V2_SERVICE + m for m in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "RepositoryIndex")
 )
 MESH_SERVICE = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name
-REFLECTED_SERVICES = (MESH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+INFERENCE_SERVICE = V2_SERVICE.strip("/")
+SERVED_SERVICES = (MESH_SERVICE, INFERENCE_SERVICE)  # what health checks and reflection name, with their own
+REFLECTED_SERVICES = (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
 def relay_path(settings: Settings, port: int | None = None) -> str:
@@ -91,13 +96,14 @@ def delegate_address(settings: Settings) -> str:
     return "unix:" + relay_path(settings)
 
 
-def encode_methods(method_infos: dict[str, list[int]], allow_any: bool) -> str:
-    return json.dumps({"infos": method_infos, "allow_any": allow_any})
+def encode_methods(method_infos: dict[str, list[int]], allow_any: bool, runtime: str = "") -> str:
+    return json.dumps({"infos": method_infos, "allow_any": allow_any, "runtime": runtime})
 
 
 def decode_methods(raw: str) -> MethodTable:
     data = json.loads(raw)
-    return MethodTable({k: list(v) for k, v in data["infos"].items()}, bool(data["allow_any"]))
+    infos = {k: list(v) for k, v in data["infos"].items()}
+    return MethodTable(infos, bool(data["allow_any"]), str(data.get("runtime", "")))
 
 
 class WorkerProxy(grpc.GenericRpcHandler):
@@ -118,14 +124,34 @@ class WorkerProxy(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
-        return self._handlers.get(method, lambda: self._behavior(method))
+        return self._handlers.get(method, lambda: self._handler(method))
 
-    def _behavior(self, method: str) -> Behavior:
-        """Inference methods are served here when they can be; anything else goes to the main process."""
+    def _handler(self, method: str) -> grpc.RpcMethodHandler:
+        """Unary inference methods are served here when they can be; anything else goes to the main process
+        (streams as streams)."""
+        if method in STREAMING_METHODS:
+            return grpc.stream_stream_rpc_method_handler(self._relay_stream(method))
         runtime_method = not method.startswith(MESH_SERVICES) and method not in MESH_ANSWERED
         if runtime_method and self._methods.refusal(method) is None:
-            return self._serve(method)
-        return self._relay(method)
+            return grpc.unary_unary_rpc_method_handler(self._serve(method))
+        return grpc.unary_unary_rpc_method_handler(self._relay(method))
+
+    def _relay_stream(self, method: str) -> StreamBehavior:
+        relay = self._delegate.stream_stream(method)
+
+        async def relay_call(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            call = relay(timeout=context.time_remaining(), metadata=context.invocation_metadata())
+            try:
+                async for answer in relay_stream(call, requests):
+                    yield answer
+            except grpc.aio.AioRpcError as e:  # the main process's answer, as it came
+                await context.abort(
+                    e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ()
+                )
+
+        return relay_call
 
     def _relay(self, method: str) -> Behavior:
         relay = self._delegate.unary_unary(method)
@@ -310,12 +336,12 @@ async def start_grpc_worker(
     server = grpc.aio.server(options=grpc_server_options(settings, public=True, reuse_port=True))
     health_checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
-    reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # streaming: not relayed
+    reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # answered here, not relayed
     proxy = WorkerProxy(routing, runtime, methods, delegate, peers)
     server.add_generic_rpc_handlers((proxy,))
     server.add_insecure_port(settings.address)
     await server.start()
-    for service in ("", MESH_SERVICE, "inference.GRPCInferenceService"):  # as the main process
+    for service in ("", *SERVED_SERVICES):  # as the main process
         await health_checks.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop() -> None:

@@ -1,9 +1,10 @@
-"""Model status as ModelMesh reports it, computed from a registry record (pure)."""
+"""Model status as ModelMesh reports it and the v2 repository index, from registry records (pure)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from mesh.registry.records import InstanceRecord, LoadFailure, ModelRecord
 from protos import model_mesh_pb2 as mm
@@ -64,6 +65,46 @@ def model_status(
             for c in copies
         ],
     )
+
+
+IndexState = Literal["READY", "LOADING", "UNAVAILABLE"]
+NOT_LOADED_REASON = "not loaded"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One model of the v2 repository index, shaped as Triton answers it (REST and gRPC RepositoryIndex)."""
+
+    name: str
+    state: IndexState
+    reason: str = ""
+    version: str = ""  # the mesh registers models, not versions
+
+
+def index_entry(
+    model_id: str, record: ModelRecord, live_pods: Collection[str], now_ms: int, expiry_ms: int
+) -> IndexEntry:
+    """READY when a live pod holds it, LOADING when one is loading it, else UNAVAILABLE and why."""
+    if live_copies(record.holders, live_pods):
+        return IndexEntry(model_id, "READY")
+    if live_copies(record.loading, live_pods):
+        return IndexEntry(model_id, "LOADING")
+    failures = unexpired_failures(record, now_ms, expiry_ms).values()
+    newest = max(failures, key=lambda f: f.time_ms, default=None)
+    return IndexEntry(model_id, "UNAVAILABLE", newest.message if newest else NOT_LOADED_REASON)
+
+
+def repository_index(
+    models: Mapping[str, ModelRecord],
+    live_pods: Collection[str],
+    now_ms: int,
+    expiry_ms: int,
+    ready_only: bool = False,
+) -> list[IndexEntry]:
+    """Every registered model (by id, as Triton sorts its index) and its state across the mesh; with
+    ``ready_only``, only the READY ones (RepositoryIndexRequest.ready)."""
+    entries = (index_entry(m, models[m], live_pods, now_ms, expiry_ms) for m in sorted(models))
+    return [e for e in entries if e.state == "READY" or not ready_only]
 
 
 @dataclass

@@ -55,6 +55,27 @@ class PeerPool:
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
 
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return channel
+
+    def stream(
+        self,
+        address: str,
+        method: str,
+        model_id: str,
+        metadata: Metadata,
+        timeout_s: float | None,
+        avoid: frozenset[str] = frozenset(),
+    ) -> grpc.aio.StreamStreamCall:
+        """A raw-bytes bidirectional stream to the peer's internal port, for the concrete ``model_id``."""
+        return self._channel(address).stream_stream(method)(
+            timeout=timeout_s, metadata=_internal_headers(metadata, model_id, avoid)
+        )
+
     async def call(
         self,
         address: str,
@@ -65,14 +86,8 @@ class PeerPool:
         timeout_s: float | None,
         avoid: frozenset[str] = frozenset(),
     ) -> bytes:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
-            self._channels[address] = channel
-        call = channel.unary_unary(method)
-        headers = [*metadata, (INTERNAL_MODEL_HEADER, model_id)]
-        if avoid:
-            headers.append((AVOID_HEADER, ",".join(sorted(avoid))))
+        call = self._channel(address).unary_unary(method)
+        headers = _internal_headers(metadata, model_id, avoid)
         response: bytes = await call(body, timeout=timeout_s, metadata=headers)
         return response
 
@@ -85,3 +100,12 @@ class PeerPool:
     async def close(self) -> None:
         for address in list(self._channels):
             await self.forget(address)
+
+
+def _internal_headers(
+    metadata: Metadata, model_id: str, avoid: frozenset[str]
+) -> list[tuple[str, str | bytes]]:
+    headers = [*metadata, (INTERNAL_MODEL_HEADER, model_id)]
+    if avoid:
+        headers.append((AVOID_HEADER, ",".join(sorted(avoid))))
+    return headers

@@ -23,7 +23,7 @@ from mesh.errors import MeshError, Reroute
 from mesh.models.local import LoadClaimed, ModelLoader, now_ms
 from mesh.outcomes import LOAD_METHOD, Passthrough, RuntimeNotFound, peer_error
 from mesh.registry.records import InstanceRecord
-from mesh.registry.status import PoolStats, live_copies, pool_stats
+from mesh.registry.status import IndexEntry, PoolStats, live_copies, pool_stats, repository_index
 from mesh.registry.store import StoreError
 from mesh.registry.view import RoutingTable
 from mesh.routing.decision import CopyHere, FailurePolicy, Refuse, Route, ServeHere, decide_route
@@ -284,6 +284,12 @@ class Router:
         await self.route(model_id, None, here, there, last_used_ms)
         # the loading pod has seen its own write; make sure this pod's view has too
         await self._table.wait_until(lambda: self.loaded_somewhere(model_id))
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every registered model and its state in the mesh (v2 RepositoryIndex)."""
+        models = {model_id: entry.record for model_id, entry in self._table.models.items()}
+        live = self._health.live_instances()
+        return repository_index(models, live, now_ms(), self._failures.expiry_ms, ready_only)
 
     def unplaced_count(self, window_s: float = 300.0) -> int:
         """Models this pod found no pod for in the last ``window_s`` (an autoscaler's signal)."""

@@ -50,6 +50,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from runtime_adapters.common.base import MARKER_FILE as MARKER_FILE  # re-exported: tests import it here
 from runtime_adapters.common.base import (
     STATUS_TIMEOUT_S,
+    V2_METHOD_INFOS,
     LoadFailed,
     ModelRejected,
     ModelToLoad,
@@ -262,6 +263,13 @@ class TritonAdapter(RuntimeAdapter):
     runtime_label = "Triton"
     runtime_name = "triton"
     memory_source = "stub rss"
+    # Triton answers these per model too (perf_analyzer asks for the config; tritonclient streams).
+    method_infos = {
+        **V2_METHOD_INFOS,
+        "inference.GRPCInferenceService/ModelConfig": (1,),
+        "inference.GRPCInferenceService/ModelStatistics": (1,),
+        "inference.GRPCInferenceService/ModelStreamInfer": (1,),
+    }
     reuses_loaded_models = True  # a second load of a model loaded through this adapter answers its size
 
     def __init__(
