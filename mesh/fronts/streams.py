@@ -1,10 +1,11 @@
 """Bidirectional streams through the mesh (ModelStreamInfer): the client's messages to an upstream call (the
 runtime, a peer's internal port, the main process), the upstream's answers back, as raw bytes.
 
-Flow control is end to end: a client message is read only once the upstream has taken the one before
-(``write`` waits for its window), and an upstream answer is read only once the client has taken the one
-before (the handler's ``yield`` waits), so a slow reader slows the runtime and neither side buffers more
-than a message. A stream is never retried: once messages have gone, another pod cannot take over.
+The relay itself holds at most one message each way: a client message is read only once the upstream
+call has taken the one before, an upstream answer only once the handler's ``yield`` has returned. What the
+transports buffer below (grpc's windows; the HTTP/2 front's per-connection buffer) is theirs: a client that
+reads slowly does not yet slow the runtime down end to end. A stream is never retried: once messages have
+gone, another pod cannot take over.
 """
 
 from __future__ import annotations
