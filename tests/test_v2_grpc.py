@@ -219,6 +219,17 @@ def test_model_statistics_count_and_a_model_never_loaded_gets_zeros_without_a_lo
     assert status.status == mm.ModelStatusInfo.NOT_LOADED  # asking for statistics loaded nothing
 
 
+def test_statistics_naming_no_model_are_the_pods_runtimes_own(stream_mesh: StreamMesh) -> None:
+    """perf_analyzer asks for every model's statistics: a pod answers with its runtime's (Triton keeps
+    them; MLServer does not, so its pod answers with none)."""
+    with triton.InferenceServerClient(stream_mesh.holder.address) as client:
+        client.infer("add-one", [tensor([1.0])])
+        names = {s["name"] for s in client.get_inference_statistics(as_json=True)["model_stats"]}
+    assert "add-one" in names
+    with triton.InferenceServerClient(stream_mesh.forwarder.address) as client:
+        assert client.get_inference_statistics(as_json=True).get("model_stats", []) == []
+
+
 def test_the_repository_index_is_the_meshs_registry(stream_mesh: StreamMesh) -> None:
     with triton.InferenceServerClient(stream_mesh.forwarder.address) as client:
         client.infer("add-one", [tensor([1.0])])

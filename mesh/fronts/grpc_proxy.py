@@ -42,8 +42,8 @@ from mesh.outcomes import (
 )
 from mesh.routing.peers import PeerPool
 from mesh.routing.router import LoadHereFailed, Router
-from mesh.routing.target import RequestTarget, TargetError, request_target
-from mesh.routing.wire import with_model_id
+from mesh.routing.target import RequestTarget, TargetError, header_target, request_target
+from mesh.routing.wire import read_string_field, with_model_id
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,12 @@ class InferenceProxy(grpc.GenericRpcHandler):
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
             try:
+                if (
+                    method == MODEL_STATISTICS
+                    and header_target(metadata) is None
+                    and not read_string_field(request, 1)
+                ):
+                    return await self._all_statistics(request, metadata, context)
                 target = request_target(metadata, request)
                 model_id = await self._resolve(target)
                 if method == MODEL_STATISTICS and not self._router.ready(target):
@@ -220,6 +226,21 @@ class InferenceProxy(grpc.GenericRpcHandler):
             raise AssertionError("unreachable")  # abort() raises
 
         return forward
+
+    async def _all_statistics(
+        self, request: bytes, metadata: Metadata, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """ModelStatistics naming no model (perf_analyzer asks so): this pod's runtime's own figures for the
+        models it holds, or none if the runtime keeps no statistics."""
+        if self._methods.refusal(MODEL_STATISTICS) is not None:
+            return v2.ModelStatisticsResponse().SerializeToString()
+        try:
+            answer: bytes = await self._runtime.method(MODEL_STATISTICS)(
+                request, timeout=context.time_remaining(), metadata=forwarded_metadata(metadata)
+            )
+        except grpc.aio.AioRpcError as e:
+            raise Passthrough.of(e) from e
+        return answer
 
     def _streamer(self, method: str) -> StreamBehavior:
         """ModelStreamInfer: the first message names the model; the stream goes where a unary call would
