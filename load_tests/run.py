@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.triton import triton_installed
-from load_tests import cache_scenario, cache_sim, churn, cold_start, scale, stalls
+from load_tests import cache_scenario, cache_sim, churn, cold_start, perf_analyzer, scale, stalls
 from load_tests.hop import HOP_BACKENDS, HopSettings, run_hop
 from load_tests.multicore import run_multicore
 from load_tests.profile_hot_path import run_profile
@@ -39,7 +39,19 @@ HOP_TITLES = {
     "triton": "Triton python backend, --front=grpc",
     "triton-h2": "Triton python backend, --front=h2",
 }
-SCENARIOS = ("hop", "stalls", "multicore", "cache", "cold_start", "churn", "scale", "cache_sim", "profile")
+PERF_ANALYZER_TITLE = "perf_analyzer: Triton's own load generator through the mesh, next to direct"
+SCENARIOS = (
+    "hop",
+    "stalls",
+    "perf_analyzer",
+    "multicore",
+    "cache",
+    "cold_start",
+    "churn",
+    "scale",
+    "cache_sim",
+    "profile",
+)
 
 
 def hop_settings(full: bool) -> HopSettings:
@@ -59,6 +71,8 @@ def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
     if name == "stalls":
         return stalls.run_stalls(directory, stall_settings(full))
+    if name == "perf_analyzer":  # {"skipped": why} without Triton or perf_analyzer
+        return perf_analyzer.run_perf_analyzer(directory, full)
     if name == "multicore":
         settings = hop_settings(full)
         settings = HopSettings(**{**settings.__dict__, "connections": 4})
@@ -147,6 +161,10 @@ def goal_rows(results: dict[str, Any]) -> list[str]:
             ratio >= 0.8 and not errors,
             f"{0.8 - ratio:.0%} short",
         )
+    pa = results.get("perf_analyzer")
+    if pa and "summary" in pa:
+        for goal, measured, ok, shortfall in perf_analyzer.goal_checks(pa):
+            row(goal, measured, ok, shortfall)
     cache = results.get("cache")
     if cache and "mesh" in cache:
         for policy, m in cache["mesh"].items():
@@ -303,6 +321,13 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
                 "round's stalls with their call index.",
                 "",
             ]
+    pa = results.get("perf_analyzer")
+    if pa:
+        out += [f"## {PERF_ANALYZER_TITLE}", ""]
+        if "summary" in pa:
+            out += [*perf_analyzer.table_lines(pa), ""]
+        out += [f"- {line}" for line in perf_analyzer.report_notes(pa)]
+        out.append("")
     for name, title in (
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
         ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF, lfu-size and Belady"),
@@ -334,6 +359,8 @@ def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
         return churn.summary_lines(result)
     if name == "stalls":
         return stalls.summary_lines(result)
+    if name == "perf_analyzer":
+        return perf_analyzer.summary_lines(result)
     if name == "scale":
         return scale.summary_lines(result)
     if name == "multicore":

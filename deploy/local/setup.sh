@@ -46,3 +46,6 @@ fi
 
 # Triton (tritonserver from the nvidia-pytriton wheel, CPU-only, python backend) in .venv-triton and .triton/
 deploy/local/setup-triton.sh
+
+# Triton's perf_analyzer (out of an older tritonclient wheel, with its CUDA runtime) in .perf_analyzer/
+deploy/local/setup-perf-analyzer.sh
