@@ -10,6 +10,7 @@ and the pod's open file descriptors back where they were once the attacker is go
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -454,8 +455,9 @@ def test_a_ping_flood_is_sent_away(grpc_pod: GrpcPod, served: Beside) -> None:
     client = RawH2(grpc_pod.pod.address)
     try:
         client.handshake()
-        for n in range(10):
-            client.ping(b"flood%03d" % n)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server may hang up mid-flood
+            for n in range(10):
+                client.ping(b"flood%03d" % n)
         client.until(lambda: client.goaway is not None, 10, "GOAWAY after the flood")
         assert client.goaway is not None
         assert client.goaway.error_code == ErrorCode.ENHANCE_YOUR_CALM

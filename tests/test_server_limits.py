@@ -108,6 +108,8 @@ def test_rest_limits_from_settings_and_aiohttp_arguments() -> None:
         "max_line_size": 5000,
         "max_field_size": 5000,
         "max_headers": 78,
+        "auto_decompress": False,  # bodies go on as they came
+        "access_log": None,
     }
     # at the default setting, aiohttp's own defaults (8190-byte lines, 128 headers)
     assert RestLimits().handler_args() | {"keepalive_timeout": 0} == {
@@ -115,6 +117,8 @@ def test_rest_limits_from_settings_and_aiohttp_arguments() -> None:
         "max_line_size": 8192,
         "max_field_size": 8192,
         "max_headers": 128,
+        "auto_decompress": False,
+        "access_log": None,
     }
     assert RestLimits.from_settings(parse_settings([], env={})) == RestLimits()
 
@@ -157,4 +161,5 @@ def test_error_bytes_is_a_whole_json_answer_that_closes() -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"Connection: close" in head and f"Content-Length: {len(body)}".encode() in head
+    assert b"\r\nContent-Type: application/json\r\n" in head  # exactly, as every answer of the gateway
     assert json.loads(body) == {"error": "full"}

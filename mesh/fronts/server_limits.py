@@ -46,8 +46,9 @@ streams until the client's deadline; the stream and connection limits bound how 
 
 REST gateway (aiohttp): ``RestLimits`` and ``listen``.
 
-- ``max_message_bytes``: the body limit (``client_max_size``), counted after ``Content-Encoding`` is
-  decoded; a larger ``Content-Length`` is refused before the body is read. 413.
+- ``max_message_bytes``: the body limit (``client_max_size``), counted on the bytes as they arrive:
+  bodies are never decoded (``auto_decompress=False``; a ``Content-Encoding`` is the runtime's to
+  decode), and a larger ``Content-Length`` is refused before the body is read. 413.
 - ``max_header_list_bytes``: a request's headers may add up to this many bytes (RFC 7541 sizes: name +
   value + 32 each, as on the gRPC ports; 431); aiohttp's own parser limits (``max_line_size``,
   ``max_field_size``: half of it, ``max_headers``: a 128th of it) bound what one header block can make it
@@ -57,12 +58,14 @@ REST gateway (aiohttp): ``RestLimits`` and ``listen``.
   byte: slow headers get 408 from the connection guard, a slow body 408 from the handler reading it; either
   way the connection is closed.
 - ``max_connections``: connections per REST listener; one past it is answered 503 and closed.
+
+Every error the listener answers is ``{"error": ...}`` as JSON, the parser's own (a malformed request line
+or header: 400) included (``JsonErrorHandler``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,6 +73,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler, Middleware
+from aiohttp.web_protocol import RequestHandler
 
 from mesh.fronts.grpc_proxy import message_size_options
 
@@ -77,6 +81,7 @@ if TYPE_CHECKING:
     from mesh.process.settings import Settings
 
 GRPC_INT_MAX = 2**31 - 1  # channel arguments are C ints
+JSON_TYPE = "application/json"
 MAX_PING_STRIKES = 2  # early pings tolerated before GOAWAY (grpc core's default)
 MIN_PING_INTERVAL_MS = 5000  # pings closer than this, with no data sent in between, are early
 
@@ -150,6 +155,8 @@ class RestLimits:
             "max_line_size": max(1024, self.max_header_list_bytes // 2),
             "max_field_size": max(1024, self.max_header_list_bytes // 2),
             "max_headers": max(16, self.max_header_list_bytes // 128),
+            "auto_decompress": False,  # bodies reach the runtime as the client encoded them
+            "access_log": None,
         }
 
 
@@ -162,7 +169,7 @@ def error_bytes(status: int, reason: str, message: str) -> bytes:
     """A whole HTTP/1.1 answer ``{"error": message}`` that closes the connection (written below aiohttp)."""
     body = json.dumps({"error": message}).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {JSON_TYPE}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
@@ -253,6 +260,24 @@ class ConnectionGuard(asyncio.Protocol):
         self._transport.close()
 
 
+class JsonErrorHandler(RequestHandler):
+    """aiohttp's request handler, whose own error answers (a request it cannot parse, a handler that
+    crashed) are ``{"error": ...}`` like every other answer of the gateway, with the same status."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs, and refuses a late answer
+        text = message if status != 500 and message else (plain.reason or "Internal Server Error")
+        response = json_error(plain.status, text)
+        response.force_close()
+        return response
+
+
 class GuardedListener:
     """A REST port: aiohttp's protocol factory behind ``ConnectionGuard``, at most ``max_connections``."""
 
@@ -282,9 +307,12 @@ class GuardedListener:
         handlers = self._runner.server
         assert handlers is not None, "runner.setup() first"
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ConnectionGuard(self, handlers()), host, port, backlog=backlog, reuse_address=True
-        )
+        handler_args = self.limits.handler_args()
+
+        def connection() -> ConnectionGuard:
+            return ConnectionGuard(self, JsonErrorHandler(handlers, loop=loop, **handler_args))
+
+        self._server = await loop.create_server(connection, host, port, backlog=backlog, reuse_address=True)
 
     def close(self) -> None:
         """Stop accepting; the runner's cleanup closes the connections."""
@@ -305,8 +333,16 @@ def request_deadline(request: web.BaseRequest, timeout_s: float) -> float:
     return (started if started is not None else asyncio.get_running_loop().time()) + timeout_s
 
 
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def json_response(data: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON answer typed exactly ``application/json``, as Triton and MLServer type theirs (JSON is UTF-8
+    and has no charset parameter; the KServe SDK reads an error's message only under this exact type)."""
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, headers=headers, content_type=JSON_TYPE
+    )
+
+
+def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return json_response({"error": message}, status, headers)
 
 
 def guard_middleware(max_header_list_bytes: int) -> Middleware:
@@ -333,15 +369,13 @@ def guard_middleware(max_header_list_bytes: int) -> Middleware:
     return guarded
 
 
-def _decoded_encodings() -> frozenset[str]:
-    """Content-Encodings aiohttp decodes before a handler reads the body (br needs a brotli module)."""
-    brotli = any(importlib.util.find_spec(name) is not None for name in ("brotli", "brotlicffi"))
-    return frozenset({"", "identity", "gzip", "deflate", *(("br",) if brotli else ())})
-
-
-DECODED_ENCODINGS = _decoded_encodings()
 JSON_CHECK_MAX_BYTES = 1 << 20  # parsing costs the event loop ~15 ms per MiB: larger JSON goes unchecked
 BINARY_HEADER = "Inference-Header-Content-Length"  # v2 binary extension: the JSON is this long
+
+
+def content_encoded(headers: Mapping[str, str]) -> bool:
+    """Whether the body is in a ``Content-Encoding`` (it then goes on as it came, unread by the mesh)."""
+    return headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
 
 
 def json_part_error(body: bytes, headers: Mapping[str, str]) -> str | None:
@@ -371,21 +405,16 @@ def json_part_error(body: bytes, headers: Mapping[str, str]) -> str | None:
 async def read_body(
     request: web.Request, max_body_bytes: int, timeout_s: float, check_json: bool = False
 ) -> bytes | web.Response:
-    """The request's body (decoded), or the error to answer: 413, 415, 408 or 400.
+    """The request's body as it came (never decoded), or the error to answer: 413, 408 or 400.
 
-    After an error the connection is not reused. aiohttp reads and drops what is left of a plain body (for
-    up to its lingering time, so the client can read the answer); a slow body, a broken one, or an encoded
-    one (whose rest would still be decompressed) is not waited for: the answer is sent and the connection
-    closed.
+    ``check_json``: a v2 infer body's JSON part must be a JSON object, when the mesh can see it without
+    decoding: an encoded body goes to the runtime unchecked. After an error the connection is not reused:
+    aiohttp reads and drops what is left of the body (for up to its lingering time, so the client can read
+    the answer); a slow or broken one is not waited for: the answer is sent and the connection closed.
     """
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in DECODED_ENCODINGS:
-        return _last(json_error(415, f"Content-Encoding {encoding!r} is not supported"))
-    encoded = encoding not in ("", "identity")
     length = request.content_length
     if length is not None and length > max_body_bytes:
-        too_large = json_error(413, f"the request body is {length} bytes; the limit is {max_body_bytes}")
-        return await _closing(request, too_large) if encoded else _last(too_large)
+        return _last(json_error(413, f"the request body is {length} bytes; the limit is {max_body_bytes}"))
     try:
         async with asyncio.timeout_at(request_deadline(request, timeout_s)):
             body = await request.read()
@@ -394,14 +423,16 @@ async def read_body(
             request, json_error(408, f"the request did not arrive in full within {timeout_s:g} s")
         )
     except web.HTTPRequestEntityTooLarge:
-        too_large = json_error(413, f"the request body is over the limit of {max_body_bytes} bytes")
-        return await _closing(request, too_large) if encoded else _last(too_large)
-    except web.RequestPayloadError as e:  # a broken chunked body, or one its Content-Encoding cannot decode
+        return _last(json_error(413, f"the request body is over the limit of {max_body_bytes} bytes"))
+    except web.RequestPayloadError as e:  # a broken chunked body
         reason = str(e).strip().splitlines()[-1].strip()
         return await _closing(request, json_error(400, f"the request body could not be read: {reason}"))
-    if check_json and (problem := json_part_error(body, request.headers)) is not None:
-        return json_error(400, problem)
-    return body
+    problem = (
+        json_part_error(body, request.headers)
+        if check_json and not content_encoded(request.headers)
+        else None
+    )
+    return body if problem is None else json_error(400, problem)
 
 
 def _last(response: web.Response) -> web.Response:
