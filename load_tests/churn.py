@@ -235,20 +235,22 @@ def bare_triton_load(work_dir: Path, rounds: int = 5) -> float:
     """Triton's own load of a python-backend model (it starts the model's stub process): median ms."""
     repository = work_dir / "repository"
     triton_python_model(repository, "bare-add-one")
+    with TritonProcess.start(repository, work_dir) as server:
+        times = timed_repository_loads(server.grpc_address, "bare-add-one", rounds, timeout_s=120)
+    return round(1000 * statistics.median(times), 1)
+
+
+def timed_repository_loads(address: str, model: str, rounds: int, timeout_s: float) -> list[float]:
+    """Seconds of each of ``rounds`` RepositoryModelLoad calls to a runtime, the model unloaded in between."""
     times = []
-    with (
-        TritonProcess.start(repository, work_dir) as server,
-        grpc.insecure_channel(server.grpc_address) as channel,
-    ):
+    with grpc.insecure_channel(address) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         for _ in range(rounds):
             start = time.perf_counter()
-            stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name="bare-add-one"), timeout=120)
+            stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name=model), timeout=timeout_s)
             times.append(time.perf_counter() - start)
-            stub.RepositoryModelUnload(
-                v2.RepositoryModelUnloadRequest(model_name="bare-add-one"), timeout=120
-            )
-    return round(1000 * statistics.median(times), 1)
+            stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=model), timeout=timeout_s)
+    return times
 
 
 async def triton_miss_cost(work_dir: Path, misses: int = 6) -> dict[str, Any]:
@@ -285,17 +287,8 @@ def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 8) -> floa
     (folder / "model.joblib").write_bytes((model_dir / "model.joblib").read_bytes())
     settings = {"name": "bare-model", "implementation": "mlserver_sklearn.SKLearnModel"}
     (folder / "model-settings.json").write_text(json.dumps(settings))
-    times = []
-    with (
-        MLServerProcess.start(repository, work_dir=work_dir) as server,
-        grpc.insecure_channel(server.grpc_address) as channel,
-    ):
-        stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        for _ in range(rounds):
-            start = time.perf_counter()
-            stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name="bare-model"), timeout=60)
-            times.append(time.perf_counter() - start)
-            stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name="bare-model"), timeout=60)
+    with MLServerProcess.start(repository, work_dir=work_dir) as server:
+        times = timed_repository_loads(server.grpc_address, "bare-model", rounds, timeout_s=60)
     return round(1000 * statistics.median(times), 2)
 
 
