@@ -322,6 +322,18 @@ def test_triton_config_and_statistics_through_the_mesh(v2_mesh: V2Mesh, route: s
         through.close()
 
 
+def test_statistics_naming_no_model_are_the_pods_runtimes_own(v2_mesh: V2Mesh) -> None:
+    """perf_analyzer over HTTP asks GET /v2/models/stats: the Triton pod answers with Triton's figures (not
+    "model not found: stats")."""
+    add_one_infer(v2_mesh.holder[ADD_ONE])
+    through = triton_http.InferenceServerClient(v2_mesh.holder[ADD_ONE])
+    try:
+        names = {s["name"] for s in through.get_inference_statistics()["model_stats"]}
+    finally:
+        through.close()
+    assert ADD_ONE in names
+
+
 @pytest.mark.parametrize("suffix", ["/config", "/stats"])
 @pytest.mark.parametrize("route", ["holder", "forwarder"])
 def test_a_runtime_without_the_route_answers_as_directly_in_json(

@@ -257,6 +257,7 @@ class RestGateway:
                 web.get("/v2/health/live", self._live),
                 web.get("/v2/health/ready", self._live),
                 web.get("/v2", self._server_metadata),
+                web.get("/v2/models/stats", self._all_statistics),  # before {name}: "stats" is no model
                 web.get("/v2/repository/index", self._repository_index),
                 web.post("/v2/repository/index", self._repository_index),
                 web.get("/mesh/pools", self._pools),
@@ -425,6 +426,23 @@ class RestGateway:
     async def _read_body(self, request: web.Request, check_json: bool = False) -> bytes | web.Response:
         """The body as it came, within the size limit and the request deadline; or the error to answer."""
         return await read_body(request, self._max_body_bytes, self.limits.request_read_timeout_s, check_json)
+
+    async def _all_statistics(self, request: web.Request) -> web.Response:
+        """Statistics naming no model (perf_analyzer asks so): this pod's runtime's own, for the models it
+        holds; a runtime without the route (MLServer) answers for itself."""
+        if self._session is None or not self._runtime_base:
+            return error(501, "REST needs the runtime's REST address (--runtime-rest)")
+        try:
+            async with self._session.get(
+                self._runtime_base + "/v2/models/stats",
+                headers=forwarded_headers(request.headers),
+                params=request.query,
+                skip_auto_headers=_NOT_ADDED,
+            ) as upstream:
+                payload = await upstream.read()
+                return upstream_answer(upstream.status, upstream.headers, payload, from_peer=False)
+        except aiohttp.ClientError as e:
+            return error(503, f"runtime unreachable: {e}")
 
     async def _call(
         self,

@@ -281,6 +281,7 @@ class TritonAdapter(RuntimeAdapter):
         super().__init__(config, config.triton_grpc_address, registry, store)
         self._repository_real = Path(os.path.realpath(self.repository_dir))
         self._triton_pid = config.triton_pid
+        self._exiting: dict[str, list[psutil.Process]] = {}  # model -> its stubs when its unload was sent
 
     @property
     def max_loading_concurrency(self) -> int:
@@ -361,6 +362,14 @@ class TritonAdapter(RuntimeAdapter):
                 total += int(proc.memory_info().rss)
         return total
 
+    async def _wait_exited(self, stubs: list[psutil.Process]) -> None:
+        """Until these processes have exited (a zombie has: its memory is back), or the unload wait ends."""
+        deadline = time.monotonic() + self.config.unload_wait_s
+        while stubs and time.monotonic() < deadline:
+            stubs = [p for p in stubs if _still_running(p)]
+            if stubs:
+                await asyncio.sleep(0.02)
+
     async def _wait_stubs_gone(self, model_id: str | None) -> bool:
         """Poll until no stub of ``model_id`` (or of any of our models) runs; False at the deadline."""
         deadline = time.monotonic() + self.config.unload_wait_s
@@ -391,8 +400,14 @@ class TritonAdapter(RuntimeAdapter):
             shutil.rmtree(folder)
         write_model(model.kind, model.path, folder, model.model_id)
 
+    async def runtime_unload(self, model_id: str) -> None:
+        # The stubs are found before the unload: one that is exiting may no longer show its model's folder.
+        self._exiting[model_id] = await asyncio.to_thread(self.stub_processes, model_id)
+        await super().runtime_unload(model_id)
+
     async def remove_model(self, model_id: str) -> None:
         # Triton's unload returns before the stub exits: wait until the model's memory is back.
+        await self._wait_exited(self._exiting.pop(model_id, []))
         await self._wait_stubs_gone(model_id)
         await asyncio.to_thread(self._remove_folder, model_id)
 
@@ -420,3 +435,10 @@ class TritonAdapter(RuntimeAdapter):
                 await asyncio.to_thread(shutil.rmtree, folder, True)
         await self._wait_stubs_gone(None)
         self._forget_all()
+
+
+def _still_running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
