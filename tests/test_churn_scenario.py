@@ -1,0 +1,71 @@
+"""The churn scenario's pure parts (load_tests/churn.py): the median round, the goal rows, the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from load_tests.churn import goal_checks, median_round, summary_lines, zipf_trace
+
+
+def churn_round(throughput: float, p99: float) -> dict[str, Any]:
+    return {
+        "models": 303,
+        "fits": "20% of all bytes",
+        "throughput": throughput,
+        "p50_ms": 10.0,
+        "p99_ms": p99,
+        "hit_ratio": 0.68,
+        "loads_per_s": 50.0,
+        "errors": {},
+        "load_phases_p50_ms": {"runtime_load": 6.0, "mesh": 4.0},
+    }
+
+
+def test_the_median_round_by_throughput_carries_every_round() -> None:
+    chosen = median_round([churn_round(300, 90), churn_round(100, 400), churn_round(200, 150)])
+    assert chosen["throughput"] == 200 and chosen["p99_ms"] == 150
+    assert [r["throughput"] for r in chosen["rounds"]] == [300, 100, 200]
+
+
+def result(miss_at_100: float, throughput: float, p99: float) -> dict[str, Any]:
+    return {
+        "settings": {"in_flight": 8},
+        "mlserver_bare_load_ms": 4.0,
+        "joblib_load_ms": 0.2,
+        "churn": median_round([churn_round(throughput, p99)]),
+        "miss_cost": [
+            {
+                "loaded": 100,
+                "miss_p50_ms": miss_at_100,
+                "miss_max_ms": miss_at_100,
+                "miss_vs_bare_load": miss_at_100 / 4.0,
+                "fill_s": 1.0,
+                "fill_loads_per_s": 100.0,
+                "phases_p50_ms": {"runtime_load": 5.0, "runtime_unload": 1.0, "mesh": 3.0},
+            }
+        ],
+    }
+
+
+def test_goals_are_judged_against_the_bare_load_and_the_baseline() -> None:
+    """The baseline file (the adapter before) says 27.8 req/s and p99 1088.5 ms."""
+    met = {goal: ok for goal, _, ok, _ in goal_checks(result(7.9, 120.0, 200.0))}
+    assert met == {
+        "miss p50 with 100 models loaded ≤ 2x MLServer's bare load": True,
+        "churn throughput ≥ 4x the adapter before": True,
+        "churn p99 ≤ a quarter of the adapter before": True,
+    }
+    missed = {goal: ok for goal, _, ok, _ in goal_checks(result(13.0, 100.0, 300.0))}
+    assert set(missed.values()) == {False}
+
+
+def test_the_report_names_the_rounds_and_the_baseline() -> None:
+    lines = summary_lines(result(13.0, 120.0, 200.0))
+    assert any("the median of 1 rounds" in line for line in lines)
+    assert any("churn_baseline.json" in line for line in lines)
+
+
+def test_the_trace_prefers_the_first_ranks() -> None:
+    trace = zipf_trace(100, 5000, seed=0)
+    assert trace.count(0) > trace.count(50) > 0
+    assert trace == zipf_trace(100, 5000, seed=0)  # seeded: every run replays the same trace
