@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as v2
 
 from mesh.errors import MeshError, Reroute
-from mesh.fronts.streams import relay_stream, stream_error
+from mesh.fronts.streams import relay_stream, stream_error, unchanged
 from mesh.models.local import LoadClaimed
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import USAGE_METHOD, parse_usage
@@ -290,7 +290,7 @@ class InferenceProxy(grpc.GenericRpcHandler):
             self._router.acquire(model_id, served_by)  # no await since route(): eviction cannot slip in
             try:
                 async for answer in relay_stream(
-                    call, requests, splice if served_by == self._router.pod_id else _same
+                    call, requests, splice if served_by == self._router.pod_id else unchanged
                 ):
                     yield answer
             except grpc.aio.AioRpcError as e:
@@ -465,10 +465,6 @@ async def _abort_load(context: grpc.aio.ServicerContext, error: MeshError) -> No
     if isinstance(error, LoadClaimed):
         await abort(context, error, ((REDIRECT_TRAILER, error.holder),))
     await abort(context, error, ((LOAD_FAILED_TRAILER, "1"),))
-
-
-def _same(message: bytes) -> bytes:
-    return message
 
 
 def _no_statistics(model_id: str) -> bytes:

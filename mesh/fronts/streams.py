@@ -20,10 +20,14 @@ from mesh.errors import MeshError
 from mesh.outcomes import Passthrough
 
 
+def unchanged(message: bytes) -> bytes:
+    return message
+
+
 async def relay_stream(
     call: grpc.aio.StreamStreamCall,
     requests: AsyncIterator[bytes],
-    splice: Callable[[bytes], bytes] = lambda message: message,
+    splice: Callable[[bytes], bytes] = unchanged,
 ) -> AsyncIterator[bytes]:
     """Pump ``requests`` (each through ``splice``) into ``call`` and yield its answers until it ends.
 

@@ -433,7 +433,8 @@ class TritonAdapter(RuntimeAdapter):
         for folder, model_id in await asyncio.to_thread(lambda: list(self._our_folders())):
             async with self._locked(model_id):
                 await asyncio.to_thread(shutil.rmtree, folder, True)
-        await self._wait_stubs_gone(None)
+        await self._wait_stubs_gone(None)  # every stub, the purged models' included
+        self._exiting.clear()
         self._forget_all()
 
 
