@@ -4,10 +4,14 @@ It does as little as a runtime can, so the backend is never what a benchmark
 measures: "loading" a model waits the time its path asks for and records the
 size it names; inference answers a loaded model with one precomputed response
 (NOT_FOUND for a model it does not hold, like a real runtime), after the time the path asks for. The
-model path says what the model is: ``size=<bytes>[;load_ms=<ms>][;infer_ms=<ms>]``.
+model path says what the model is:
+``size=<bytes>[;load_ms=<ms>][;infer_ms=<ms>][;answers=<n>;answer_bytes=<b>]``.
+On ModelStreamInfer each request is answered ``answers`` times (default 1) with ``answer_bytes`` of output
+each, ``infer_ms`` apart: a stream to read slowly, or to cancel.
 
 ``/echo.Stats/Get`` returns JSON: loads per model, unloads, models held — what
-the cache and cold-start scenarios count — and ModelInfer calls per model id asked for.
+the cache and cold-start scenarios count — ModelInfer calls per model id asked for, and stream answers sent
+per model (counted once grpc has taken each: what flow control holds back is not counted).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import json
 import signal
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -30,6 +34,7 @@ from protos import model_runtime_pb2_grpc as spi_grpc
 MODEL_TYPE = "echo"
 V2_SERVICE = "/inference.GRPCInferenceService/"
 INFER_METHOD = V2_SERVICE + "ModelInfer"
+STREAM_METHOD = V2_SERVICE + "ModelStreamInfer"
 READY_TRUE = b"\x08\x01"  # ServerLiveResponse / ServerReadyResponse with the flag set
 STATS_METHOD = "/echo.Stats/Get"
 
@@ -39,21 +44,32 @@ class EchoModel:
     size_bytes: int
     load_ms: int = 0
     infer_ms: int = 0  # each inference waits this long (a slow model)
+    answers: int = 1  # answers to each stream request
+    answer_bytes: int = 4  # output bytes in each stream answer
 
 
 def parse_model_path(path: str) -> EchoModel:
-    """``size=<bytes>[;load_ms=<ms>][;infer_ms=<ms>]`` -> EchoModel; ValueError on anything else."""
+    """``size=<bytes>[;<field>=<int>]...`` (EchoModel's fields) -> EchoModel; ValueError on anything else."""
     fields: dict[str, int] = {}
     for part in filter(None, path.split(";")):
         name, _, value = part.partition("=")
-        if name not in ("size", "load_ms", "infer_ms") or not value.isdigit():
+        if name not in _PATH_FIELDS or not value.isdigit():
             raise ValueError(
-                f"bad echo model path part {part!r}: want size=<bytes>[;load_ms=<ms>][;infer_ms=<ms>]"
+                f"bad echo model path part {part!r}: want size=<bytes> and any of {', '.join(_PATH_FIELDS)}"
             )
-        fields[name] = int(value)
-    if "size" not in fields:
+        fields[_PATH_FIELDS[name]] = int(value)
+    if "size_bytes" not in fields:
         raise ValueError(f"echo model path {path!r} has no size=<bytes>")
-    return EchoModel(fields["size"], fields.get("load_ms", 0), fields.get("infer_ms", 0))
+    return EchoModel(**fields)
+
+
+_PATH_FIELDS = {
+    "size": "size_bytes",
+    "load_ms": "load_ms",
+    "infer_ms": "infer_ms",
+    "answers": "answers",
+    "answer_bytes": "answer_bytes",
+}
 
 
 def infer_response(model_id: str) -> bytes:
@@ -61,6 +77,15 @@ def infer_response(model_id: str) -> bytes:
     return v2.ModelInferResponse(
         model_name=model_id, outputs=[output], raw_output_contents=[b"\x00\x00\x80?"]
     ).SerializeToString()
+
+
+def stream_answer(model_id: str, index: int, size: int) -> bytes:
+    """A ModelStreamInferResponse: answer ``index`` (its id) with ``size`` output bytes."""
+    output = v2.ModelInferResponse.InferOutputTensor(name="echo", datatype="BYTES", shape=[1])
+    answer = v2.ModelInferResponse(
+        model_name=model_id, id=str(index), outputs=[output], raw_output_contents=[bytes(size)]
+    )
+    return v2.ModelStreamInferResponse(infer_response=answer).SerializeToString()
 
 
 class EchoRuntime(spi_grpc.ModelRuntimeServicer):
@@ -72,6 +97,9 @@ class EchoRuntime(spi_grpc.ModelRuntimeServicer):
         self.loads: Counter[str] = Counter()
         self.unloads = 0
         self.infers: Counter[str] = Counter()  # ModelInfer calls per model id in field 1, answered or not
+        self.streamed: Counter[str] = Counter()  # stream answers grpc has taken, per model
+        self.streams_cancelled: Counter[str] = Counter()  # streams that ended by cancellation, per model
+        self.stream_deadlines: list[float | None] = []  # the time left each stream request arrived with
 
     async def loadModel(
         self, request: spi.LoadModelRequest, context: grpc.aio.ServicerContext
@@ -119,7 +147,10 @@ class EchoRuntime(spi_grpc.ModelRuntimeServicer):
             maxLoadingConcurrency=self.max_loading_concurrency,
             modelLoadingTimeoutMs=60_000,
             runtimeVersion="echo",
-            methodInfos={INFER_METHOD[1:]: spi.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1])},
+            methodInfos={
+                method[1:]: spi.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1])
+                for method in (INFER_METHOD, STREAM_METHOD)
+            },
         )
 
     def stats(self) -> bytes:
@@ -129,6 +160,9 @@ class EchoRuntime(spi_grpc.ModelRuntimeServicer):
                 "unloads": self.unloads,
                 "loaded": sorted(self.models),
                 "infers": dict(self.infers),
+                "streamed": dict(self.streamed),
+                "streams_cancelled": dict(self.streams_cancelled),
+                "stream_deadlines": self.stream_deadlines,
             }
         ).encode()
 
@@ -140,6 +174,7 @@ class EchoInference(grpc.GenericRpcHandler):
         self._runtime = runtime
         self._handlers = {
             INFER_METHOD: grpc.unary_unary_rpc_method_handler(self._infer),
+            STREAM_METHOD: grpc.stream_stream_rpc_method_handler(self._stream),
             STATS_METHOD: grpc.unary_unary_rpc_method_handler(self._stats),
             V2_SERVICE + "ServerLive": grpc.unary_unary_rpc_method_handler(self._true),
             V2_SERVICE + "ServerReady": grpc.unary_unary_rpc_method_handler(self._true),
@@ -162,6 +197,31 @@ class EchoInference(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {model_id} is not loaded")
             raise AssertionError("unreachable")  # abort() raises
         return response
+
+    async def _stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for request in requests:
+            try:
+                model_id = read_string_field(request, 1) or ""
+            except WireFormatError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            model = self._runtime.models.get(model_id)
+            if model is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"model {model_id} is not loaded")
+                raise AssertionError("unreachable")
+            self._runtime.stream_deadlines.append(context.time_remaining())
+            answered = 0
+            try:
+                for index in range(model.answers):
+                    if model.infer_ms:
+                        await asyncio.sleep(model.infer_ms / 1000)
+                    yield stream_answer(model_id, index, model.answer_bytes)
+                    self._runtime.streamed[model_id] += 1
+                    answered += 1
+            finally:
+                if answered < model.answers:  # cancelled: the caller went away or its deadline passed
+                    self._runtime.streams_cancelled[model_id] += 1
 
     async def _true(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return READY_TRUE

@@ -47,12 +47,14 @@ def train_iris(directory: Path, kind: str) -> ExampleModel:
     return ExampleModel(directory, model.predict(IRIS_X))
 
 
-def poll_until(check: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+def poll_until(
+    check: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition", interval_s: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s}s")
-        time.sleep(0.05)
+        time.sleep(interval_s)
 
 
 def iris_input() -> triton.InferInput:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mesh.fronts.h2.endpoint import H2Endpoint, WriteBatch
+from mesh.fronts.h2.endpoint import STREAM_RECEIVE_WINDOW, STREAM_REFILL_AT, H2Endpoint, WriteBatch
 from mesh.fronts.h2.wire import (
     PREFACE,
     BlockEncoder,
@@ -200,3 +200,49 @@ async def test_no_stream_ids_are_reused(after: int) -> None:
         endpoint.new_stream()
     ids = [endpoint.new_stream() for _ in range(3)]
     assert ids == sorted(set(ids)) and all(i % 2 == 1 for i in ids)
+
+
+async def test_a_streams_receive_window_is_credited_only_as_its_bytes_are_passed_on() -> None:
+    endpoint, transport, recorder = await client_endpoint()
+    transport.writes.clear()
+    stream = endpoint.new_stream()
+    endpoint.send_headers(stream, HEADERS)
+    frames_written(transport)
+    chunk = b"x" * 16_384
+    for _ in range(40):  # 640 KiB arrive: nothing is given back until the handler passes bytes on
+        endpoint.data_received(frame(FrameType.DATA, 0, stream, chunk))
+    assert not [f for f in frames_written(transport) if f[0] == FrameType.WINDOW_UPDATE and f[2] == stream]
+    endpoint.consumed(stream, STREAM_REFILL_AT - 1)
+    assert not [f for f in frames_written(transport) if f[2] == stream]
+    endpoint.consumed(stream, 1)
+    updates = [f for f in frames_written(transport) if f[0] == FrameType.WINDOW_UPDATE]
+    assert updates == [(FrameType.WINDOW_UPDATE, 0, stream, struct.pack(">I", STREAM_REFILL_AT))]
+    endpoint.consumed(stream, 100)  # below the refill point again: held
+    assert not frames_written(transport)
+    endpoint.data_received(frame(FrameType.DATA, Flag.END_STREAM, stream, b""))
+    endpoint.consumed(stream, STREAM_REFILL_AT)  # after the end: a WINDOW_UPDATE would be an error
+    assert not frames_written(transport)
+    assert len([e for e in recorder.events if e[0] == "data"]) == 41
+
+
+async def test_the_stream_window_advertised_to_upstreams_is_finite() -> None:
+    recorder = Recorder()
+    endpoint = H2Endpoint(recorder, client_side=True)
+    transport = FakeTransport()
+    endpoint.connection_made(transport)
+    settings = frames_written(transport, skip_preface=True)[0]
+    values = dict(struct.iter_unpack(">HI", settings[3]))
+    assert values[Setting.INITIAL_WINDOW_SIZE] == STREAM_RECEIVE_WINDOW < (1 << 31) - 1
+
+
+async def test_padding_is_given_back_at_once() -> None:
+    endpoint, transport, _ = await client_endpoint()
+    transport.writes.clear()
+    stream = endpoint.new_stream()
+    endpoint.send_headers(stream, HEADERS)
+    frames_written(transport)
+    padded = bytes([200]) + b"d" * 10 + bytes(200)
+    for _ in range(STREAM_REFILL_AT // 201 + 1):
+        endpoint.data_received(frame(FrameType.DATA, Flag.PADDED, stream, padded))
+    updates = [f for f in frames_written(transport) if f[0] == FrameType.WINDOW_UPDATE and f[2] == stream]
+    assert len(updates) == 1  # the padding alone reached the refill point

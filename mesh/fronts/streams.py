@@ -2,10 +2,10 @@
 runtime, a peer's internal port, the main process), the upstream's answers back, as raw bytes.
 
 The relay itself holds at most one message each way: a client message is read only once the upstream
-call has taken the one before, an upstream answer only once the handler's ``yield`` has returned. What the
-transports buffer below (grpc's windows; the HTTP/2 front's per-connection buffer) is theirs: a client that
-reads slowly does not yet slow the runtime down end to end. A stream is never retried: once messages have
-gone, another pod cannot take over.
+call has taken the one before, an upstream answer only once the handler's ``yield`` has returned. Below it
+only the transports' windows hold bytes (grpc's on each hop, the HTTP/2 front's per stream), so a client
+that reads slowly holds the runtime back end to end (tests/test_stream_flow_control.py). A stream is never
+retried: once messages have gone, another pod cannot take over.
 """
 
 from __future__ import annotations

@@ -313,15 +313,21 @@ class ClientConnection(asyncio.Protocol):
             return  # the client reset or closed the stream meanwhile
         self._mark()
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+        """Send ``data`` as the client's windows allow; the bytes that went now (the rest queue, and the
+        handler hears of them in ``on_sent`` as they go)."""
         if self._closed:
-            return
+            return 0
         queued = self._pending.get(stream_id)
+        sent = 0
         if queued is None:
-            sent = self._send_now(stream_id, data, end_stream)
+            sent_now = self._send_now(stream_id, data, end_stream)
             self._mark()
-            if sent is None or sent == len(data):
-                return
+            if sent_now is None:
+                return 0
+            if sent_now == len(data):
+                return sent_now
+            sent = sent_now
             queued = self._pending[stream_id] = deque()
             data = data[sent:]
         queued.append(bytearray(data))
@@ -329,6 +335,7 @@ class ClientConnection(asyncio.Protocol):
             queued.append(_Trailers(()))
         self._queued += len(data)
         self._check_budget()
+        return sent
 
     def reset(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         self._drop_pending(stream_id)
@@ -427,6 +434,8 @@ class ClientConnection(asyncio.Protocol):
                 self._drop_pending(stream_id)
                 return
             self._queued -= sent
+            if sent:
+                self._handler.on_sent(stream_id, sent)
             if sent < len(part):
                 del part[:sent]
                 return

@@ -4,9 +4,11 @@ SETTINGS, PING, flow control, header blocks.
 Clients are served through ``h2`` (mesh/fronts/h2/client.py); this lean codec talks only to the pod's own
 upstreams, which are grpc servers, and costs a fraction of ``h2``'s CPU per call. What streams mean is
 left to a ``StreamHandler`` (mesh/fronts/h2/upstream.py). Sending respects the peer's windows and frame
-size: DATA that does not fit waits for its WINDOW_UPDATE. Receiving opens wide windows and tops the
-connection window up as it is consumed; a backlog the peer will not take pauses reading the clients that
-feed it (see ``on_backlog``).
+size: DATA that does not fit waits for its WINDOW_UPDATE. Receiving opens a wide connection window, topped
+up as bytes arrive, and a per-stream window of ``STREAM_RECEIVE_WINDOW`` that the handler credits as it
+passes bytes on (``consumed``): an answer the client reads slowly stops the upstream (and through it the
+runtime) instead of piling up here. A backlog the peer will not take pauses reading the clients that feed
+it (see ``on_backlog``).
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-RECEIVE_WINDOW = MAX_WINDOW  # per stream and per connection: credit is topped up as bytes are consumed
+RECEIVE_WINDOW = MAX_WINDOW  # per connection: topped up as bytes arrive
 REFILL_AT = 1 << 30
+# Per stream: what an upstream may send before the front has passed it on. Above any common unary answer
+# (those never wait for a WINDOW_UPDATE), small enough that a slow stream holds little here.
+STREAM_RECEIVE_WINDOW = 1 << 20
+STREAM_REFILL_AT = STREAM_RECEIVE_WINDOW // 2
 BACKLOG_HIGH = 8 << 20  # queued bytes the peer's windows do not let us send yet
 
 
@@ -148,6 +154,8 @@ class H2Endpoint(asyncio.Protocol):
         self._outgoing: dict[int, _Outgoing] = {}
         self._backlog = 0
         self._consumed = 0
+        # per stream the peer may still send on: bytes passed on and not yet given back
+        self._stream_consumed: dict[int, int] = {}
         self._partial: tuple[int, int, bytearray] | None = None  # stream, flags, block: CONTINUATION pending
         self._next_stream = 1
         self.peer_max_streams = MAX_WINDOW  # the peer's MAX_CONCURRENT_STREAMS (unlimited until it says)
@@ -163,7 +171,7 @@ class H2Endpoint(asyncio.Protocol):
         settings = settings_frame(
             {
                 Setting.HEADER_TABLE_SIZE: 0,
-                Setting.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW,
+                Setting.INITIAL_WINDOW_SIZE: STREAM_RECEIVE_WINDOW,
                 Setting.ENABLE_PUSH: 0,
             }
         )
@@ -200,6 +208,7 @@ class H2Endpoint(asyncio.Protocol):
     def new_stream(self) -> int:
         stream_id = self._next_stream
         self._next_stream += 2
+        self._stream_consumed[stream_id] = 0
         if self._next_stream > MAX_WINDOW:
             self.accepting = False  # ids run out: the next stream goes on a new connection
         return stream_id
@@ -242,7 +251,19 @@ class H2Endpoint(asyncio.Protocol):
             self._handler.on_backlog(self, True)
         self._flush()
 
+    def consumed(self, stream_id: int, size: int) -> None:
+        """``size`` bytes the peer sent on ``stream_id`` have been passed on: let it send that much more."""
+        total = self._stream_consumed.get(stream_id)
+        if total is None:
+            return  # the peer ended or reset the stream: nothing more to let it send
+        total += size
+        if total >= STREAM_REFILL_AT and self._transport is not None and self.open:
+            self._write(window_update(stream_id, total))
+            total = 0
+        self._stream_consumed[stream_id] = total
+
     def reset(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
+        self._stream_consumed.pop(stream_id, None)
         outgoing = self._outgoing.pop(stream_id, None)
         if outgoing is not None:
             self._backlog -= sum(len(chunk) for trailers, chunk in outgoing.queue if not trailers)
@@ -316,6 +337,9 @@ class H2Endpoint(asyncio.Protocol):
             block = strip_padding(flags, payload, FrameType.HEADERS)
             if not self._client_side and stream_id > self.last_stream_id:
                 self.last_stream_id = stream_id
+                self._stream_consumed[stream_id] = 0
+            if flags & Flag.END_STREAM:
+                self._stream_consumed.pop(stream_id, None)
             if flags & Flag.END_HEADERS:
                 self._handler.on_headers(
                     self, stream_id, self._decoder.decode(block), bool(flags & Flag.END_STREAM)
@@ -342,6 +366,7 @@ class H2Endpoint(asyncio.Protocol):
         elif kind == FrameType.RST_STREAM:
             code = WINDOW_INCREMENT.unpack(payload[:4])[0] if len(payload) >= 4 else ErrorCode.CANCEL
             self._outgoing.pop(stream_id, None)
+            self._stream_consumed.pop(stream_id, None)
             self._handler.on_reset(self, stream_id, code)
         elif kind == FrameType.GOAWAY:
             self.accepting = False
@@ -354,7 +379,12 @@ class H2Endpoint(asyncio.Protocol):
         if self._consumed >= REFILL_AT and self._transport is not None:
             self._write(window_update(0, self._consumed))
             self._consumed = 0
-        data = strip_padding(flags, payload, FrameType.DATA) if flags & Flag.PADDED else payload
+        data = payload
+        if flags & Flag.PADDED:
+            data = strip_padding(flags, payload, FrameType.DATA)
+            self.consumed(stream_id, len(payload) - len(data))  # padding counts against the window
+        if flags & Flag.END_STREAM:
+            self._stream_consumed.pop(stream_id, None)
         self._handler.on_data(self, stream_id, data, bool(flags & Flag.END_STREAM))
 
     def _apply_settings(self, settings: dict[int, int]) -> None:

@@ -319,10 +319,20 @@ class FrontStreams:
             stream.response_body += data
             if end_stream:  # a response without trailers is not gRPC: let the relay answer
                 self._replay(stream)
+            elif stream.upstream is not None:
+                stream.upstream.consumed(stream.upstream_id, len(data))  # held here whole, whatever its size
             return
-        self.client.send_data(stream.id, data, end_stream)
+        sent = self.client.send_data(stream.id, data, end_stream)
         if end_stream:
             self._finish(stream)
+        elif sent and stream.upstream is not None:
+            stream.upstream.consumed(stream.upstream_id, sent)
+
+    def on_sent(self, stream_id: int, size: int) -> None:
+        """Queued answer bytes went to the client: the upstream may send as much again."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.buffered and stream.upstream is not None:
+            stream.upstream.consumed(stream.upstream_id, size)
 
     def upstream_reset(self, stream: ClientStream, code: int) -> None:
         if stream.buffered:
