@@ -35,7 +35,7 @@ async def attempt(call: Awaitable[Any]) -> Any:
         return {"code": e.code().name, "details": e.details()}
     except httpx.HTTPStatusError as e:
         return {"status": e.response.status_code, "message": str(e)}
-    except Exception as e:  # noqa: BLE001 - reported, not handled
+    except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
