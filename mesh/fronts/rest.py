@@ -49,6 +49,7 @@ from mesh.outcomes import (
     grpc_status,
     outcome_exception,
 )
+from mesh.registry.snapshot import MODEL_STATES
 from mesh.registry.status import IndexEntry
 from mesh.routing.router import LoadHereFailed, Router
 from mesh.routing.target import RequestTarget, TargetError, header_target, name_target
@@ -260,6 +261,8 @@ class RestGateway:
                 web.get("/v2/models/stats", self._all_statistics),  # before {name}: "stats" is no model
                 web.get("/v2/repository/index", self._repository_index),
                 web.post("/v2/repository/index", self._repository_index),
+                web.get("/mesh/status", self._status),
+                web.get("/mesh/models", self._models),
                 web.get("/mesh/pools", self._pools),
                 web.get("/mesh/front", self._front),
                 web.get("/mesh/loads", self._loads),
@@ -305,6 +308,20 @@ class RestGateway:
     async def _pools(self, request: web.Request) -> web.Response:
         """Per pool: pods, capacity and use, request rate, models that could not be placed."""
         return json_response({pool: asdict(stats) for pool, stats in self._router.pool_stats().items()})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """Pods and what each holds, model counts, vmodels, loads in progress, recent failures, the leader."""
+        return json_response(self._router.mesh_status())
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """Registered models and their state; ``state``, ``pod`` and ``limit`` narrow the list."""
+        state, pod, limit = (request.query.get(name) for name in ("state", "pod", "limit"))
+        if state is not None and state not in MODEL_STATES:
+            return error(400, f"state must be one of {', '.join(MODEL_STATES)}")
+        if limit is not None and not limit.isdigit():
+            return error(400, "limit must be a number of models")
+        views = self._router.list_models(state, pod, int(limit) if limit is not None else None)
+        return json_response([asdict(view) for view in views])
 
     async def _front(self, request: web.Request) -> web.Response:
         """--front=h2: gRPC streams answered on the fast path, relayed to grpc.aio, and replayed there."""

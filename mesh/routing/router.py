@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -23,6 +23,7 @@ from mesh.errors import MeshError, Reroute
 from mesh.models.local import LoadClaimed, ModelLoader, now_ms
 from mesh.outcomes import LOAD_METHOD, Passthrough, RuntimeNotFound, peer_error
 from mesh.registry.records import InstanceRecord
+from mesh.registry.snapshot import ModelView, list_models, mesh_status
 from mesh.registry.status import IndexEntry, PoolStats, live_copies, pool_stats, repository_index
 from mesh.registry.store import StoreError
 from mesh.registry.view import RoutingTable
@@ -290,6 +291,27 @@ class Router:
         models = {model_id: entry.record for model_id, entry in self._table.models.items()}
         live = self._health.live_instances()
         return repository_index(models, live, now_ms(), self._failures.expiry_ms, ready_only)
+
+    def mesh_status(self) -> dict[str, Any]:
+        """Pods, models, vmodels, loads and failures as this pod's view has them (``GET /mesh/status``)."""
+        table = self._table
+        return mesh_status(
+            {m: e.record for m, e in table.models.items()},
+            {p: e.record for p, e in table.instances.items()},
+            {v: e.record for v, e in table.vmodels.items()},
+            self._health.live_instances(),
+            table.leader,
+            now_ms(),
+            self._failures.expiry_ms,
+        )
+
+    def list_models(
+        self, state: str | None = None, pod: str | None = None, limit: int | None = None
+    ) -> list[ModelView]:
+        """Registered models and their state, filtered (``GET /mesh/models``)."""
+        models = {model_id: entry.record for model_id, entry in self._table.models.items()}
+        live = self._health.live_instances()
+        return list_models(models, live, now_ms(), self._failures.expiry_ms, state, pod, limit)
 
     def unplaced_count(self, window_s: float = 300.0) -> int:
         """Models this pod found no pod for in the last ``window_s`` (an autoscaler's signal)."""
