@@ -36,6 +36,8 @@ PARTS: dict[str, tuple[list[str], list[str]]] = {
 NOT_CHECKED = {
     # a model of Triton's python backend: it runs in .venv-triton (deploy/local/setup-triton.sh)
     "runtime_adapters/triton/onnx_model.py": "Triton's python backend",
+    # the KServe SDK's client: it runs in .venv-kserve (deploy/local/setup.sh)
+    "tests/kserve_sdk_client.py": "the KServe SDK's environment",
 }
 
 # Modules that need an extra of their distribution: module -> (distribution, extra).

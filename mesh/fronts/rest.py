@@ -53,6 +53,7 @@ from mesh.registry.snapshot import MODEL_STATES
 from mesh.registry.status import IndexEntry
 from mesh.routing.router import LoadHereFailed, Router
 from mesh.routing.target import RequestTarget, TargetError, header_target, name_target
+from mesh.status_page import status_routes
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ class RestGateway:
                 web.get("/v2/models/stats", self._all_statistics),  # before {name}: "stats" is no model
                 web.get("/v2/repository/index", self._repository_index),
                 web.post("/v2/repository/index", self._repository_index),
+                *status_routes(router.mesh_status),
                 web.get("/mesh/status", self._status),
                 web.get("/mesh/models", self._models),
                 web.get("/mesh/pools", self._pools),
