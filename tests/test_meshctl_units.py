@@ -364,6 +364,8 @@ def test_vmodel_status_data_and_table() -> None:
     assert "m1 LOADED" in text and "m2 LOADING" in text and "team" in text
     settled = render.vmodel_status_data("v", mm.VModelStatusInfo(status=V.DEFINED, activeModelId="m"))
     assert settled["targetModelStatus"] is None
+    settled_text = text_of(render.vmodel_status_table({**settled, "targetModelId": "m"}))
+    assert "active" in settled_text and "target" not in settled_text  # not in transition
     missing = render.vmodel_status_data("nope", mm.VModelStatusInfo())
     assert missing["status"] == "NOT_FOUND"
     assert "owner" not in text_of(render.vmodel_status_table(missing))

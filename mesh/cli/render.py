@@ -388,6 +388,8 @@ def vmodel_status_table(data: Mapping[str, Any]) -> RenderableType:
             ("target", "targetModelId", "targetModelStatus"),
         ):
             status = data.get(status_key)
+            if label == "target" and data["targetModelId"] == data["activeModelId"] and not status:
+                continue  # not in transition: the target is the active model
             line = Text(str(data[model_key]) or "-")
             if status:
                 line.append(" ")
