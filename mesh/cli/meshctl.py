@@ -208,7 +208,7 @@ def register(
         raise typer.BadParameter("--type is required with MODEL_ID", param_hint="--type")
     with opts.client() as client:
         if sync:
-            with spinner(opts, f"registering and loading {model_id}"):
+            with spinner(f"registering and loading {model_id}"):
                 info = call(lambda: client.register(model_id, type_, path or "", key, load, sync))
         else:
             info = call(lambda: client.register(model_id, type_, path or "", key, load, sync))
@@ -382,7 +382,7 @@ def list_models(
 
 
 @contextmanager
-def spinner(opts: Settings, what: str) -> Iterator[None]:
+def spinner(what: str) -> Iterator[None]:
     """A spinner on stderr while a call waits (only where someone sees it)."""
     if not err_console.is_terminal:
         yield
@@ -403,7 +403,7 @@ def load(
     """Load a model and wait until it is loaded or failed (ensureLoaded, sync). Exit 1 if the load failed."""
     opts = settings(ctx)
     wait = timeout or opts.timeout_s
-    with opts.client() as client, spinner(opts, f"loading {model_id}"):
+    with opts.client() as client, spinner(f"loading {model_id}"):
         try:
             info = client.ensure_loaded(model_id, sync=True, timeout_s=wait)
         except CliError as e:
@@ -474,7 +474,7 @@ def vmodel_set(
         request.modelInfo.CopyFrom(mm.ModelInfo(type=type_, path=path or "", key=key))
     with opts.client() as client:
         if sync:
-            with spinner(opts, f"setting {vmodel_id} -> {target}"):
+            with spinner(f"setting {vmodel_id} -> {target}"):
                 info = call(lambda: client.set_vmodel(request))
         else:
             info = call(lambda: client.set_vmodel(request))
