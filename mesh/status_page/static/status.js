@@ -8,12 +8,18 @@
   const POLL_MS = 1000;
   const EVENTS_RETRY_MS = 30000; // while polling, try the event stream again this often
   const LISTED_PER_POD = 200; // the snapshot lists this many of a pod's models (mesh/registry/snapshot.py)
+  const MODELS = "/mesh/models";
+  const MODELS_LISTED = 500; // the models table shows this many, by id
+  const STATE_COUNTS = { LOADED: "loaded", LOADING: "loading", NOT_LOADED: "not_loaded", LOADING_FAILED: "loading_failed" };
 
   let clockOffsetMs = 0; // the mesh's clock minus ours, from the last snapshot
   let source = null;
   let polling = false;
   let pollTimer = null;
   let retryTimer = null;
+  let lastCounts = {};
+  let modelsBusy = false;
+  let modelsAgain = false;
 
   // --- building the page out of text --------------------------------------------------------------
 
@@ -162,6 +168,8 @@
   function show(snapshot) {
     clockOffsetMs = Number(snapshot.time_ms) - Date.now();
     const models = snapshot.models || {};
+    lastCounts = models;
+    refreshModels();
     for (const name of ["registered", "loaded", "loading", "not_loaded", "loading_failed"]) {
       setText("count-" + name, models[name] ?? 0);
     }
@@ -222,6 +230,52 @@
         el("td", {}, state),
       );
     });
+  }
+
+  // the models table: /mesh/models after every snapshot (one request at a time; the last one asked wins)
+  async function refreshModels() {
+    if (modelsBusy) {
+      modelsAgain = true;
+      return;
+    }
+    modelsBusy = true;
+    const state = byId("model-state").value;
+    const query = new URLSearchParams({ limit: String(MODELS_LISTED) });
+    if (state) query.set("state", state);
+    try {
+      const response = await fetch(MODELS + "?" + query.toString(), { cache: "no-store" });
+      if (response.ok) showModels(await response.json(), state);
+    } catch (e) {
+      // the next snapshot asks again
+    } finally {
+      modelsBusy = false;
+      if (modelsAgain) {
+        modelsAgain = false;
+        setTimeout(refreshModels, 200);
+      }
+    }
+  }
+
+  function showModels(models, state) {
+    const total = state ? lastCounts[STATE_COUNTS[state]] : lastCounts.registered;
+    setText("models-shown", models.length < (total ?? 0) ? "first " + models.length + " of " + total : "");
+    fillTable("model-list", 7, models, (model) =>
+      el(
+        "tr",
+        { dataset: { model: model.id, status: model.status } },
+        el("td", { class: "model" }, model.id),
+        el("td", { class: "type" }, model.type),
+        el("td", { class: "status" }, badge(model.status.toLowerCase().replace("_", " "), statusKind(model.status))),
+        el("td", { class: "holders" }, (model.holders || []).join(", ")),
+        el("td", { class: "loading-on" }, (model.loading || []).join(", ")),
+        el("td", {}, model.last_used_ms ? [since(model.last_used_ms), " ago"] : "\u2014"),
+        el("td", { class: "message" }, (model.errors || [])[0] || ""),
+      ),
+    );
+  }
+
+  function statusKind(status) {
+    return { LOADED: "ok", LOADING: "busy", LOADING_FAILED: "bad" }[status] || "off-dim";
   }
 
   function tick() {
@@ -285,10 +339,30 @@
     });
   }
 
-  function start() {
+  function connect() {
     const pollOnly = new URLSearchParams(window.location.search).get("mode") === "poll";
     if (pollOnly || typeof window.EventSource !== "function") startPolling();
     else startEvents();
+  }
+
+  function disconnect() {
+    // A page left for another keeps running in the back/forward cache, its stream open: give the
+    // mesh's stream slot back now, and connect again if the page is shown again.
+    if (source !== null) source.close();
+    source = null;
+    if (retryTimer !== null) clearTimeout(retryTimer);
+    retryTimer = null;
+    stopPolling();
+    connection("connecting", "paused");
+  }
+
+  function start() {
+    connect();
+    window.addEventListener("pagehide", disconnect);
+    window.addEventListener("pageshow", (event) => {
+      if (event.persisted) connect();
+    });
+    byId("model-state").addEventListener("change", refreshModels);
     setInterval(tick, 1000);
   }
 
