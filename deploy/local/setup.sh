@@ -53,6 +53,14 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null; }
 fi
 
+# chromium and chromedriver: tests/test_status_page.py drives the status page in headless Chromium (Debian's).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "setup: chromium, chromium-driver (apt-get)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; }
+fi
+
 # Triton (tritonserver from the nvidia-pytriton wheel, CPU-only, python backend) in .venv-triton and .triton/
 deploy/local/setup-triton.sh
 
