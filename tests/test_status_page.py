@@ -1,7 +1,8 @@
 """The status page in a real headless Chromium against a real local mesh (etcd, MLServer, its adapter, a pod):
 the pod with its capacity bar and badges; a model registered through the gRPC API appears without a reload,
 is shown held by the pod after ensureLoaded, a load that fails shows in recent failures; ids that are HTML
-render as text; with every event stream taken the page falls back to polling; no script errors."""
+render as text; with every event stream taken the page falls back to polling and is live again once one is
+free; a page left for another gives its stream back; no script errors."""
 
 from __future__ import annotations
 
@@ -266,10 +267,20 @@ def test_with_every_event_stream_taken_the_page_polls(mesh: StatusMesh, browser:
         wait_for(browser, lambda d: attribute(d, "#connection", "data-state") == "polling", "polling")
         mesh.clients.register("status-polled", mesh.iris.path)
         wait_for(browser, lambda d: model_row(d, "status-polled") == "NOT_LOADED", "status-polled")
+        for sock in streams:
+            sock.close()
+        # the page tries the stream again (after 5 s, then less and less often) and is live once more
+        wait_for(browser, lambda d: attribute(d, "#connection", "data-state") == "live", "live again")
         assert not_reloaded(browser)
     finally:
         for sock in streams:
             sock.close()
+
+
+def test_mode_poll_polls_from_the_start(mesh: StatusMesh, browser: webdriver.Chrome) -> None:
+    open_page(browser, mesh, "?mode=poll")
+    wait_for(browser, lambda d: attribute(d, "#connection", "data-state") == "polling", "polling")
+    assert texts(browser, "#leader") == [POD]
 
 
 def test_a_page_left_gives_its_stream_back_and_reconnects_when_shown_again(

@@ -9,9 +9,10 @@
   open, the snapshot is computed at most twice per interval and serialised once per change (``StatusFeed``).
   At most ``max_streams`` are open at once (the next is answered 503 JSON); a stream ends when its client goes
   away, when a write is not taken within ``write_timeout_s`` (a client that does not read), after
-  ``max_stream_s`` (the browser reconnects after ``retry_ms``) and when the server shuts down. The page falls
-  back to polling ``/mesh/status`` every second when the stream is refused (``?mode=poll`` polls from the
-  start).
+  ``max_stream_s`` (the browser reconnects after ``retry_ms``) and when the server shuts down. The page closes
+  its stream when it is left (``pagehide``: the back/forward cache would keep it open) and reconnects when
+  shown again; refused a stream, it polls ``/mesh/status`` every second and tries the stream again after
+  5 s, doubling to 60 s (``?mode=poll`` polls from the start). Its models table is ``/mesh/models``.
 
 The pure parts: ``changed`` (has the snapshot changed), ``sse_event`` / ``sse_comment`` / ``sse_retry`` (the
 stream's bytes).

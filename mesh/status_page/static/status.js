@@ -6,10 +6,11 @@
   const EVENTS = "/status/events";
   const SNAPSHOT = "/mesh/status";
   const POLL_MS = 1000;
-  const EVENTS_RETRY_MS = 30000; // while polling, try the event stream again this often
+  const EVENTS_RETRY_MS = [5000, 60000]; // while polling, try the stream again: first after 5 s, doubling to 60 s
   const LISTED_PER_POD = 200; // the snapshot lists this many of a pod's models (mesh/registry/snapshot.py)
   const MODELS = "/mesh/models";
   const MODELS_LISTED = 500; // the models table shows this many, by id
+  const MODELS_REFRESH_MS = 10000; // and asks again this often when nothing it shows seems to have changed
   const STATE_COUNTS = { LOADED: "loaded", LOADING: "loading", NOT_LOADED: "not_loaded", LOADING_FAILED: "loading_failed" };
 
   let clockOffsetMs = 0; // the mesh's clock minus ours, from the last snapshot
@@ -17,9 +18,12 @@
   let polling = false;
   let pollTimer = null;
   let retryTimer = null;
+  let retryMs = EVENTS_RETRY_MS[0];
   let lastCounts = {};
   let modelsBusy = false;
   let modelsAgain = false;
+  let modelsSignature = "";
+  let modelsAt = 0;
 
   // --- building the page out of text --------------------------------------------------------------
 
@@ -169,7 +173,18 @@
     clockOffsetMs = Number(snapshot.time_ms) - Date.now();
     const models = snapshot.models || {};
     lastCounts = models;
-    refreshModels();
+    // The models table only when what it shows may have moved (a request rate changing is not that).
+    const signature = JSON.stringify([
+      models,
+      (snapshot.pods || []).map((pod) => [pod.id, pod.alive, pod.models, pod.loading]),
+      snapshot.loads_in_progress,
+      snapshot.recent_failures,
+      snapshot.vmodels,
+    ]);
+    if (signature !== modelsSignature || Date.now() - modelsAt > MODELS_REFRESH_MS) {
+      modelsSignature = signature;
+      refreshModels();
+    }
     for (const name of ["registered", "loaded", "loading", "not_loaded", "loading_failed"]) {
       setText("count-" + name, models[name] ?? 0);
     }
@@ -244,7 +259,10 @@
     if (state) query.set("state", state);
     try {
       const response = await fetch(MODELS + "?" + query.toString(), { cache: "no-store" });
-      if (response.ok) showModels(await response.json(), state);
+      if (response.ok) {
+        showModels(await response.json(), state);
+        modelsAt = Date.now();
+      }
     } catch (e) {
       // the next snapshot asks again
     } finally {
@@ -324,6 +342,7 @@
     source = events;
     events.addEventListener("snapshot", (event) => {
       stopPolling();
+      retryMs = EVENTS_RETRY_MS[0];
       connection("live", "live");
       show(JSON.parse(event.data));
     });
@@ -335,7 +354,10 @@
       // refused (too many streams, or no stream here at all): poll, and try the stream again later
       if (source === events) source = null;
       startPolling();
-      if (retryTimer === null) retryTimer = setTimeout(startEvents, EVENTS_RETRY_MS);
+      if (retryTimer === null) {
+        retryTimer = setTimeout(startEvents, retryMs);
+        retryMs = Math.min(2 * retryMs, EVENTS_RETRY_MS[1]);
+      }
     });
   }
 
