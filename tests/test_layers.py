@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # lowest first; mesh/errors.py and mesh/limits.py are the base every layer may use
-LAYERS = ("base", "registry", "models", "routing", "cluster", "fronts", "process")
+LAYERS = ("base", "observe", "registry", "models", "routing", "cluster", "status_page", "fronts", "process", "cli")
 
 
 def layer_of(module: str) -> str:
