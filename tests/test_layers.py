@@ -10,7 +10,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # lowest first; mesh/errors.py and mesh/limits.py are the base every layer may use
-LAYERS = ("base", "observe", "registry", "models", "routing", "cluster", "status_page", "fronts", "process", "cli")
+LAYERS = (
+    "base",
+    "observe",
+    "registry",
+    "models",
+    "routing",
+    "cluster",
+    "status_page",
+    "fronts",
+    "process",
+    "cli",
+)
 
 
 def layer_of(module: str) -> str:

@@ -16,7 +16,7 @@ Labels = tuple[str, ...]
 
 
 class Histogram:
-    """Counts per bucket (``bounds`` are upper bounds, inclusive, as Prometheus' ``le``; one more for +Inf)."""
+    """Counts per bucket: ``bounds`` are upper bounds, inclusive (Prometheus' ``le``), and one for +Inf."""
 
     __slots__ = ("bounds", "counts", "sum")
 
