@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mesh.registry.records import InstanceRecord, ModelRecord, VModelRecord
-from mesh.registry.status import live_copies, model_status, pool_stats, unexpired_failures
+from mesh.registry.status import live_copies, model_state, model_status, pool_stats, unexpired_failures
 from protos import model_mesh_pb2 as mm
 
 STATUS_NAMES = {value: name for name, value in mm.ModelStatusInfo.ModelStatus.items()}
@@ -100,10 +100,9 @@ def list_models(
         record = models[model_id]
         if pod is not None and pod not in record.holders and pod not in record.loading:
             continue
-        view = model_view(model_id, record, live_pods, now_ms, expiry_ms)
-        if state is not None and view.status != state:
+        if state is not None and STATUS_NAMES[model_state(record, now_ms, expiry_ms, live_pods)] != state:
             continue
-        listed.append(view)
+        listed.append(model_view(model_id, record, live_pods, now_ms, expiry_ms))
         if limit is not None and len(listed) >= limit:
             break
     return listed
@@ -180,8 +179,8 @@ def mesh_status(
 ) -> dict[str, Any]:
     """The whole picture as JSON-ready data (``GET /mesh/status``)."""
     counts = dict.fromkeys(MODEL_STATES, 0)
-    for model_id, record in models.items():
-        counts[model_view(model_id, record, live_pods, now_ms, expiry_ms).status] += 1
+    for record in models.values():  # the state alone: no protobuf per model each time the page asks
+        counts[STATUS_NAMES[model_state(record, now_ms, expiry_ms, live_pods)]] += 1
     return {
         "time_ms": now_ms,
         "leader": leader,

@@ -41,6 +41,19 @@ def model_copies(
     return sorted(copies, key=lambda c: (-c.time_ms, c.pod_id))
 
 
+def model_state(
+    record: ModelRecord, now_ms: int, expiry_ms: int, live_pods: Collection[str] | None = None
+) -> int:
+    """The registered model's ModelStatus: a live copy, else a live load, else an unexpired failure."""
+    if live_copies(record.holders, live_pods):
+        return Status.LOADED
+    if live_copies(record.loading, live_pods):
+        return Status.LOADING
+    if unexpired_failures(record, now_ms, expiry_ms):
+        return Status.LOADING_FAILED
+    return Status.NOT_LOADED
+
+
 def model_status(
     record: ModelRecord | None, now_ms: int, expiry_ms: int, live_pods: Collection[str] | None = None
 ) -> mm.ModelStatusInfo:
@@ -48,17 +61,9 @@ def model_status(
         return mm.ModelStatusInfo(status=Status.NOT_FOUND)
     copies = model_copies(record, now_ms, expiry_ms, live_pods)
     failures = unexpired_failures(record, now_ms, expiry_ms)
-    if any(c.status == Status.LOADED for c in copies):
-        status = Status.LOADED
-    elif any(c.status == Status.LOADING for c in copies):
-        status = Status.LOADING
-    elif failures:
-        status = Status.LOADING_FAILED
-    else:
-        status = Status.NOT_LOADED
     errors = [f.message for f in sorted(failures.values(), key=lambda f: -f.time_ms)]
     return mm.ModelStatusInfo(
-        status=status,
+        status=model_state(record, now_ms, expiry_ms, live_pods),  # type: ignore[arg-type]
         errors=errors,
         modelCopyInfos=[
             mm.ModelStatusInfo.ModelCopyInfo(location=c.pod_id, copyStatus=c.status, time=c.time_ms)  # type: ignore[arg-type]
