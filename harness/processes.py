@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -45,8 +46,37 @@ def etcd_binary() -> Path:
 _PARENT_ONLY_ENV = frozenset({"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"})
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bound to 0 and released)."""
+    """A port that was free a moment ago, chosen below the kernel's ephemeral range.
+
+    A port from bind(0) lies in the ephemeral range, so a server restarted on "its" port can find it taken
+    by some client's outgoing connection in between (EADDRINUSE). Ports below that range are never
+    handed to outgoing connections; each is given out once per test process."""
+    ephemeral_low, _ = _ephemeral_range()
+    low = 12000 if ephemeral_low > 14000 else 1024
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, ephemeral_low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
