@@ -38,6 +38,7 @@ from mesh.fronts.h2.client import ClientConnection, FrontLimits
 from mesh.fronts.h2.endpoint import H2Endpoint, WriteBatch
 from mesh.fronts.h2.upstream import RELAY, RUNTIME, Upstreams
 from mesh.fronts.h2.wire import ErrorCode, Headers, clipped_trailers, grpc_error_headers, header
+from mesh.observe.metrics import MeshMetrics
 from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, from_http2_trailers
 from mesh.registry.records import InstanceRecord
 from mesh.routing.decision import ForwardTo, Route, ServeHere
@@ -50,6 +51,9 @@ FAST_METHODS = (V2_SERVICE + "ModelInfer", V2_SERVICE + "ModelMetadata")
 _DROPPED_UPSTREAM = (b"mm-", b"content-length")
 INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
 AVOID = AVOID_HEADER.encode()
+V2_PATH = V2_SERVICE.encode()
+FRONT_PATHS = ("fast", "fast_to_peer", "relayed", "replayed")
+CANCELLED, UNKNOWN = 1, 2  # gRPC status codes
 SWEEP_S = 0.5  # how often connections are checked against their timeouts
 LISTEN_BACKLOG = 4096  # connections the kernel queues before accept: a connect burst waits, not fails
 
@@ -85,6 +89,13 @@ class ClientStream:
     ended: bool = False  # the client has sent all of its request
     response_headers: Headers | None = None
     response_body: bytearray = field(default_factory=bytearray)
+    # what the metrics need (external inference streams): bytes each way, the answer's status
+    path: str = ""
+    counted: bool = False
+    request_bytes: int = 0
+    response_bytes: int = 0
+    status: int = 2  # UNKNOWN until trailers say otherwise; a reset is CANCELLED
+    sent_at: float = 0.0  # when the fast path sent it to the runtime (invoke_model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +116,10 @@ class H2Front:
         max_message_bytes: int,
         internal: bool = False,
         limits: FrontLimits | None = None,
+        metrics: MeshMetrics | None = None,
     ) -> None:
         self._router = router
+        self.metrics = metrics or MeshMetrics()
         self._internal = internal  # the internal port: peers name the model; served here or relayed
         self.max_message_bytes = max_message_bytes
         self.limits = limits or FrontLimits()
@@ -119,7 +132,7 @@ class H2Front:
         self._sweeping: asyncio.Task[None] | None = None
         self.connections: set[ClientConnection] = set()
         self.accepting = True
-        self.counts = {"fast": 0, "fast_to_peer": 0, "relayed": 0, "replayed": 0}  # streams, for /mesh/front
+        self._port = "internal" if internal else "external"
         self.refused_connections = 0
         self._idle = asyncio.Event()  # set when no stream is in flight (waited for on stop)
 
@@ -203,6 +216,20 @@ class H2Front:
         except WireFormatError:
             return None
 
+    def count(self, path: str) -> None:
+        self.metrics.front_streams.inc((self._port, path))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Streams per path on this port (/mesh/front): this process's, and its serving processes'."""
+        counted = self.metrics.front_streams.by_labels
+        return {path: int(counted.get((self._port, path), 0)) for path in FRONT_PATHS}
+
+    def counts_requests(self, path: bytes | None) -> bool:
+        """Inference streams on the external port are ModelMesh's api_request (and invoke_model when the
+        fast path sends them to this pod's runtime)."""
+        return not self._internal and path is not None and path.startswith(V2_PATH)
+
     def is_fast_method(self, path: bytes | None) -> bool:
         return path is not None and path.decode("latin-1") in self._fast
 
@@ -234,8 +261,11 @@ class FrontStreams:
         if not self._front.accepting:
             self.client.reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        buffered = self._front.is_fast_method(header(headers, b":path"))
+        path = header(headers, b":path")
+        buffered = self._front.is_fast_method(path)
         stream = ClientStream(self, stream_id, headers, buffered, time.monotonic(), ended=end_stream)
+        stream.counted = self._front.counts_requests(path)
+        stream.path = path.decode("latin-1") if path is not None else ""
         self.streams[stream_id] = stream
         if not buffered:
             self._relay_stream(stream, b"", end_stream)
@@ -247,6 +277,7 @@ class FrontStreams:
         if stream is None:
             return
         stream.ended = stream.ended or end_stream
+        stream.request_bytes += len(data)
         if not stream.buffered:
             if stream.upstream is None:  # the relay is still connecting: sent when it is open
                 stream.body += data
@@ -275,12 +306,14 @@ class FrontStreams:
     def on_reset(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:
+            stream.status = CANCELLED
             self._cancel_upstream(stream)
             self._finish(stream)
 
     def on_closed(self) -> None:
         """The client connection is gone: every stream releases what it held, upstream streams reset."""
         for stream in list(self.streams.values()):
+            stream.status = CANCELLED
             self._cancel_upstream(stream)
             self._finish(stream)
 
@@ -288,6 +321,7 @@ class FrontStreams:
         """A buffered request that did not arrive in full in time."""
         stream = self.streams.get(stream_id)
         if stream is not None:
+            stream.status = CANCELLED
             self.client.reset(stream_id, ErrorCode.CANCEL)
             self._finish(stream)
 
@@ -295,6 +329,7 @@ class FrontStreams:
     def upstream_headers(self, stream: ClientStream, headers: Headers, end_stream: bool) -> None:
         if end_stream:
             headers = clipped_trailers(headers)
+            stream.status = _status(headers)
         if not stream.buffered:  # relayed: straight back
             self.client.send_headers(stream.id, headers, end_stream)
             if end_stream:
@@ -303,6 +338,11 @@ class FrontStreams:
         if not end_stream:
             stream.response_headers = headers
             return
+        if stream.sent_at:  # this pod's runtime answered the fast path
+            self._front.metrics.invoked(
+                stream.path, stream.status, (time.monotonic() - stream.sent_at) * 1000, stream.model_id or ""
+            )
+            stream.sent_at = 0.0
         if from_http2_trailers(headers, stream.via_peer).route_decides:
             self._replay(stream)
             return
@@ -311,6 +351,7 @@ class FrontStreams:
         if stream.response_headers is not None:
             self.client.send_headers(stream.id, stream.response_headers)
             self.client.send_data(stream.id, bytes(stream.response_body))
+            stream.response_bytes = len(stream.response_body)
         self.client.send_headers(stream.id, headers, end_stream=True)
         self._finish(stream)
 
@@ -323,6 +364,7 @@ class FrontStreams:
                 stream.upstream.consumed(stream.upstream_id, len(data))  # held here whole, whatever its size
             return
         sent = self.client.send_data(stream.id, data, end_stream)
+        stream.response_bytes += len(data)
         if end_stream:
             self._finish(stream)
         elif sent and stream.upstream is not None:
@@ -373,21 +415,22 @@ class FrontStreams:
         stream.model_id, stream.served_by = route.model_id, route.pod
         self._front.serving(route.model_id, route.pod)
         if route.peer_address is not None:
-            self._front.counts["fast_to_peer"] += 1
+            self._front.count("fast_to_peer")
             stream.via_peer = True
             headers = (*headers, (INTERNAL_MODEL, route.model_id.encode()))
             self._front.upstreams.send(stream, route.peer_address, headers, route.body, True)
             return
-        self._front.counts["fast"] += 1
+        self._front.count("fast")
+        stream.sent_at = time.monotonic()
         self._front.upstreams.send(stream, RUNTIME, headers, route.body, True)
 
     def _relay_stream(self, stream: ClientStream, body: bytes, end_stream: bool) -> None:
-        self._front.counts["relayed"] += 1
+        self._front.count("relayed")
         self._front.upstreams.send(stream, RELAY, stream.headers, body, end_stream)
 
     def _replay(self, stream: ClientStream) -> None:
         """A fast-path attempt the general route must decide: send the original request to the relay."""
-        self._front.counts["replayed"] += 1
+        self._front.count("replayed")
         self._front.upstreams.detach(stream)
         self._release_model(stream)
         self._unbuffer(stream)
@@ -415,6 +458,15 @@ class FrontStreams:
             stream.model_id = None
 
     def _finish(self, stream: ClientStream) -> None:
+        if stream.counted and self.streams.get(stream.id) is stream:
+            self._front.metrics.request(
+                stream.path,
+                stream.status,
+                (time.monotonic() - stream.started) * 1000,
+                max(0, stream.request_bytes - 5),
+                max(0, stream.response_bytes - 5) if stream.response_bytes else None,
+                stream.model_id or "",
+            )
         self._front.upstreams.detach(stream)
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
@@ -461,6 +513,14 @@ def _with_model_id(body: bytes, message: bytes, model_id: str, field1: str | Non
     """``body`` (one gRPC message, ``message`` its payload) with the concrete id in field 1."""
     spliced = with_model_id(message, [1], model_id, field1)
     return body if spliced is message else b"\x00" + len(spliced).to_bytes(4, "big") + spliced
+
+
+def _status(trailers: Headers) -> int:
+    raw = header(trailers, b"grpc-status")
+    try:
+        return int(raw) if raw is not None else UNKNOWN
+    except ValueError:
+        return UNKNOWN
 
 
 def _error_code(code: int) -> ErrorCode:
