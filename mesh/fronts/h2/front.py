@@ -92,9 +92,9 @@ class ClientStream:
     # what the metrics need (external inference streams): bytes each way, the answer's status
     path: str = ""
     counted: bool = False
-    request_bytes: int = 0
+    request_bytes: int = 0  # DATA bytes, one 5-byte gRPC prefix taken off when counted
     response_bytes: int = 0
-    status: int = 2  # UNKNOWN until trailers say otherwise; a reset is CANCELLED
+    status: int = UNKNOWN  # until trailers say otherwise; a reset is CANCELLED
     sent_at: float = 0.0  # when the fast path sent it to the runtime (invoke_model)
 
 
@@ -221,7 +221,7 @@ class H2Front:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Streams per path on this port (/mesh/front): this process's, and its serving processes'."""
+        """Streams per path on this port (/mesh/front), as this process counted them."""
         counted = self.metrics.front_streams.by_labels
         return {path: int(counted.get((self._port, path), 0)) for path in FRONT_PATHS}
 
@@ -230,8 +230,8 @@ class H2Front:
         fast path sends them to this pod's runtime)."""
         return not self._internal and path is not None and path.startswith(V2_PATH)
 
-    def is_fast_method(self, path: bytes | None) -> bool:
-        return path is not None and path.decode("latin-1") in self._fast
+    def is_fast_method(self, path: str) -> bool:
+        return path in self._fast
 
     def serving(self, model_id: str, pod_id: str) -> None:
         self._router.acquire(model_id, pod_id)
@@ -262,10 +262,10 @@ class FrontStreams:
             self.client.reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
         path = header(headers, b":path")
-        buffered = self._front.is_fast_method(path)
-        stream = ClientStream(self, stream_id, headers, buffered, time.monotonic(), ended=end_stream)
-        stream.counted = self._front.counts_requests(path)
+        stream = ClientStream(self, stream_id, headers, False, time.monotonic(), ended=end_stream)
         stream.path = path.decode("latin-1") if path is not None else ""
+        stream.buffered = buffered = self._front.is_fast_method(stream.path)
+        stream.counted = self._front.counts_requests(path)
         self.streams[stream_id] = stream
         if not buffered:
             self._relay_stream(stream, b"", end_stream)
