@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.observe.export import Exposition, InstanceGauges, MeshCollector, MeshGauges
+from mesh.observe.export import Exposition, InstanceGauges, MeshCollector
 from mesh.observe.metrics import MeshMetrics, method_label, parse_metrics_config
+from mesh.registry.snapshot import ModelCounts
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -15,7 +16,11 @@ def scrape(metrics: MeshMetrics, leader: bool = True) -> dict[str, float]:
     instance = InstanceGauges(
         capacity_bytes=1000, used_bytes=250, model_count=3, lru_ms=10_000, now_ms=70_000
     )
-    collector = MeshCollector(metrics, lambda: instance, lambda: MeshGauges(4, 1, 9) if leader else None)
+    collector = MeshCollector(
+        metrics,
+        lambda: instance,
+        lambda: ModelCounts(managed=9, loaded=4, with_failure=1) if leader else None,
+    )
     text = Exposition(collector).text().decode()
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):

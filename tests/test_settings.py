@@ -74,3 +74,42 @@ def test_front_codec() -> None:
     assert parse_settings([], env={"MM_FRONT_CODEC": "h2"}).front_codec == "h2"
     with pytest.raises(SystemExit):
         parse_settings(["--front-codec", "hyper"], env={})
+
+
+def test_metrics_settings_take_modelmeshs_forms() -> None:
+    assert not parse_settings([], env={}).metrics_config.enabled  # off unless asked for
+    config = parse_settings([], env={"MM_METRICS_PORT": "9100"}).metrics_config
+    assert (config.enabled, config.port, config.per_model) == (True, 9100, False)
+    config = parse_settings(
+        [], env={"MM_METRICS": "prometheus:port=2200;per_model_metrics=true"}
+    ).metrics_config
+    assert (config.port, config.per_model, config.fq_names) == (2200, True, False)
+    assert parse_settings([], env={"MM_METRICS": "prometheus"}).metrics_config.port == 2112
+    assert not parse_settings(
+        [], env={"MM_METRICS": "disabled", "MM_METRICS_PORT": "9100"}
+    ).metrics_config.enabled
+    for bad in ("statsd:port=8126", "prometheus:port=x", "prometheus:scheme=https", "prometheus:colour=red"):
+        with pytest.raises(SystemExit):
+            parse_settings([], env={"MM_METRICS": bad})
+
+
+def test_logging_settings() -> None:
+    s = parse_settings([], env={})
+    assert (s.log_each_invoke, s.log_format, s.logged_headers) == (False, "text", {})
+    s = parse_settings(
+        [], env={"MM_LOG_EACH_INVOKE": "true", "MM_LOG_REQUEST_HEADERS": '{"X-Request-Id": "request_id"}'}
+    )
+    assert s.log_each_invoke and s.logged_headers == {"x-request-id": "request_id"}
+    assert parse_settings(["--log-format", "json"], env={}).log_format == "json"
+    for argv in (
+        ["--log-each-invoke", "maybe"],
+        ["--log-format", "xml"],
+        ["--log-request-headers", "not json"],
+        ["--log-request-headers", "{}"],
+        ["--log-request-headers", '{"Authorization": "auth"}'],  # a credential is never logged
+        ["--log-request-headers", '{"x-a": 1}'],
+    ):
+        with pytest.raises(SystemExit):
+            parse_settings(argv, env={})
+    logged = parse_settings(["--log-each-invoke", "1", "--log-request-headers", '{"x-a": "a"}'], env={})
+    assert parse_settings(settings_argv(logged), env={}) == logged

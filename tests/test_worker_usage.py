@@ -1,12 +1,16 @@
-"""Hits served by a pod's extra serving processes count in the main process's LRU order and rates (pure)."""
+"""Hits served by a pod's extra serving processes count in the main process's LRU order and rates, and
+their metrics in its scrape (pure)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from mesh.models.cache import EvictionPolicy, ModelCache
 from mesh.models.rates import RateTracker
-from mesh.models.worker_usage import UsageLog, parse_usage
+from mesh.models.worker_usage import UsageLog, parse_metrics_report, parse_usage
+from mesh.observe.metrics import MeshMetrics, MetricsConfig, metrics_for
 
 
 def test_usage_log_drains_counts_and_last_use() -> None:
@@ -49,3 +53,28 @@ def test_rates_count_reported_requests() -> None:
     rates.record("m")
     rates.tick()
     assert rates.per_minute("m") == pytest.approx(51 * 60 / 10)
+
+
+def test_a_metrics_report_round_trips_and_a_bad_one_is_refused() -> None:
+    worker, main = MeshMetrics(), MeshMetrics()
+    worker.request("/inference.GRPCInferenceService/ModelInfer", 0, 3.0, 100, 50)
+    worker.front_stream("external", "fast")
+    main.merge(parse_metrics_report(json.dumps(worker.drain()).encode()))
+    assert main.api_request.by_labels[("ModelInfer", "OK")].count == 1
+    assert main.front_streams.by_labels[("external", "fast")] == 1
+    assert worker.drain() == {}  # drained: the next report starts from zero
+    for bad in (b"not json", b"[1, 2]", b'{"api_request": 3}', b"\xff"):
+        with pytest.raises(ValueError):
+            parse_metrics_report(bad)
+
+
+def test_with_metrics_off_only_the_fronts_paths_are_counted() -> None:
+    metrics = metrics_for(MetricsConfig(port=0))
+    metrics.request("/inference.GRPCInferenceService/ModelInfer", 0, 3.0, 100, 50)
+    metrics.invoked("/inference.GRPCInferenceService/ModelInfer", 0, 1.0)
+    metrics.loaded("m", 5.0, 1.0, 100, reason="request")
+    metrics.evicted("m", "lru", 10.0)
+    metrics.front_stream("external", "fast")
+    assert metrics.drain() == {"front_streams": [[["external", "fast"], 1.0]]}
+    assert isinstance(metrics_for(MetricsConfig(port=9100)), MeshMetrics)
+    assert metrics_for(MetricsConfig(port=9100, per_model=True)).per_model

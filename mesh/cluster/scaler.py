@@ -76,7 +76,7 @@ class CopyScaler:
             holders = live_copies(current.holders, live) if current else {}
             if should_drop_idle_copy(self._pod_id, holders, self._rates.idle(model_id)):
                 log.info("dropping the idle extra copy of %s", model_id)
-                await self._loader.unload(model_id)
+                await self._loader.unload(model_id, reason="idle")
                 self._rates.forget(model_id)
 
     async def hand_over(self, timeout_s: float) -> None:

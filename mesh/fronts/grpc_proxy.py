@@ -12,18 +12,21 @@ internal port, which serves forwarded requests here and never forwards again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as v2
 
-from mesh.errors import MeshError, Reroute
+from mesh.errors import BadRequest, MeshError, Reroute
 from mesh.fronts.streams import relay_stream, stream_error, unchanged
 from mesh.models.local import LoadClaimed
 from mesh.models.runtime_client import RuntimeClient
-from mesh.models.worker_usage import USAGE_METHOD, parse_usage
+from mesh.models.worker_usage import METRICS_METHOD, USAGE_METHOD, parse_metrics_report, parse_usage
+from mesh.observe.metrics import CANCELLED, OK, UNKNOWN, MeshMetrics
 from mesh.outcomes import (
     AVOID_HEADER,
     COPY_HEADER,
@@ -42,7 +45,7 @@ from mesh.outcomes import (
 )
 from mesh.routing.peers import PeerPool
 from mesh.routing.router import LoadHereFailed, Router
-from mesh.routing.target import RequestTarget, TargetError, header_target, request_target
+from mesh.routing.target import RequestTarget, TargetError, TargetKind, header_target, request_target
 from mesh.routing.wire import read_string_field, with_model_id
 
 log = logging.getLogger(__name__)
@@ -133,11 +136,76 @@ async def call_runtime(
     WireFormatError when the request's bytes do not parse.
     """
     request = with_model_id(request, id_path, model_id, field1)
+    started, status = time.monotonic(), OK
     try:
         response: bytes = await runtime.method(method)(request, timeout=timeout_s, metadata=metadata)
         return response
     except grpc.aio.AioRpcError as e:
+        status = e.code().value[0]
         raise runtime_error(e) from e  # mesh/outcomes.py: what the runtime's answer means
+    except asyncio.CancelledError:
+        status = CANCELLED
+        raise
+    finally:
+        runtime.metrics.invoked(method, status, (time.monotonic() - started) * 1000, model_id)
+
+
+class CountedRequests(grpc.GenericRpcHandler):
+    """The external port's ``api_request`` and message sizes where grpc.aio is the edge (``--front=grpc``):
+    ``inner``'s unary inference handlers, timed and counted. Behind the HTTP/2 front the front counts."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, metrics: MeshMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._cache = HandlerCache()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        handler = self._inner.service(handler_call_details)
+        if handler is None or handler.unary_unary is None or not method.startswith(V2_SERVICE):
+            return handler
+        behavior = handler.unary_unary
+        return self._cache.get(
+            method, lambda: grpc.unary_unary_rpc_method_handler(self._counted(method, behavior))
+        )
+
+    def _counted(self, method: str, behavior: Behavior) -> Behavior:
+        metrics = self._metrics
+
+        async def counted(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started, response, status = time.monotonic(), None, OK
+            try:
+                response = await behavior(request, context)
+                return response
+            except asyncio.CancelledError:
+                status = CANCELLED
+                raise
+            except BaseException:
+                code = context.code()  # set by abort
+                status = code.value[0] if isinstance(code, grpc.StatusCode) else int(code or UNKNOWN)
+                raise
+            finally:
+                model_id, vmodel_id = _named_model(context, request) if metrics.per_model else ("", "")
+                metrics.request(
+                    method,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                    len(request),
+                    None if response is None else len(response),
+                    model_id,
+                    vmodel_id,
+                )
+
+        return counted
+
+
+def _named_model(context: grpc.aio.ServicerContext, request: bytes) -> tuple[str, str]:
+    """(modelId, vModelId) as the client named them, for per-model labels."""
+    try:
+        target = request_target(context.invocation_metadata() or (), request)
+    except BadRequest:  # a bad id or body: the behaviour has answered that
+        return "", ""
+    return ("", target.id) if target.kind is TargetKind.VMODEL else (target.id, "")
 
 
 class InferenceProxy(grpc.GenericRpcHandler):
@@ -334,6 +402,7 @@ class PeerHandler(grpc.GenericRpcHandler):
         self._runtime = runtime
         self._methods = methods
         self._cache = HandlerCache()
+        self._metrics = runtime.metrics  # the pod's: the serving processes' counts are added to it
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
@@ -341,7 +410,7 @@ class PeerHandler(grpc.GenericRpcHandler):
 
     def _handler(self, method: str) -> grpc.RpcMethodHandler:
         refusal = self._methods.refusal(method)
-        if method not in (LOAD_METHOD, USAGE_METHOD) and refusal is not None:
+        if method not in (LOAD_METHOD, USAGE_METHOD, METRICS_METHOD) and refusal is not None:
             return grpc.unary_unary_rpc_method_handler(_refuse(grpc.StatusCode.UNIMPLEMENTED, refusal))
         if method in STREAMING_METHODS:
             return grpc.stream_stream_rpc_method_handler(self._streamer(method))
@@ -393,6 +462,8 @@ class PeerHandler(grpc.GenericRpcHandler):
             return self._load
         if method == USAGE_METHOD:
             return self._usage
+        if method == METRICS_METHOD:
+            return self._worker_metrics
         id_path = self._methods.id_path(method)
 
         async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -446,6 +517,14 @@ class PeerHandler(grpc.GenericRpcHandler):
             await abort(context, MeshError(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         for model_id, (count, last_used_ms) in usage.items():
             self._router.record_use(model_id, count, last_used_ms)
+        return b""
+
+    async def _worker_metrics(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """What one of this pod's serving processes counted since its last report."""
+        try:
+            self._metrics.merge(parse_metrics_report(request))
+        except ValueError as e:
+            await abort(context, MeshError(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         return b""
 
     async def _forwarded_model(self, metadata: Metadata, context: grpc.aio.ServicerContext) -> str:

@@ -24,6 +24,7 @@ from mesh.models.copies import CopyCheck
 from mesh.models.load_timings import LoadPhases, LoadTimings
 from mesh.models.rates import RateTracker
 from mesh.models.runtime_client import RuntimeClient
+from mesh.observe.metrics import MeshMetrics, UncountedMetrics
 from mesh.registry.records import LoadFailure, ModelRecord
 from mesh.registry.store import EtcdStore, StoreError, Unchanged
 from mesh.registry.view import RoutingTable
@@ -56,8 +57,10 @@ class ModelLoader:
         max_loading_concurrency: int = 1,
         alive: Callable[[str], bool] | None = None,
         rates: RateTracker | None = None,
+        metrics: MeshMetrics | None = None,
     ) -> None:
         self.pod_id = pod_id
+        self.metrics = metrics or UncountedMetrics()
         self._store = store
         self._table = table
         self.rates = rates or RateTracker(interval_s=10, window=6)  # requests served by this pod's copies
@@ -110,7 +113,7 @@ class ModelLoader:
             return False
         if self._generations.get(model_id) == generation:  # the first caller drops it; the rest find it gone
             log.warning("the runtime lost %s: dropping the copy here, to reload it", model_id)
-            await self.unload(model_id)
+            await self.unload(model_id, reason="lost")
         return True
 
     def acquire(self, model_id: str) -> None:
@@ -188,7 +191,7 @@ class ModelLoader:
             done.exception()  # mark retrieved: a load nobody waits for must not log "never retrieved"
             # An unregister that arrived while the load was finishing was skipped by on_model_changed.
             if self._table.model(model_id) is None and model_id in self.cache:
-                self._spawn(self.unload(model_id))
+                self._spawn(self.unload(model_id, reason="unregistered"))
 
     async def _load_steps(
         self, model_id: str, record: ModelRecord, last_used_ms: int | None, extra_copy: bool
@@ -245,6 +248,13 @@ class ModelLoader:
             if written is None:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             phases.publish, clock = _lap(clock)
+            self.metrics.loaded(
+                model_id,
+                phases.runtime_load * 1000,
+                phases.queue * 1000,
+                size,
+                reason="scale_up" if extra_copy else "request",
+            )
         except BaseException:
             # Failed, cancelled or unregistered: give the bytes back, make sure the runtime does not
             # keep the model (a cancelled load may still complete there), and clear this pod's claim.
@@ -273,6 +283,7 @@ class ModelLoader:
         return _with_loading(record, self.pod_id, at_ms)
 
     async def _fail(self, model_id: str, code: grpc.StatusCode, message: str) -> None:
+        self.metrics.load_failed()
         await self.record_failure(model_id, code, message)
         raise MeshError(code, message)
 
@@ -295,7 +306,9 @@ class ModelLoader:
 
         try:
             written, revision = await self._store.update_model(model_id, apply)
+            written_at = time.perf_counter()
             await self._table.wait_for_revision(revision)
+            self.metrics.watch_lagged((time.perf_counter() - written_at) * 1000)
         except (StoreError, TimeoutError) as e:
             raise MeshError(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {e}") from e
         return written
@@ -317,13 +330,20 @@ class ModelLoader:
             )
         if victims:
             log.info("evicting %s from %s", victims, self.pod_id)
+            now = now_ms()
             for victim in victims:
+                entry = self.cache.entry(victim)
+                idle_ms = now - entry.last_used_ms if entry is not None else 0
+                self.metrics.evicted(victim, self.cache.policy.value, max(0, idle_ms))
+                self.metrics.copy_dropped("evicted")
                 self._begin_unload(victim)  # at once, so no concurrent plan picks it again
             return max(await asyncio.gather(*(self._evict(v) for v in victims)))
         return 0.0
 
-    async def unload(self, model_id: str) -> None:
+    async def unload(self, model_id: str, reason: str) -> None:
+        """Drop the copy here (``reason``: lost, unregistered, idle, ... for the copy-change counts)."""
         if model_id in self.cache:
+            self.metrics.copy_dropped(reason)
             self._begin_unload(model_id)
             await self._evict(model_id)
 
@@ -355,10 +375,13 @@ class ModelLoader:
     async def _unload_from_runtime(self, model_id: str) -> None:
         """Unload; a load of the same model waits for this. On failure the bytes stay reserved:
         the runtime may still hold the model, and over-committing memory is worse than idle room."""
+        started = time.perf_counter()
         try:
             await self._runtime.unload(model_id)
             self.cache.finish_unload(model_id)
+            self.metrics.unloaded(model_id, (time.perf_counter() - started) * 1000)
         except grpc.aio.AioRpcError as e:
+            self.metrics.unload_failed()
             log.error(
                 "unload of %s failed, keeping its bytes reserved: %s %s", model_id, e.code().name, e.details()
             )
@@ -372,6 +395,7 @@ class ModelLoader:
         await asyncio.gather(*self._loads.values(), return_exceptions=True)  # loads under way finish first
         models = [m for m in self.cache.model_ids() if self.is_loaded(m)]
         for model_id in models:
+            self.metrics.copy_dropped("shutdown")
             self._begin_unload(model_id)
         await asyncio.gather(*(self._drop_from_registry(m) for m in models))
         with contextlib.suppress(TimeoutError):
@@ -387,6 +411,7 @@ class ModelLoader:
         self.runtime_down = True
         models = self.cache.model_ids()
         for model_id in models:
+            self.metrics.copy_dropped("runtime_lost")
             self.cache.start_unload(model_id)
             self.cache.finish_unload(model_id)
             self._forget_copy(model_id)
@@ -410,7 +435,7 @@ class ModelLoader:
     def on_model_changed(self, model_id: str, record: ModelRecord | None) -> None:
         """Routing-table listener: an unregistered model is unloaded here."""
         if record is None and model_id in self.cache and model_id not in self._loads:
-            self._spawn(self.unload(model_id))
+            self._spawn(self.unload(model_id, reason="unregistered"))
 
     async def close(self) -> None:
         for task in list(self._tasks):

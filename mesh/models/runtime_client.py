@@ -13,6 +13,7 @@ from typing import TypeAlias
 import grpc
 from tritonclient.grpc import service_pb2 as v2
 
+from mesh.observe.metrics import MeshMetrics, UncountedMetrics
 from protos import model_runtime_pb2 as spi
 from protos import model_runtime_pb2_grpc as spi_grpc
 
@@ -22,7 +23,14 @@ MODEL_READY_TIMEOUT_S = 5.0  # generous: a busy runtime is slow to answer, and a
 
 
 class RuntimeClient:
-    def __init__(self, spi_address: str, serving_address: str, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        spi_address: str,
+        serving_address: str,
+        max_message_bytes: int,
+        metrics: MeshMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics or UncountedMetrics()  # invoke_model: every inference call to the runtime
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

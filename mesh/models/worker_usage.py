@@ -1,4 +1,5 @@
-"""What a pod's extra serving processes tell its main process: their hits per model (pure).
+"""What a pod's extra serving processes tell its main process: their hits per model, and what they
+counted for the metrics (pure).
 
 The main process owns the cache and the request rates; a worker serving a
 model straight from the runtime must still make that model recently used and
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 # Internal method on the main process's internal port; the body is ``UsageLog.drain()``.
 USAGE_METHOD = "/mmesh.internal.Worker/usage"
+# Its metrics: the body is ``MeshMetrics.drain()`` as JSON; the main process exports the sum.
+METRICS_METHOD = "/mmesh.internal.Worker/metrics"
 
 
 class UsageLog:
@@ -45,3 +49,14 @@ def parse_usage(raw: bytes) -> dict[str, tuple[int, int]]:
     if any(count < 1 for count, _ in usage.values()):
         raise ValueError("malformed usage report: a count below 1")
     return usage
+
+
+def parse_metrics_report(raw: bytes) -> dict[str, list[list[Any]]]:
+    """A worker's metrics report -> ``MeshMetrics.merge``'s input; ValueError when it is not one."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"malformed metrics report: {e}") from e
+    if not isinstance(data, dict) or not all(isinstance(rows, list) for rows in data.values()):
+        raise ValueError("malformed metrics report: not a JSON object of lists")
+    return data

@@ -1,7 +1,7 @@
 """The pod's counts as Prometheus families, made when scraped (``prometheus_client``'s collector API).
 
 Gauges are read at scrape time: the pod's own figures (``InstanceGauges``) always, the mesh-wide ones
-(``MeshGauges``) only while this pod is the leader, so a sum over pods counts them once (as ModelMesh:
+(``ModelCounts``) only while this pod is the leader, so a sum over pods counts them once (as ModelMesh:
 its globals are registered only on the leader).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -30,13 +31,15 @@ class InstanceGauges:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class MeshGauges:
-    """Mesh-wide counts (the leader's)."""
+class ModelCounts(Protocol):
+    """Mesh-wide model counts (mesh/registry/snapshot.py's ``ModelCounts``), the leader's."""
 
-    models_loaded: int
-    models_with_failure: int
-    models_managed: int
+    @property
+    def managed(self) -> int: ...
+    @property
+    def loaded(self) -> int: ...
+    @property
+    def with_failure(self) -> int: ...
 
 
 class MeshCollector:
@@ -46,7 +49,7 @@ class MeshCollector:
         self,
         metrics: MeshMetrics,
         instance: Callable[[], InstanceGauges],
-        mesh: Callable[[], MeshGauges | None],
+        mesh: Callable[[], ModelCounts | None],
     ) -> None:
         self._metrics = metrics
         self._instance = instance
@@ -112,19 +115,19 @@ def instance_families(g: InstanceGauges) -> Iterator[Metric]:
     yield gauge("modelmesh_instance_models_total", "Number of model copies loaded in pod", g.model_count)
 
 
-def mesh_families(g: MeshGauges) -> Iterator[Metric]:
+def mesh_families(g: ModelCounts) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "modelmesh_models_loaded_total",
         "Total number of models with at least one loaded copy",
-        value=g.models_loaded,
+        value=g.loaded,
     )
     yield GaugeMetricFamily(
         "modelmesh_models_with_failure_total",
         "Total number of models with one or more recent load failures",
-        value=g.models_with_failure,
+        value=g.with_failure,
     )
     yield GaugeMetricFamily(
-        "modelmesh_models_managed_total", "Total number of models managed", value=g.models_managed
+        "modelmesh_models_managed_total", "Total number of models managed", value=g.managed
     )
 
 

@@ -32,6 +32,7 @@ MSG_SIZE = tuple(128 * 4**n for n in range(8))
 REQUEST_LABELS = ("method", "code")
 MODEL_LABELS = ("modelId", "vModelId")
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+OK, CANCELLED, UNKNOWN = 0, 1, 2  # the gRPC status codes a request ends with when no trailers say
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +209,13 @@ class MeshMetrics:
     def missed(self, model_id: str, ms: float) -> None:
         self.cache_miss.observe(self._model(model_id), ms)
 
-    def loaded(self, model_id: str, ms: float, queue_ms: float, size_bytes: int) -> None:
+    def loaded(self, model_id: str, ms: float, queue_ms: float, size_bytes: int, reason: str) -> None:
+        """The runtime loaded a copy here (``reason``: a request needed it, or scale-up by request rate)."""
         labels = self._model(model_id)
         self.load_time.observe(labels, ms)
         self.loading_queue.observe(labels, queue_ms)
         self.loaded_size.observe(labels, size_bytes)
-        self.copies.inc(("added", "load"))
+        self.copies.inc(("added", reason))
 
     def load_failed(self) -> None:
         self.load_failures.inc(())
@@ -231,6 +233,9 @@ class MeshMetrics:
 
     def copy_dropped(self, reason: str) -> None:
         self.copies.inc(("dropped", reason))
+
+    def watch_lagged(self, ms: float) -> None:
+        self.watch_lag.observe((), ms)
 
     # -- serving processes ------------------------------------------------------------------
     def drain(self) -> dict[str, list[list[Any]]]:
@@ -250,3 +255,45 @@ class MeshMetrics:
                 family.merge(rows)
             except (TypeError, ValueError, IndexError) as e:
                 raise ValueError(f"metric {attr!r}: {e}") from e
+
+
+class UncountedMetrics(MeshMetrics):
+    """Metrics off (no metrics port): nothing is observed but the HTTP/2 front's own stream counts, which
+    ``/mesh/front`` shows either way. The hot path's cost of counting is measured against this."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def invoked(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def missed(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def loaded(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def load_failed(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def unloaded(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def unload_failed(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def evicted(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def copy_dropped(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def watch_lagged(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def metrics_for(config: MetricsConfig) -> MeshMetrics:
+    """What a pod counts with: everything when it has a metrics port, else only the front's paths."""
+    if not config.enabled:
+        return UncountedMetrics()
+    return MeshMetrics(per_model=config.per_model, fq_names=config.fq_names)

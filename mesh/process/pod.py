@@ -25,9 +25,10 @@ from mesh.cluster.leader import LeaderTasks
 from mesh.cluster.management import ModelMeshServicer
 from mesh.cluster.scaler import CopyScaler
 from mesh.cluster.transitions import Transitions
-from mesh.fronts.grpc_proxy import InferenceProxy, MethodTable, PeerHandler
+from mesh.fronts.grpc_proxy import CountedRequests, InferenceProxy, MethodTable, PeerHandler
 from mesh.fronts.h2.client import FrontLimits
 from mesh.fronts.h2.front import H2Front
+from mesh.fronts.metrics_port import MetricsPort
 from mesh.fronts.rest import RestGateway
 from mesh.fronts.server_limits import RestLimits, grpc_server_options
 from mesh.models.cache import EvictionPolicy, ModelCache
@@ -35,6 +36,8 @@ from mesh.models.local import ModelLoader
 from mesh.models.rates import RateTracker
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.runtime_watch import RuntimeWatch
+from mesh.observe.export import Exposition, InstanceGauges, MeshCollector
+from mesh.observe.metrics import metrics_for
 from mesh.process.entry import freeze_startup_heap, run_until_signalled
 from mesh.process.serving_worker import (
     DELEGATE_ENV,
@@ -78,6 +81,17 @@ def instance_record(settings: Settings, loader: ModelLoader, router: Router, sta
         runtime_ready=not loader.runtime_down,
         unplaced_models=router.unplaced_count(),
         start_ms=start_ms,
+    )
+
+
+def instance_gauges(cache: ModelCache) -> InstanceGauges:
+    """ModelMesh's ``modelmesh_instance_*`` figures, read at scrape time."""
+    return InstanceGauges(
+        capacity_bytes=cache.capacity,
+        used_bytes=cache.used,
+        model_count=len(cache),
+        lru_ms=cache.oldest_last_used_ms() or 0,
+        now_ms=int(time.time() * 1000),
     )
 
 
@@ -146,7 +160,10 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
     table = RoutingTable()
     synced = asyncio.Event()
     watch = asyncio.create_task(store.run_watch(table, synced))
-    runtime = RuntimeClient(settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes)
+    metrics = metrics_for(settings.metrics_config)  # the one this process counts into
+    runtime = RuntimeClient(
+        settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes, metrics=metrics
+    )
     try:
         await asyncio.wait_for(synced.wait(), timeout=30)
         status = await runtime.wait_ready(settings.runtime_ready_timeout_s)
@@ -165,6 +182,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             max_loading_concurrency=status.maxLoadingConcurrency,
             alive=peer_health.alive,
             rates=RateTracker(settings.rate_interval_s, window=RATE_WINDOW),
+            metrics=metrics,
         )
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
@@ -194,6 +212,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
                 relay_path(settings),
                 settings.max_message_bytes,
                 limits=limits,
+                metrics=metrics,
             )
             internal_front = H2Front(
                 router,
@@ -203,6 +222,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
                 settings.max_message_bytes,
                 internal=True,
                 limits=limits,
+                metrics=metrics,
             )
         gateway = RestGateway(
             router,
@@ -217,6 +237,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         # The external port (--front=grpc) takes clients: the client limits. The unix socket behind the
         # front and the workers takes their few connections, which carry every stream they relay.
         servers: list[grpc.aio.Server] = []
+        external = None
         if front is None:
             external = grpc_server(settings, public=True, reuse_port=settings.serving_processes > 1)
             external.add_insecure_port(settings.address)
@@ -235,7 +256,10 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             servicer.add_to_server(server)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(REFLECTED_SERVICES, server)
-            server.add_generic_rpc_handlers((proxy,))
+            # grpc.aio is the edge only on the external port; behind the front, the front counts
+            server.add_generic_rpc_handlers(
+                (CountedRequests(proxy, metrics) if server is external else proxy,)
+            )
         # Peers reach this pod on a port of its own: what arrives there is served here, never forwarded.
         internal = grpc_server(settings, public=internal_front is None)
         internal.add_generic_rpc_handlers((PeerHandler(router, runtime, methods),))
@@ -253,6 +277,13 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             await internal_front.start(settings.host, settings.internal_port)
         if settings.rest_port:
             await gateway.start(settings.host, settings.rest_port, settings.internal_rest_port)
+        metrics_port = None
+        if settings.metrics_config.enabled:
+            metrics_port = MetricsPort(
+                Exposition(MeshCollector(metrics, lambda: instance_gauges(cache), router.mesh_gauges)),
+                RestLimits.from_settings(settings),
+            )
+            await metrics_port.start(settings.host, settings.metrics_config.port)
         for service in ("", *SERVED_SERVICES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -297,6 +328,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await loader.unload_all(drain_s=5)
         await health_servicer.enter_graceful_shutdown()
         await gateway.stop()
+        if metrics_port is not None:
+            await metrics_port.stop()
         for serving_front in (front, internal_front):
             if serving_front is not None:
                 await serving_front.stop(grace_s=5)

@@ -40,6 +40,7 @@ from mesh.fronts.grpc_proxy import (
     STREAMING_METHODS,
     V2_SERVICE,
     Behavior,
+    CountedRequests,
     HandlerCache,
     MethodTable,
     StreamBehavior,
@@ -52,7 +53,8 @@ from mesh.fronts.h2.front import H2Front
 from mesh.fronts.server_limits import grpc_server_options
 from mesh.fronts.streams import relay_stream
 from mesh.models.runtime_client import RuntimeClient
-from mesh.models.worker_usage import USAGE_METHOD, UsageLog
+from mesh.models.worker_usage import METRICS_METHOD, USAGE_METHOD, UsageLog
+from mesh.observe.metrics import MeshMetrics, metrics_for
 from mesh.outcomes import Passthrough, RuntimeNotFound, abort, peer_error
 from mesh.process.entry import freeze_startup_heap, run_until_signalled
 from mesh.process.settings import Settings, parse_settings
@@ -300,18 +302,24 @@ class WorkerRouting:
             self.release(model_id, pod_id)
 
 
-async def report_usage(usage: UsageLog, internal_address: str, stop: asyncio.Event) -> None:
+async def report_usage(
+    usage: UsageLog, metrics: MeshMetrics, internal_address: str, stop: asyncio.Event
+) -> None:
+    """Every second, and once more when stopping: the hits and the metrics since the last report."""
     async with grpc.aio.insecure_channel(internal_address) as channel:
-        send = channel.unary_unary(USAGE_METHOD)
+        send_usage, send_metrics = channel.unary_unary(USAGE_METHOD), channel.unary_unary(METRICS_METHOD)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPORT_INTERVAL_S)
-            if usage.counts:
-                report = usage.drain()
+            reports = [(send_usage, usage.drain())] if usage.counts else []
+            counted = metrics.drain()
+            if counted:
+                reports.append((send_metrics, json.dumps(counted).encode()))
+            for send, report in reports:
                 try:
                     await send(report, timeout=5)
                 except grpc.aio.AioRpcError as e:
-                    log.warning("usage report not delivered: %s", e.code().name)
+                    log.warning("report to the main process not delivered: %s", e.code().name)
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -338,7 +346,7 @@ async def start_grpc_worker(
     health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
     reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # answered here, not relayed
     proxy = WorkerProxy(routing, runtime, methods, delegate, peers)
-    server.add_generic_rpc_handlers((proxy,))
+    server.add_generic_rpc_handlers((CountedRequests(proxy, runtime.metrics),))
     server.add_insecure_port(settings.address)
     await server.start()
     for service in ("", *SERVED_SERVICES):  # as the main process
@@ -359,7 +367,10 @@ async def run_worker(
     table = RoutingTable()
     synced = asyncio.Event()
     watch = asyncio.create_task(store.run_watch(table, synced))
-    runtime = RuntimeClient(settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes)
+    metrics = metrics_for(settings.metrics_config)  # shipped to the main process, which exports the sum
+    runtime = RuntimeClient(
+        settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes, metrics=metrics
+    )
     delegate_channel = grpc.aio.insecure_channel(
         delegate, options=message_size_options(settings.max_message_bytes)
     )
@@ -379,6 +390,7 @@ async def run_worker(
                 delegate.removeprefix("unix:"),
                 settings.max_message_bytes,
                 limits=FrontLimits.from_settings(settings),
+                metrics=metrics,
             )
             await front.start(settings.host, settings.grpc_port, reuse_port=True)
             stop_serving = functools.partial(front.stop, 5.0)
@@ -387,7 +399,7 @@ async def run_worker(
                 settings, routing, runtime, methods, delegate_channel, peers
             )
         reporting = asyncio.create_task(
-            report_usage(usage, f"{settings.host}:{settings.internal_port}", stop)
+            report_usage(usage, metrics, f"{settings.host}:{settings.internal_port}", stop)
         )
         log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)
         freeze_startup_heap()

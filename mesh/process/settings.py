@@ -7,12 +7,17 @@ where ModelMesh has one) supplies the default. Flags win over the environment.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mesh.models.cache import EvictionPolicy
+from mesh.observe.metrics import MetricsConfig, parse_metrics_config
+
+# Request headers that carry credentials: never written to a log, whatever MM_LOG_REQUEST_HEADERS asks.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 
 
 @dataclass(frozen=True)
@@ -136,15 +141,33 @@ OPTIONS: tuple[Option, ...] = (
         "30",
         "time for a unary request (or a header block) to arrive in full once started",
     ),
+    # Observing a pod
+    Option(
+        "--metrics",
+        "MM_METRICS",
+        "",
+        "ModelMesh's metrics setting: prometheus:port=2112;per_model_metrics=true;fq_names=true, or disabled",
+    ),
+    Option("--metrics-port", "MM_METRICS_PORT", "0", "Prometheus metrics port (0 = off unless --metrics)"),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
+    Option("--log-format", "MM_LOG_FORMAT", "text", "text, or json (one JSON object per line)"),
+    Option("--log-each-invoke", "MM_LOG_EACH_INVOKE", "false", "one log line per inference request"),
+    Option(
+        "--log-request-headers",
+        "MM_LOG_REQUEST_HEADERS",
+        "",
+        'request headers to add to each request\'s line, as JSON {"header": "log key"}',
+    ),
 )
 EVENT_LOOPS = ("asyncio", "uvloop")
 FRONTS = ("grpc", "h2")
 FRONT_CODECS = ("lean", "h2")
+LOG_FORMATS = ("text", "json")
 CHOICES = {
     "event_loop": EVENT_LOOPS,
     "front": FRONTS,
     "front_codec": FRONT_CODECS,
+    "log_format": LOG_FORMATS,
 }  # settings of a fixed few values
 
 
@@ -189,7 +212,12 @@ class Settings:
     handshake_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     request_read_timeout_s: float = 30.0
+    metrics: str = ""
+    metrics_port: int = 0
     log_level: str = "INFO"
+    log_format: str = "text"
+    log_each_invoke: bool = False
+    log_request_headers: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     model_types: list[str] = field(default_factory=list)
 
@@ -204,6 +232,14 @@ class Settings:
     def advertised(self, port: int) -> str:
         return f"{self.advertise_host or self.host}:{port}"
 
+    @property
+    def metrics_config(self) -> MetricsConfig:
+        return parse_metrics_config(self.metrics, self.metrics_port)
+
+    @property
+    def logged_headers(self) -> dict[str, str]:
+        return parse_logged_headers(self.log_request_headers)
+
 
 def parse_labels(raw: str) -> dict[str, str]:
     """``zone=a,gpu=no`` -> {"zone": "a", "gpu": "no"}."""
@@ -214,6 +250,33 @@ def parse_labels(raw: str) -> dict[str, str]:
             raise ValueError(f"label {item!r} is not key=value")
         labels[key.strip()] = value.strip()
     return labels
+
+
+def parse_logged_headers(raw: str) -> dict[str, str]:
+    """``MM_LOG_REQUEST_HEADERS``: a JSON object of request header -> log key (ModelMesh's form)."""
+    if not raw.strip():
+        return {}
+    try:
+        mapping = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError('a JSON object {"header": "log key", ...} is expected')
+    if not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in mapping.items()):
+        raise ValueError("header names and log keys must be non-empty strings")
+    secret = [k for k in mapping if k.lower() in SECRET_HEADERS]
+    if secret:
+        raise ValueError(f"{', '.join(secret)} may carry a secret and is never logged")
+    return {k.lower(): v for k, v in mapping.items()}
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not true or false")
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -231,6 +294,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
                 values[name] = int(raw)
             elif kind == "float":
                 values[name] = float(raw)
+            elif kind == "bool":
+                values[name] = parse_bool(raw)
             elif name == "labels":
                 values[name] = parse_labels(raw)
             elif name == "eviction_policy":
@@ -247,6 +312,14 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
             parser.error(f"--{name.replace('_', '-')}: {e}")
     if int(values["serving_processes"]) < 1:  # type: ignore[call-overload]
         parser.error("--serving-processes: at least 1")
+    for name, check in (
+        ("metrics", lambda: parse_metrics_config(str(values["metrics"]), int(values["metrics_port"]))),  # type: ignore[call-overload]
+        ("log_request_headers", lambda: parse_logged_headers(str(values["log_request_headers"]))),
+    ):
+        try:
+            check()
+        except ValueError as e:
+            parser.error(f"--{name.replace('_', '-')}: {e}")
     if not values["pod_id"]:
         values["pod_id"] = f"{socket.gethostname()}-{values['grpc_port']}"
     if not values["runtime_serving"]:

@@ -168,6 +168,23 @@ def recent_failures(
     return sorted(failures, key=lambda f: (-f.time_ms, f.model, f.pod))[:limit]
 
 
+@dataclass(frozen=True, slots=True)
+class ModelCounts:
+    """Mesh-wide model counts, as ModelMesh's leader exports them."""
+
+    managed: int  # registered
+    loaded: int  # with at least one live copy
+    with_failure: int  # with one or more unexpired load failures
+
+
+def model_counts(
+    models: Mapping[str, ModelRecord], live_pods: Collection[str], now_ms: int, expiry_ms: int
+) -> ModelCounts:
+    loaded = sum(1 for r in models.values() if live_copies(r.holders, live_pods))
+    failed = sum(1 for r in models.values() if unexpired_failures(r, now_ms, expiry_ms))
+    return ModelCounts(managed=len(models), loaded=loaded, with_failure=failed)
+
+
 def mesh_status(
     models: Mapping[str, ModelRecord],
     instances: Mapping[str, InstanceRecord],

@@ -23,7 +23,7 @@ from mesh.errors import MeshError, Reroute
 from mesh.models.local import LoadClaimed, ModelLoader, now_ms
 from mesh.outcomes import LOAD_METHOD, Passthrough, RuntimeNotFound, peer_error
 from mesh.registry.records import InstanceRecord
-from mesh.registry.snapshot import ModelView, list_models, mesh_status
+from mesh.registry.snapshot import ModelCounts, ModelView, list_models, mesh_status, model_counts
 from mesh.registry.status import IndexEntry, PoolStats, live_copies, pool_stats, repository_index
 from mesh.registry.store import StoreError
 from mesh.registry.view import RoutingTable
@@ -292,6 +292,14 @@ class Router:
         live = self._health.live_instances()
         return repository_index(models, live, now_ms(), self._failures.expiry_ms, ready_only)
 
+    def mesh_gauges(self) -> ModelCounts | None:
+        """The mesh-wide model counts while this pod is the leader (so a sum over pods counts them once)."""
+        table = self._table
+        if table.leader != self.pod_id:
+            return None
+        models = {m: e.record for m, e in table.models.items()}
+        return model_counts(models, self._health.live_instances(), now_ms(), self._failures.expiry_ms)
+
     def mesh_status(self) -> dict[str, Any]:
         """Pods, models, vmodels, loads and failures as this pod's view has them (``GET /mesh/status``)."""
         table = self._table
@@ -363,8 +371,10 @@ class Router:
         """Load the model here if needed, within the caller's deadline (the load itself goes on)."""
         if self._loader.is_loaded(model_id):
             return
+        waited = time.perf_counter()
         try:
             await asyncio.wait_for(self._loader.ensure_loaded(model_id, last_used_ms, extra_copy), timeout_s)
+            self._loader.metrics.missed(model_id, (time.perf_counter() - waited) * 1000)
         except TimeoutError:
             raise MeshError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed while {model_id} was loading"

@@ -38,7 +38,7 @@ from mesh.fronts.h2.client import ClientConnection, FrontLimits
 from mesh.fronts.h2.endpoint import H2Endpoint, WriteBatch
 from mesh.fronts.h2.upstream import RELAY, RUNTIME, Upstreams
 from mesh.fronts.h2.wire import ErrorCode, Headers, clipped_trailers, grpc_error_headers, header
-from mesh.observe.metrics import MeshMetrics
+from mesh.observe.metrics import CANCELLED, UNKNOWN, MeshMetrics, UncountedMetrics
 from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, from_http2_trailers
 from mesh.registry.records import InstanceRecord
 from mesh.routing.decision import ForwardTo, Route, ServeHere
@@ -53,7 +53,6 @@ INTERNAL_MODEL = INTERNAL_MODEL_HEADER.encode()
 AVOID = AVOID_HEADER.encode()
 V2_PATH = V2_SERVICE.encode()
 FRONT_PATHS = ("fast", "fast_to_peer", "relayed", "replayed")
-CANCELLED, UNKNOWN = 1, 2  # gRPC status codes
 SWEEP_S = 0.5  # how often connections are checked against their timeouts
 LISTEN_BACKLOG = 4096  # connections the kernel queues before accept: a connect burst waits, not fails
 
@@ -119,7 +118,7 @@ class H2Front:
         metrics: MeshMetrics | None = None,
     ) -> None:
         self._router = router
-        self.metrics = metrics or MeshMetrics()
+        self.metrics = metrics or UncountedMetrics()
         self._internal = internal  # the internal port: peers name the model; served here or relayed
         self.max_message_bytes = max_message_bytes
         self.limits = limits or FrontLimits()
