@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.triton import triton_installed
-from load_tests import cache_scenario, cache_sim, churn, cold_start, perf_analyzer, scale, stalls
+from load_tests import (
+    cache_scenario,
+    cache_sim,
+    churn,
+    cold_start,
+    metrics_cost,
+    perf_analyzer,
+    scale,
+    stalls,
+)
 from load_tests.hop import HOP_BACKENDS, HopSettings, run_hop
 from load_tests.multicore import run_multicore
 from load_tests.profile_hot_path import run_profile
@@ -42,6 +51,7 @@ HOP_TITLES = {
 PERF_ANALYZER_TITLE = "perf_analyzer: Triton's own load generator through the mesh, next to direct"
 SCENARIOS = (
     "hop",
+    "metrics_cost",
     "stalls",
     "perf_analyzer",
     "multicore",
@@ -69,6 +79,8 @@ def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
     if name == "hop":
         backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2", "echo-h2lib")
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
+    if name == "metrics_cost":
+        return asyncio.run(metrics_cost.run_metrics_cost(directory, hop_settings(full)))
     if name == "stalls":
         return stalls.run_stalls(directory, stall_settings(full))
     if name == "perf_analyzer":  # {"skipped": why} without Triton or perf_analyzer
@@ -161,6 +173,8 @@ def goal_rows(results: dict[str, Any]) -> list[str]:
             ratio >= 0.8 and not errors,
             f"{0.8 - ratio:.0%} short",
         )
+    for goal, measured, ok, shortfall in metrics_cost.goal_checks(results.get("metrics_cost", {})):
+        row(goal, measured, ok, shortfall)
     pa = results.get("perf_analyzer")
     if pa and "summary" in pa:
         for goal, measured, ok, shortfall in perf_analyzer.goal_checks(pa):
@@ -329,6 +343,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         out += [f"- {line}" for line in perf_analyzer.report_notes(pa)]
         out.append("")
     for name, title in (
+        ("metrics_cost", "Metrics cost: the hot path with every series counted, next to metrics off"),
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
         ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF, lfu-size and Belady"),
         ("cold_start", "Cold start: a burst of first requests"),
@@ -359,6 +374,8 @@ def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
         return churn.summary_lines(result)
     if name == "stalls":
         return stalls.summary_lines(result)
+    if name == "metrics_cost":
+        return metrics_cost.summary_lines(result)
     if name == "perf_analyzer":
         return perf_analyzer.summary_lines(result)
     if name == "scale":

@@ -113,3 +113,21 @@ def test_bad_metrics_config_is_refused(spec: str) -> None:
 def test_method_label() -> None:
     assert method_label(INFER) == "ModelInfer"
     assert method_label(INFER, fq_names=True) == "inference.GRPCInferenceService/ModelInfer"
+
+
+def test_a_method_v2_lacks_is_one_label_whatever_its_name() -> None:
+    metrics = MeshMetrics()
+    for index in range(50):  # a client making up method names makes no new series
+        metrics.request(f"/inference.GRPCInferenceService/Made{index}", 12, 1.0, 10, None)
+    metrics.request("/inference.GRPCInferenceService/ModelInfer", 0, 1.0, 10, 5)
+    assert set(metrics.api_request.by_labels) == {("unknown", "UNIMPLEMENTED"), ("ModelInfer", "OK")}
+    assert metrics.api_request.by_labels[("unknown", "UNIMPLEMENTED")].count == 50
+
+
+def test_a_drain_starts_the_hot_path_series_afresh() -> None:
+    metrics = MeshMetrics()
+    metrics.request(INFER, 0, 1.0, 10, 5)
+    first = metrics.drain()
+    metrics.request(INFER, 0, 2.0, 10, 5)  # counted into a new series, not the drained one
+    second = metrics.drain()
+    assert first["api_request"][0][2] == 1.0 and second["api_request"][0][2] == 2.0

@@ -26,6 +26,7 @@ from mesh.fronts.streams import relay_stream, stream_error, unchanged
 from mesh.models.local import LoadClaimed
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import METRICS_METHOD, USAGE_METHOD, parse_metrics_report, parse_usage
+from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import CANCELLED, OK, UNKNOWN, MeshMetrics
 from mesh.outcomes import (
     AVOID_HEADER,
@@ -40,6 +41,7 @@ from mesh.outcomes import (
     Metadata,
     Passthrough,
     abort,
+    grpc_status,
     peer_error,
     runtime_error,
 )
@@ -185,7 +187,9 @@ class CountedRequests(grpc.GenericRpcHandler):
                 status = code.value[0] if isinstance(code, grpc.StatusCode) else int(code or UNKNOWN)
                 raise
             finally:
-                model_id, vmodel_id = _named_model(context, request) if metrics.per_model else ("", "")
+                # a model that answered is a registered one; a client's made-up ids must not become series
+                named = metrics.per_model and status == OK
+                model_id, vmodel_id = _named_model(context, request) if named else ("", "")
                 metrics.request(
                     method,
                     status,
@@ -217,8 +221,10 @@ class InferenceProxy(grpc.GenericRpcHandler):
         methods: MethodTable,
         server_name: str,
         server_version: str,
+        requests: RequestLog | None = None,
     ) -> None:
         self._router = router
+        self._requests = requests or RequestLog(router.pod_id)
         self._peers = peers
         self._runtime = runtime
         self._methods = methods
@@ -259,6 +265,7 @@ class InferenceProxy(grpc.GenericRpcHandler):
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
+            started, model_id, served_by, status = time.monotonic(), "", "", OK
             try:
                 if (
                     method == MODEL_STATISTICS
@@ -273,13 +280,17 @@ class InferenceProxy(grpc.GenericRpcHandler):
                 outgoing = forwarded_metadata(metadata)
 
                 async def here() -> bytes:
+                    nonlocal served_by
                     if refusal is not None:
                         raise MeshError(grpc.StatusCode.UNIMPLEMENTED, refusal)
+                    served_by = self._router.pod_id
                     return await call_runtime(
                         self._runtime, method, id_path, request, model_id, outgoing, context.time_remaining()
                     )
 
                 async def there(pod_id: str, avoid: frozenset[str]) -> bytes:
+                    nonlocal served_by
+                    served_by = pod_id
                     address = self._router.instance(pod_id).internal_address
                     try:
                         return await self._peers.call(
@@ -290,7 +301,14 @@ class InferenceProxy(grpc.GenericRpcHandler):
 
                 return await self._router.route(model_id, context.time_remaining(), here, there)
             except MESH_ERRORS as e:
+                status = grpc_status(e)[0].value[0]
                 await abort(context, e)
+            except asyncio.CancelledError:
+                status = CANCELLED
+                raise
+            finally:
+                ms = (time.monotonic() - started) * 1000
+                self._requests.served(method, model_id, served_by, status, ms, metadata)
             raise AssertionError("unreachable")  # abort() raises
 
         return forward

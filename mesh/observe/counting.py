@@ -59,10 +59,14 @@ class HistogramFamily:
         self.by_labels: dict[Labels, Histogram] = {}
 
     def observe(self, labels: Labels, value: float) -> None:
+        self.series(labels).observe(value)
+
+    def series(self, labels: Labels) -> Histogram:
+        """The histogram of these label values (made on first use); the hot path keeps it at hand."""
         histogram = self.by_labels.get(labels)
         if histogram is None:
             histogram = self.by_labels[labels] = Histogram(self.bounds)
-        histogram.observe(value)
+        return histogram
 
     def drain(self) -> list[list[Any]]:
         """What was counted since the last drain, as JSON-ready [labels, counts, sum]; starts afresh."""

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from tritonclient.grpc import service_pb2 as v2
 
-from mesh.observe.counting import CounterFamily, HistogramFamily, Labels
+from mesh.observe.counting import CounterFamily, Histogram, HistogramFamily, Labels
 
 # ModelMesh's bucket sets (Prometheus adds +Inf).
 MS_TIME = (0.5, 1, 2, 5, 10, 20, 50, 75, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 60000, 120000, 300000)
@@ -32,6 +33,11 @@ MSG_SIZE = tuple(128 * 4**n for n in range(8))
 REQUEST_LABELS = ("method", "code")
 MODEL_LABELS = ("modelId", "vModelId")
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+V2_METHODS = frozenset(
+    f"/{service.full_name}/{method.name}"
+    for service in v2.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+)
 OK, CANCELLED, UNKNOWN = 0, 1, 2  # the gRPC status codes a request ends with when no trailers say
 
 
@@ -135,9 +141,12 @@ def parse_metrics_config(spec: str, port: int) -> MetricsConfig:
 
 def method_label(path: str, fq_names: bool = False) -> str:
     """``/inference.GRPCInferenceService/ModelInfer`` -> ``ModelInfer`` (ModelMesh: after the first ``/``
-    of the service-qualified name; ``fq_names`` keeps it whole)."""
-    name = path[1:] if path.startswith("/") else path
-    return name if fq_names else name.partition("/")[2] or name
+    of the service-qualified name; ``fq_names`` keeps it whole). A method KServe v2 does not have is
+    ``unknown``: clients choose paths, and each label value is a series kept for good."""
+    if path not in V2_METHODS:
+        return "unknown"
+    name = path[1:]
+    return name if fq_names else name.partition("/")[2]
 
 
 def code_name(status: int) -> str:
@@ -162,6 +171,9 @@ class MeshMetrics:
         self.load_failures, self.unload_failures = c("load_failures"), c("unload_failures")
         self.unload_attempt_failures = c("unload_attempt_failures")
         self.front_streams, self.evictions, self.copies = c("front_streams"), c("evictions"), c("copies")
+        # the hot path's series, found by one dict lookup: (path, status[, model ids]) -> histograms
+        self._request_series: dict[tuple[Any, ...], tuple[Histogram, Histogram, Histogram | None]] = {}
+        self._invoke_series: dict[tuple[Any, ...], Histogram] = {}
 
     def histogram(self, attr: str) -> HistogramFamily:
         family = self.families[attr]
@@ -190,17 +202,33 @@ class MeshMetrics:
         model_id: str = "",
         vmodel_id: str = "",
     ) -> None:
-        """An inference request on the external port ended (``response_bytes`` None: no answer)."""
-        labels = (method_label(path, self.fq_names), code_name(status), *self._model(model_id, vmodel_id))
-        self.api_request.observe(labels, ms)
-        self.request_size.observe(labels, request_bytes)
-        if response_bytes is not None:
-            self.response_size.observe(labels, response_bytes)
+        """An inference request on the external port ended (``response_bytes`` None: no answer).
+
+        Model ids are the caller's to vouch for: a registered model's, or empty (clients choose ids)."""
+        answered = response_bytes is not None
+        key = (path, status, answered, model_id, vmodel_id) if self.per_model else (path, status, answered)
+        series = self._request_series.get(key)
+        if series is None:
+            labels = (method_label(path, self.fq_names), code_name(status), *self._model(model_id, vmodel_id))
+            series = self._request_series[key] = (
+                self.api_request.series(labels),
+                self.request_size.series(labels),
+                None if response_bytes is None else self.response_size.series(labels),  # no answer: no size
+            )
+        api, request_size, response_size = series
+        api.observe(ms)
+        request_size.observe(request_bytes)
+        if response_size is not None:
+            response_size.observe(response_bytes)  # type: ignore[arg-type]
 
     def invoked(self, path: str, status: int, ms: float, model_id: str = "") -> None:
         """A call this pod made to its own runtime ended."""
-        labels = (method_label(path, self.fq_names), code_name(status), *self._model(model_id))
-        self.invoke_model.observe(labels, ms)
+        key = (path, status, model_id) if self.per_model else (path, status)
+        series = self._invoke_series.get(key)
+        if series is None:
+            labels = (method_label(path, self.fq_names), code_name(status), *self._model(model_id))
+            series = self._invoke_series[key] = self.invoke_model.series(labels)
+        series.observe(ms)
 
     def front_stream(self, port: str, path: str) -> None:
         self.front_streams.inc((port, path))
@@ -240,6 +268,8 @@ class MeshMetrics:
     # -- serving processes ------------------------------------------------------------------
     def drain(self) -> dict[str, list[list[Any]]]:
         """What was counted since the last drain, JSON-ready (a serving process's report)."""
+        self._request_series.clear()  # their histograms leave with the report
+        self._invoke_series.clear()
         return {attr: family.drain() for attr, family in self.families.items() if family.by_labels}
 
     def merge(self, drained: Mapping[str, list[list[Any]]]) -> None:

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from mesh.observe.logs import configure_logging
 from mesh.process.settings import Settings
 
 
 def run_until_signalled(settings: Settings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -213,6 +213,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
                 settings.max_message_bytes,
                 limits=limits,
                 metrics=metrics,
+                requests=settings.request_log(),
             )
             internal_front = H2Front(
                 router,
@@ -251,7 +252,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         transitions = Transitions(store, table, router)
         servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
         health_servicer = health.aio.HealthServicer()
-        proxy = InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION)
+        proxy = InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION, settings.request_log())
         for server in servers:
             servicer.add_to_server(server)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

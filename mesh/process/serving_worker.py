@@ -54,8 +54,9 @@ from mesh.fronts.server_limits import grpc_server_options
 from mesh.fronts.streams import relay_stream
 from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import METRICS_METHOD, USAGE_METHOD, UsageLog
+from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import MeshMetrics, metrics_for
-from mesh.outcomes import Passthrough, RuntimeNotFound, abort, peer_error
+from mesh.outcomes import Passthrough, RuntimeNotFound, abort, grpc_status, peer_error
 from mesh.process.entry import freeze_startup_heap, run_until_signalled
 from mesh.process.settings import Settings, parse_settings
 from mesh.registry.records import InstanceRecord
@@ -116,8 +117,12 @@ class WorkerProxy(grpc.GenericRpcHandler):
         methods: MethodTable,
         delegate: grpc.aio.Channel,
         peers: PeerPool,
+        requests: RequestLog | None = None,
     ) -> None:
         self._routing = routing
+        self._requests = requests or RequestLog(
+            routing.pod_id
+        )  # what it serves; the main process logs the rest
         self._runtime = runtime
         self._methods = methods
         self._delegate = delegate
@@ -190,9 +195,10 @@ class WorkerProxy(grpc.GenericRpcHandler):
                 return await self._to_holder(method, relay, request, model_id, route.pod, context)
             if not isinstance(route, ServeHere):  # a load, or an error: the main process's
                 return await self._relayed(relay, request, context)
+            started = time.monotonic()
             try:
                 with self._routing.sending(model_id, self._routing.pod_id):
-                    return await call_runtime(
+                    answer = await call_runtime(
                         self._runtime,
                         method,
                         id_path,
@@ -204,8 +210,11 @@ class WorkerProxy(grpc.GenericRpcHandler):
             except (RuntimeNotFound, Reroute):  # lost copy or bad request; runtime down: main decides
                 return await self._relayed(relay, request, context)
             except (BadRequest, Passthrough) as e:
+                self._served(method, model_id, self._routing.pod_id, e, started, metadata)
                 await abort(context, e)
                 raise AssertionError("unreachable") from None
+            self._served(method, model_id, self._routing.pod_id, None, started, metadata)
+            return answer
 
         return serve
 
@@ -220,9 +229,10 @@ class WorkerProxy(grpc.GenericRpcHandler):
     ) -> bytes:
         """Straight to the pod holding the model (one hop, as the main process would); else relay."""
         metadata = context.invocation_metadata() or ()
+        started = time.monotonic()
         try:
             with self._routing.sending(model_id, pod):
-                return await self._peers.call(
+                answer: bytes = await self._peers.call(
                     self._routing.instance(pod).internal_address,
                     method,
                     request,
@@ -230,16 +240,31 @@ class WorkerProxy(grpc.GenericRpcHandler):
                     forwarded_metadata(metadata),
                     context.time_remaining(),
                 )
+            self._served(method, model_id, pod, None, started, metadata)
+            return answer
         except MeshError:  # the pod's instance record went away meanwhile
             return await self._relayed(relay, request, context)
         except grpc.aio.AioRpcError as e:
             outcome = peer_error(e)
             if isinstance(outcome, Passthrough):  # the model's own answer: final
+                self._served(method, model_id, pod, outcome, started, metadata)
                 await abort(context, outcome)
                 raise AssertionError("unreachable") from None
             if isinstance(outcome, Reroute) and outcome.unreachable:
                 self._routing.health.unreachable(pod)  # not tried again until its lease would have run out
             return await self._relayed(relay, request, context)  # the main process retries elsewhere
+
+    def _served(
+        self,
+        method: str,
+        model_id: str,
+        pod: str,
+        error: Exception | None,
+        started: float,
+        metadata: Sequence[tuple[str, str | bytes]],
+    ) -> None:
+        status = grpc_status(error)[0].value[0] if error is not None else 0
+        self._requests.served(method, model_id, pod, status, (time.monotonic() - started) * 1000, metadata)
 
 
 class WorkerRouting:
@@ -345,7 +370,7 @@ async def start_grpc_worker(
     health_checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
     reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # answered here, not relayed
-    proxy = WorkerProxy(routing, runtime, methods, delegate, peers)
+    proxy = WorkerProxy(routing, runtime, methods, delegate, peers, settings.request_log())
     server.add_generic_rpc_handlers((CountedRequests(proxy, runtime.metrics),))
     server.add_insecure_port(settings.address)
     await server.start()
@@ -391,6 +416,7 @@ async def run_worker(
                 settings.max_message_bytes,
                 limits=FrontLimits.from_settings(settings),
                 metrics=metrics,
+                requests=settings.request_log(),
             )
             await front.start(settings.host, settings.grpc_port, reuse_port=True)
             stop_serving = functools.partial(front.stop, 5.0)

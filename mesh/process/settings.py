@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mesh.models.cache import EvictionPolicy
+from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import MetricsConfig, parse_metrics_config
 
 # Request headers that carry credentials: never written to a log, whatever MM_LOG_REQUEST_HEADERS asks.
@@ -239,6 +240,9 @@ class Settings:
     @property
     def logged_headers(self) -> dict[str, str]:
         return parse_logged_headers(self.log_request_headers)
+
+    def request_log(self) -> RequestLog:
+        return RequestLog(self.pod_id, self.log_each_invoke, self.logged_headers)
 
 
 def parse_labels(raw: str) -> dict[str, str]:

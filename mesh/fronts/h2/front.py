@@ -38,6 +38,7 @@ from mesh.fronts.h2.client import ClientConnection, FrontLimits
 from mesh.fronts.h2.endpoint import H2Endpoint, WriteBatch
 from mesh.fronts.h2.upstream import RELAY, RUNTIME, Upstreams
 from mesh.fronts.h2.wire import ErrorCode, Headers, clipped_trailers, grpc_error_headers, header
+from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import CANCELLED, UNKNOWN, MeshMetrics, UncountedMetrics
 from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, from_http2_trailers
 from mesh.registry.records import InstanceRecord
@@ -116,9 +117,11 @@ class H2Front:
         internal: bool = False,
         limits: FrontLimits | None = None,
         metrics: MeshMetrics | None = None,
+        requests: RequestLog | None = None,
     ) -> None:
         self._router = router
         self.metrics = metrics or UncountedMetrics()
+        self.requests = requests or RequestLog(router.pod_id)  # fast-path requests; the relay logs the rest
         self._internal = internal  # the internal port: peers name the model; served here or relayed
         self.max_message_bytes = max_message_bytes
         self.limits = limits or FrontLimits()
@@ -458,14 +461,19 @@ class FrontStreams:
 
     def _finish(self, stream: ClientStream) -> None:
         if stream.counted and self.streams.get(stream.id) is stream:
+            ms = (time.monotonic() - stream.started) * 1000
             self._front.metrics.request(
                 stream.path,
                 stream.status,
-                (time.monotonic() - stream.started) * 1000,
+                ms,
                 max(0, stream.request_bytes - 5),
                 max(0, stream.response_bytes - 5) if stream.response_bytes else None,
                 stream.model_id or "",
             )
+            if stream.model_id is not None:  # served on the fast path (a relayed stream: the relay logs it)
+                self._front.requests.served(
+                    stream.path, stream.model_id, stream.served_by, stream.status, ms, stream.headers
+                )
         self._front.upstreams.detach(stream)
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
