@@ -10,7 +10,8 @@ On ModelStreamInfer each request is answered ``answers`` times (default 1) with 
 each, ``infer_ms`` apart: a stream to read slowly, or to cancel.
 
 ``/echo.Stats/Get`` returns JSON: loads per model, unloads, models held — what
-the cache and cold-start scenarios count — ModelInfer calls per model id asked for, and stream answers sent
+the cache and cold-start scenarios count — ModelInfer calls per model id asked for (and the last
+``traceparent`` each carried), and stream answers sent
 per model (counted once grpc has taken each: what flow control holds back is not counted).
 """
 
@@ -97,6 +98,7 @@ class EchoRuntime(spi_grpc.ModelRuntimeServicer):
         self.loads: Counter[str] = Counter()
         self.unloads = 0
         self.infers: Counter[str] = Counter()  # ModelInfer calls per model id in field 1, answered or not
+        self.traceparents: dict[str, str] = {}  # the last W3C traceparent each model's ModelInfer carried
         self.streamed: Counter[str] = Counter()  # stream answers grpc has taken, per model
         self.streams_cancelled: Counter[str] = Counter()  # streams that ended by cancellation, per model
         self.stream_deadlines: list[float | None] = []  # the time left each stream request arrived with
@@ -160,6 +162,7 @@ class EchoRuntime(spi_grpc.ModelRuntimeServicer):
                 "unloads": self.unloads,
                 "loaded": sorted(self.models),
                 "infers": dict(self.infers),
+                "traceparents": self.traceparents,
                 "streamed": dict(self.streamed),
                 "streams_cancelled": dict(self.streams_cancelled),
                 "stream_deadlines": self.stream_deadlines,
@@ -189,6 +192,9 @@ class EchoInference(grpc.GenericRpcHandler):
         except WireFormatError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._runtime.infers[model_id] += 1
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                self._runtime.traceparents[model_id] = str(value)
         response = self._runtime.responses.get(model_id)
         model = self._runtime.models.get(model_id)
         if model is not None and model.infer_ms:

@@ -16,9 +16,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry.trace import Span, SpanKind
 from tritonclient.grpc import service_pb2 as v2
 
 from mesh.errors import BadRequest, MeshError, Reroute
@@ -28,6 +30,7 @@ from mesh.models.runtime_client import RuntimeClient
 from mesh.models.worker_usage import METRICS_METHOD, USAGE_METHOD, parse_metrics_report, parse_usage
 from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import CANCELLED, OK, UNKNOWN, MeshMetrics
+from mesh.observe.tracing import Tracing, set_status
 from mesh.outcomes import (
     AVOID_HEADER,
     COPY_HEADER,
@@ -152,6 +155,20 @@ async def call_runtime(
         runtime.metrics.invoked(method, status, (time.monotonic() - started) * 1000, model_id)
 
 
+@dataclass(slots=True)
+class Served:
+    """Where a request went, for its log line and its span."""
+
+    model_id: str = ""
+    pod: str = ""
+
+    def describe(self, span: Span | None, status: int) -> None:
+        if span is not None:
+            span.set_attribute("mesh.model_id", self.model_id)
+            span.set_attribute("mesh.served_by", self.pod)
+            set_status(span, status)
+
+
 class CountedRequests(grpc.GenericRpcHandler):
     """The external port's ``api_request`` and message sizes where grpc.aio is the edge (``--front=grpc``):
     ``inner``'s unary inference handlers, timed and counted. Behind the HTTP/2 front the front counts."""
@@ -222,9 +239,11 @@ class InferenceProxy(grpc.GenericRpcHandler):
         server_name: str,
         server_version: str,
         requests: RequestLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._router = router
         self._requests = requests or RequestLog(router.pod_id)
+        self._tracing = tracing or Tracing.off()
         self._peers = peers
         self._runtime = runtime
         self._methods = methods
@@ -264,54 +283,83 @@ class InferenceProxy(grpc.GenericRpcHandler):
         refusal = self._methods.refusal(method)  # this pod's runtime lacks it: only a peer may serve it
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            """The general route, observed: its log line, its span; ``_route`` decides."""
             metadata = context.invocation_metadata() or ()
-            started, model_id, served_by, status = time.monotonic(), "", "", OK
-            try:
-                if (
-                    method == MODEL_STATISTICS
-                    and header_target(metadata) is None
-                    and not read_string_field(request, 1)
-                ):
-                    return await self._all_statistics(request, metadata, context)
-                target = request_target(metadata, request)
-                model_id = await self._resolve(target)
-                if method == MODEL_STATISTICS and not self._router.ready(target):
-                    return _no_statistics(model_id)  # not loaded anywhere: nothing to count, and no load
-                outgoing = forwarded_metadata(metadata)
-
-                async def here() -> bytes:
-                    nonlocal served_by
-                    if refusal is not None:
-                        raise MeshError(grpc.StatusCode.UNIMPLEMENTED, refusal)
-                    served_by = self._router.pod_id
-                    return await call_runtime(
-                        self._runtime, method, id_path, request, model_id, outgoing, context.time_remaining()
-                    )
-
-                async def there(pod_id: str, avoid: frozenset[str]) -> bytes:
-                    nonlocal served_by
-                    served_by = pod_id
-                    address = self._router.instance(pod_id).internal_address
-                    try:
-                        return await self._peers.call(
-                            address, method, request, model_id, outgoing, context.time_remaining(), avoid
-                        )
-                    except grpc.aio.AioRpcError as e:
-                        raise peer_error(e) from e
-
-                return await self._router.route(model_id, context.time_remaining(), here, there)
-            except MESH_ERRORS as e:
-                status = grpc_status(e)[0].value[0]
-                await abort(context, e)
-            except asyncio.CancelledError:
-                status = CANCELLED
-                raise
-            finally:
-                ms = (time.monotonic() - started) * 1000
-                self._requests.served(method, model_id, served_by, status, ms, metadata)
+            served = Served()
+            started, status = time.monotonic(), OK
+            with self._tracing.request("mesh.inference", metadata, **{"rpc.method": method}) as span:
+                try:
+                    return await self._route(method, id_path, refusal, request, context, served)
+                except MESH_ERRORS as e:
+                    status = grpc_status(e)[0].value[0]
+                    await abort(context, e)
+                except asyncio.CancelledError:
+                    status = CANCELLED
+                    raise
+                finally:
+                    ms = (time.monotonic() - started) * 1000
+                    self._requests.served(method, served.model_id, served.pod, status, ms, metadata)
+                    served.describe(span, status)
             raise AssertionError("unreachable")  # abort() raises
 
         return forward
+
+    async def _route(
+        self,
+        method: str,
+        id_path: list[int],
+        refusal: str | None,
+        request: bytes,
+        context: grpc.aio.ServicerContext,
+        served: Served,
+    ) -> bytes:
+        metadata = context.invocation_metadata() or ()
+        if (
+            method == MODEL_STATISTICS
+            and header_target(metadata) is None
+            and not read_string_field(request, 1)
+        ):
+            return await self._all_statistics(request, metadata, context)
+        target = request_target(metadata, request)
+        model_id = served.model_id = await self._resolve(target)
+        if method == MODEL_STATISTICS and not self._router.ready(target):
+            return _no_statistics(model_id)  # not loaded anywhere: nothing to count, and no load
+        outgoing = forwarded_metadata(metadata)
+        tracing = self._tracing
+
+        async def here() -> bytes:
+            if refusal is not None:
+                raise MeshError(grpc.StatusCode.UNIMPLEMENTED, refusal)
+            served.pod = self._router.pod_id
+            with tracing.step("mesh.runtime", SpanKind.CLIENT):
+                return await call_runtime(
+                    self._runtime,
+                    method,
+                    id_path,
+                    request,
+                    model_id,
+                    tracing.outgoing(outgoing),
+                    context.time_remaining(),
+                )
+
+        async def there(pod_id: str, avoid: frozenset[str]) -> bytes:
+            served.pod = pod_id
+            address = self._router.instance(pod_id).internal_address
+            with tracing.step("mesh.forward", SpanKind.CLIENT, {"mesh.peer": pod_id}):
+                try:
+                    return await self._peers.call(
+                        address,
+                        method,
+                        request,
+                        model_id,
+                        tracing.outgoing(outgoing),
+                        context.time_remaining(),
+                        avoid,
+                    )
+                except grpc.aio.AioRpcError as e:
+                    raise peer_error(e) from e
+
+        return await self._router.route(model_id, context.time_remaining(), here, there)
 
     async def _all_statistics(
         self, request: bytes, metadata: Metadata, context: grpc.aio.ServicerContext
@@ -486,32 +534,49 @@ class PeerHandler(grpc.GenericRpcHandler):
 
         async def serve(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() or ()
-            model_id = await self._forwarded_model(metadata, context)
+            with self._router.tracing.request("mesh.serve", metadata, **{"rpc.method": method}) as span:
+                status = OK
+                try:
+                    return await self._serve(method, id_path, request, context)
+                except BaseException:
+                    status = UNKNOWN if context.code() is None else context.code().value[0]
+                    raise
+                finally:
+                    set_status(span, status)
 
-            async def here() -> bytes:
+        return serve
+
+    async def _serve(
+        self, method: str, id_path: list[int], request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """A request a peer forwarded: the model loaded here if it is not, then this pod's runtime."""
+        metadata = context.invocation_metadata() or ()
+        model_id = await self._forwarded_model(metadata, context)
+        tracing = self._router.tracing
+
+        async def here() -> bytes:
+            with tracing.step("mesh.runtime", SpanKind.CLIENT):
                 return await call_runtime(
                     self._runtime,
                     method,
                     id_path,
                     request,
                     model_id,
-                    forwarded_metadata(metadata),
+                    tracing.outgoing(forwarded_metadata(metadata)),
                     context.time_remaining(),
                 )
 
-            try:
-                return await self._router.serve_here(model_id, context.time_remaining(), here)
-            except LoadHereFailed as e:
-                await _abort_load(context, e.error)
-            except Reroute as e:  # the runtime here is down
-                await abort(context, e, ((RUNTIME_DOWN_TRAILER, "1"),))
-            except Passthrough as e:  # the runtime's own answer: final for the sender too, whatever its code
-                await abort(context, e, ((RUNTIME_ANSWER_TRAILER, "1"),))
-            except MESH_ERRORS as e:
-                await abort(context, e)
-            raise AssertionError("unreachable")
-
-        return serve
+        try:
+            return await self._router.serve_here(model_id, context.time_remaining(), here)
+        except LoadHereFailed as e:
+            await _abort_load(context, e.error)
+        except Reroute as e:  # the runtime here is down
+            await abort(context, e, ((RUNTIME_DOWN_TRAILER, "1"),))
+        except Passthrough as e:  # the runtime's own answer: final for the sender too, whatever its code
+            await abort(context, e, ((RUNTIME_ANSWER_TRAILER, "1"),))
+        except MESH_ERRORS as e:
+            await abort(context, e)
+        raise AssertionError("unreachable")
 
     async def _load(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = context.invocation_metadata() or ()

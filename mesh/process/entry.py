@@ -1,4 +1,5 @@
-"""How a mesh process runs: logging from its settings, its event loop, and SIGTERM/SIGINT setting ``stop``.
+"""How a mesh process runs: logging and tracing from its settings, its event loop, and SIGTERM/SIGINT
+setting ``stop``.
 
 Shared by the pod's main process and its serving processes, so both honour ``--event-loop``.
 """
@@ -11,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from mesh.observe.logs import configure_logging
+from mesh.observe.tracing import Tracing
 from mesh.process.settings import Settings
 
 
@@ -41,3 +43,10 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def tracing_for(settings: Settings) -> Tracing:
+    """Spans to the OTLP collector when one is configured; else none."""
+    if not settings.otlp_endpoint:
+        return Tracing.off()
+    return Tracing.to_otlp(settings.otlp_endpoint, settings.pod_id, settings.trace_sample_ratio)

@@ -38,7 +38,7 @@ from mesh.models.runtime_client import RuntimeClient
 from mesh.models.runtime_watch import RuntimeWatch
 from mesh.observe.export import Exposition, InstanceGauges, MeshCollector
 from mesh.observe.metrics import metrics_for
-from mesh.process.entry import freeze_startup_heap, run_until_signalled
+from mesh.process.entry import freeze_startup_heap, run_until_signalled, tracing_for
 from mesh.process.serving_worker import (
     DELEGATE_ENV,
     METHODS_ENV,
@@ -161,6 +161,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
     synced = asyncio.Event()
     watch = asyncio.create_task(store.run_watch(table, synced))
     metrics = metrics_for(settings.metrics_config)  # the one this process counts into
+    tracing = tracing_for(settings)
     runtime = RuntimeClient(
         settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes, metrics=metrics
     )
@@ -198,6 +199,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             settings.max_load_failures,
             load_timeout_s=load_timeout_s + 10,  # the adapter's own timeout fires first
             registry_revision=store.current_revision,
+            tracing=tracing,
         )
 
         # --front=h2: both gRPC ports are served by the HTTP/2 front, grpc.aio behind each on a unix socket
@@ -214,6 +216,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
                 limits=limits,
                 metrics=metrics,
                 requests=settings.request_log(),
+                tracing=tracing,
             )
             internal_front = H2Front(
                 router,
@@ -224,6 +227,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
                 internal=True,
                 limits=limits,
                 metrics=metrics,
+                tracing=tracing,
             )
         gateway = RestGateway(
             router,
@@ -252,7 +256,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         transitions = Transitions(store, table, router)
         servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
         health_servicer = health.aio.HealthServicer()
-        proxy = InferenceProxy(router, peers, runtime, methods, SERVER_NAME, VERSION, settings.request_log())
+        proxy = InferenceProxy(
+            router, peers, runtime, methods, SERVER_NAME, VERSION, settings.request_log(), tracing
+        )
         for server in servers:
             servicer.add_to_server(server)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -349,6 +355,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await asyncio.gather(watch, return_exceptions=True)
         await runtime.close()
         await store.close()
+        tracing.shutdown()
 
 
 def front_counts(front: H2Front | None, internal: H2Front | None) -> dict[str, int]:

@@ -57,7 +57,7 @@ from mesh.models.worker_usage import METRICS_METHOD, USAGE_METHOD, UsageLog
 from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import MeshMetrics, metrics_for
 from mesh.outcomes import Passthrough, RuntimeNotFound, abort, grpc_status, peer_error
-from mesh.process.entry import freeze_startup_heap, run_until_signalled
+from mesh.process.entry import freeze_startup_heap, run_until_signalled, tracing_for
 from mesh.process.settings import Settings, parse_settings
 from mesh.registry.records import InstanceRecord
 from mesh.registry.store import EtcdStore
@@ -393,6 +393,7 @@ async def run_worker(
     synced = asyncio.Event()
     watch = asyncio.create_task(store.run_watch(table, synced))
     metrics = metrics_for(settings.metrics_config)  # shipped to the main process, which exports the sum
+    tracing = tracing_for(settings)
     runtime = RuntimeClient(
         settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes, metrics=metrics
     )
@@ -417,6 +418,7 @@ async def run_worker(
                 limits=FrontLimits.from_settings(settings),
                 metrics=metrics,
                 requests=settings.request_log(),
+                tracing=tracing,
             )
             await front.start(settings.host, settings.grpc_port, reuse_port=True)
             stop_serving = functools.partial(front.stop, 5.0)
@@ -440,6 +442,7 @@ async def run_worker(
         await peers.close()
         await runtime.close()
         await store.close()
+        tracing.shutdown()
 
 
 def worker_command() -> list[str]:

@@ -150,6 +150,13 @@ OPTIONS: tuple[Option, ...] = (
         "ModelMesh's metrics setting: prometheus:port=2112;per_model_metrics=true;fq_names=true, or disabled",
     ),
     Option("--metrics-port", "MM_METRICS_PORT", "0", "Prometheus metrics port (0 = off unless --metrics)"),
+    Option(
+        "--otlp-endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "OpenTelemetry collector (OTLP/gRPC, host:port) for traces (empty: no tracing)",
+    ),
+    Option("--trace-sample-ratio", "MM_TRACE_SAMPLE_RATIO", "1.0", "share of new traces kept, 0..1"),
     Option("--log-level", "MM_LOG_LEVEL", "INFO", "logging level"),
     Option("--log-format", "MM_LOG_FORMAT", "text", "text, or json (one JSON object per line)"),
     Option("--log-each-invoke", "MM_LOG_EACH_INVOKE", "false", "one log line per inference request"),
@@ -215,6 +222,8 @@ class Settings:
     request_read_timeout_s: float = 30.0
     metrics: str = ""
     metrics_port: int = 0
+    otlp_endpoint: str = ""
+    trace_sample_ratio: float = 1.0
     log_level: str = "INFO"
     log_format: str = "text"
     log_each_invoke: bool = False
@@ -314,6 +323,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
                 values[name] = raw
         except ValueError as e:
             parser.error(f"--{name.replace('_', '-')}: {e}")
+    if not 0.0 <= float(values["trace_sample_ratio"]) <= 1.0:  # type: ignore[arg-type]
+        parser.error("--trace-sample-ratio: between 0 and 1")
     if int(values["serving_processes"]) < 1:  # type: ignore[call-overload]
         parser.error("--serving-processes: at least 1")
     for name, check in (

@@ -21,6 +21,7 @@ import grpc
 
 from mesh.errors import MeshError, Reroute
 from mesh.models.local import LoadClaimed, ModelLoader, now_ms
+from mesh.observe.tracing import Tracing
 from mesh.outcomes import LOAD_METHOD, Passthrough, RuntimeNotFound, peer_error
 from mesh.registry.records import InstanceRecord
 from mesh.registry.snapshot import ModelCounts, ModelView, list_models, mesh_status, model_counts
@@ -83,7 +84,9 @@ class Router:
         load_timeout_s: float = 120.0,
         max_attempts: int = 3,
         registry_revision: Callable[[], Awaitable[int]] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing or Tracing.off()  # a load's span, inside the request's
         self.pod_id = pod_id
         self._table = table
         self._loader = loader
@@ -373,7 +376,10 @@ class Router:
             return
         waited = time.perf_counter()
         try:
-            await asyncio.wait_for(self._loader.ensure_loaded(model_id, last_used_ms, extra_copy), timeout_s)
+            with self.tracing.step("mesh.load", attributes={"mesh.model_id": model_id}):
+                await asyncio.wait_for(
+                    self._loader.ensure_loaded(model_id, last_used_ms, extra_copy), timeout_s
+                )
             self._loader.metrics.missed(model_id, (time.perf_counter() - waited) * 1000)
         except TimeoutError:
             raise MeshError(

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry.trace import Span
+
 from mesh.errors import MeshError, Reroute
 from mesh.fronts.grpc_proxy import V2_SERVICE, MethodTable
 from mesh.fronts.h2.client import ClientConnection, FrontLimits
@@ -40,6 +42,7 @@ from mesh.fronts.h2.upstream import RELAY, RUNTIME, Upstreams
 from mesh.fronts.h2.wire import ErrorCode, Headers, clipped_trailers, grpc_error_headers, header
 from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import CANCELLED, UNKNOWN, MeshMetrics, UncountedMetrics
+from mesh.observe.tracing import Tracing, end_span
 from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, from_http2_trailers
 from mesh.registry.records import InstanceRecord
 from mesh.routing.decision import ForwardTo, Route, ServeHere
@@ -96,6 +99,7 @@ class ClientStream:
     response_bytes: int = 0
     status: int = UNKNOWN  # until trailers say otherwise; a reset is CANCELLED
     sent_at: float = 0.0  # when the fast path sent it to the runtime (invoke_model)
+    span: Span | None = None  # the fast path's span, when tracing is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +122,10 @@ class H2Front:
         limits: FrontLimits | None = None,
         metrics: MeshMetrics | None = None,
         requests: RequestLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._router = router
+        self.tracing = tracing or Tracing.off()
         self.metrics = metrics or UncountedMetrics()
         self.requests = requests or RequestLog(router.pod_id)  # fast-path requests; the relay logs the rest
         self._internal = internal  # the internal port: peers name the model; served here or relayed
@@ -217,6 +223,10 @@ class H2Front:
             return FastRoute(model_id, self._router.pod_id, _with_model_id(body, body[5:], model_id))
         except WireFormatError:
             return None
+
+    @property
+    def internal(self) -> bool:
+        return self._internal
 
     def count(self, path: str) -> None:
         self.metrics.front_streams.inc((self._port, path))
@@ -416,6 +426,8 @@ class FrontStreams:
         headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_UPSTREAM))
         stream.model_id, stream.served_by = route.model_id, route.pod
         self._front.serving(route.model_id, route.pod)
+        if self._front.tracing.enabled:
+            headers = self._trace(stream, route, headers)
         if route.peer_address is not None:
             self._front.count("fast_to_peer")
             stream.via_peer = True
@@ -426,6 +438,25 @@ class FrontStreams:
         stream.sent_at = time.monotonic()
         self._front.upstreams.send(stream, RUNTIME, headers, route.body, True)
 
+    def _trace(self, stream: ClientStream, route: FastRoute, headers: Headers) -> Headers:
+        """The fast path's span; what goes on carries its traceparent (the runtime's, the peer's parent)."""
+        span = stream.span = self._front.tracing.start(
+            "mesh.serve" if self._front.internal else "mesh.inference",
+            stream.headers,
+            **{"rpc.method": stream.path, "mesh.model_id": route.model_id, "mesh.served_by": route.pod},
+        )
+        assert span is not None
+        return Tracing.with_traceparent(span, headers)
+
+    def _end_span(self, stream: ClientStream, replayed: bool = False) -> None:
+        if stream.span is not None:
+            if replayed:  # the general route takes it over, with a span of its own
+                stream.span.set_attribute("mesh.replayed", True)
+                stream.span.end()
+            else:
+                end_span(stream.span, stream.status)
+            stream.span = None
+
     def _relay_stream(self, stream: ClientStream, body: bytes, end_stream: bool) -> None:
         self._front.count("relayed")
         self._front.upstreams.send(stream, RELAY, stream.headers, body, end_stream)
@@ -433,6 +464,7 @@ class FrontStreams:
     def _replay(self, stream: ClientStream) -> None:
         """A fast-path attempt the general route must decide: send the original request to the relay."""
         self._front.count("replayed")
+        self._end_span(stream, replayed=True)
         self._front.upstreams.detach(stream)
         self._release_model(stream)
         self._unbuffer(stream)
@@ -474,6 +506,8 @@ class FrontStreams:
                 self._front.requests.served(
                     stream.path, stream.model_id, stream.served_by, stream.status, ms, stream.headers
                 )
+        if stream.span is not None:
+            self._end_span(stream)
         self._front.upstreams.detach(stream)
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
