@@ -113,3 +113,16 @@ def test_logging_settings() -> None:
             parse_settings(argv, env={})
     logged = parse_settings(["--log-each-invoke", "1", "--log-request-headers", '{"x-a": "a"}'], env={})
     assert parse_settings(settings_argv(logged), env={}) == logged
+
+
+def test_status_page_limits_are_settings() -> None:
+    from mesh.status_page import EventLimits
+
+    assert EventLimits.from_settings(parse_settings([], env={})) == EventLimits()
+    limits = EventLimits.from_settings(
+        parse_settings(
+            ["--status-max-streams", "3", "--status-max-stream-s", "30"],
+            env={"MM_STATUS_WRITE_TIMEOUT_S": "2"},
+        )
+    )
+    assert (limits.max_streams, limits.max_stream_s, limits.write_timeout_s) == (3, 30.0, 2.0)

@@ -53,7 +53,7 @@ from mesh.registry.snapshot import MODEL_STATES
 from mesh.registry.status import IndexEntry
 from mesh.routing.router import LoadHereFailed, Router
 from mesh.routing.target import RequestTarget, TargetError, header_target, name_target
-from mesh.status_page import status_routes
+from mesh.status_page import EventLimits, status_routes
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class RestGateway:
         front_counts: Callable[[], dict[str, int]] | None = None,
         load_timings: Callable[[int | None], dict[str, object]] | None = None,
         limits: RestLimits | None = None,
+        status_limits: EventLimits | None = None,
     ) -> None:
         self._router = router
         self._front_counts = front_counts
@@ -262,7 +263,7 @@ class RestGateway:
                 web.get("/v2/models/stats", self._all_statistics),  # before {name}: "stats" is no model
                 web.get("/v2/repository/index", self._repository_index),
                 web.post("/v2/repository/index", self._repository_index),
-                *status_routes(router.mesh_status),
+                *status_routes(router.mesh_status, status_limits),
                 web.get("/mesh/status", self._status),
                 web.get("/mesh/models", self._models),
                 web.get("/mesh/pools", self._pools),

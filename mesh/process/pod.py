@@ -56,6 +56,7 @@ from mesh.registry.store import EtcdStore, Unchanged
 from mesh.registry.view import RoutingTable
 from mesh.routing.peers import PeerHealth, PeerPool
 from mesh.routing.router import Router
+from mesh.status_page import EventLimits
 
 log = logging.getLogger("mesh.process.pod")
 SERVER_NAME = "modelmesh-py"
@@ -238,6 +239,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             front_counts=(lambda: front_counts(front, internal_front)) if front is not None else None,
             load_timings=loader.timings.summary,
             limits=RestLimits.from_settings(settings),
+            status_limits=EventLimits.from_settings(settings),
         )
         # The external port (--front=grpc) takes clients: the client limits. The unix socket behind the
         # front and the workers takes their few connections, which carry every stream they relay.

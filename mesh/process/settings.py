@@ -142,6 +142,24 @@ OPTIONS: tuple[Option, ...] = (
         "30",
         "time for a unary request (or a header block) to arrive in full once started",
     ),
+    Option(
+        "--status-max-streams",
+        "MM_STATUS_MAX_STREAMS",
+        "64",
+        "status page event streams open at once (then 503)",
+    ),
+    Option(
+        "--status-write-timeout-s",
+        "MM_STATUS_WRITE_TIMEOUT_S",
+        "10",
+        "an event the status page's client does not take within this ends its stream",
+    ),
+    Option(
+        "--status-max-stream-s",
+        "MM_STATUS_MAX_STREAM_S",
+        "600",
+        "an event stream ends after this (it reconnects)",
+    ),
     # Observing a pod
     Option(
         "--metrics",
@@ -220,6 +238,9 @@ class Settings:
     handshake_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     request_read_timeout_s: float = 30.0
+    status_max_streams: int = 64
+    status_write_timeout_s: float = 10.0
+    status_max_stream_s: float = 600.0
     metrics: str = ""
     metrics_port: int = 0
     otlp_endpoint: str = ""

@@ -28,9 +28,12 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from mesh.process.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,15 @@ class EventLimits:
     write_timeout_s: float = 10.0  # a write the client does not take within this ends the stream
     max_stream_s: float = 600.0  # then the stream ends and the browser reconnects
     retry_ms: int = 1000  # the browser's reconnect delay (the stream's ``retry:`` field)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventLimits:
+        """``--status-max-streams``, ``--status-write-timeout-s``, ``--status-max-stream-s``."""
+        return cls(
+            max_streams=settings.status_max_streams,
+            write_timeout_s=settings.status_write_timeout_s,
+            max_stream_s=settings.status_max_stream_s,
+        )
 
 
 # --- pure ---------------------------------------------------------------------------------------------
