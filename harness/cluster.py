@@ -313,6 +313,7 @@ class PodProcess:
     pod_id: str
     rest_address: str
     internal_address: str
+    metrics_address: str = ""  # its Prometheus port (every pod started here has one unless told otherwise)
 
     @classmethod
     def start(
@@ -326,6 +327,11 @@ class PodProcess:
         model_types: str = MLSERVER_MODEL_TYPES,
     ) -> PodProcess:
         port, internal_port, rest_port, internal_rest_port = (free_port() for _ in range(4))
+        extra_args = list(extra_args or [])
+        metrics_address = ""
+        if not any(arg.startswith("--metrics") for arg in extra_args):
+            metrics_address = f"127.0.0.1:{free_port()}"
+            extra_args.append(f"--metrics-port={metrics_address.rsplit(':', 1)[1]}")
         process = ChildProcess(
             f"pod {pod_id}",
             [
@@ -341,13 +347,15 @@ class PodProcess:
                 f"--runtime-rest={runtime.http_address}",
                 f"--model-types={model_types}",
                 "--lease-ttl-s=5",
-                *(extra_args or []),
+                *extra_args,
             ],
             work_dir / f"{pod_id}.log",
         )
         address = f"127.0.0.1:{port}"
         process.wait_until(lambda: grpc_serving(address), 60, "pod serving")
-        return cls(process, address, pod_id, f"127.0.0.1:{rest_port}", f"127.0.0.1:{internal_port}")
+        return cls(
+            process, address, pod_id, f"127.0.0.1:{rest_port}", f"127.0.0.1:{internal_port}", metrics_address
+        )
 
 
 @dataclass

@@ -74,7 +74,7 @@ def _scrape(address: str) -> None:
 async def run_variant(work_dir: Path, settings: HopSettings, pod_args: list[str]) -> dict[str, Any]:
     metrics_port = free_port()
     with (
-        one_pod_mesh(work_dir / "off", pod_args) as (off, echo),
+        one_pod_mesh(work_dir / "off", [*pod_args, "--metrics=disabled"]) as (off, echo),
         one_pod_mesh(work_dir / "on", [*pod_args, f"--metrics-port={metrics_port}"]) as (on, _),
     ):
         stop = asyncio.Event()

@@ -77,3 +77,29 @@ def test_rest_errors(local_mesh: MeshClients, examples: Examples) -> None:
     local_mesh.register("rest-broken", examples.corrupt)
     status, body = http_status(f"{base}/rest-broken/infer", body=b"{}")
     assert status == 500 and "MLServer failed to load" in body["error"]
+
+
+def test_rest_inference_is_counted_as_the_grpc_method_it_is(
+    local_mesh: MeshClients, examples: Examples
+) -> None:
+    """ModelMesh's REST proxy turns REST into gRPC calls, which it counts: the gateway counts the same way."""
+    from tests.test_pod_metrics import scrape
+
+    pod = local_mesh.mesh.pod
+    assert pod is not None and pod.metrics_address
+    local_mesh.register("rest-counted", examples.logistic.path, loadNow=True, sync=True)
+    ok = {"method": "ModelInfer", "code": "OK"}
+    missing = {"method": "ModelInfer", "code": "NOT_FOUND"}
+    before = scrape(pod.metrics_address)
+    for _ in range(3):
+        rest_infer(rest_client(local_mesh), "rest-counted")
+    with pytest.raises(InferenceServerException):
+        rest_infer(rest_client(local_mesh), "rest-never-registered")
+    after = scrape(pod.metrics_address)
+    name = "modelmesh_api_request_milliseconds_count"
+    assert after.total(name, **ok) - before.total(name, **ok) == 3
+    assert after.total(name, **missing) - before.total(name, **missing) == 1
+    sizes = "modelmesh_response_size_bytes_count"
+    assert after.total(sizes, **ok) - before.total(sizes, **ok) == 3
+    invoked = "modelmesh_invoke_model_milliseconds_count"  # the one pod serves them: its runtime's calls
+    assert after.total(invoked, **ok) - before.total(invoked, **ok) == 3

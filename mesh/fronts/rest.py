@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from typing import Any
@@ -36,6 +37,8 @@ from mesh.fronts.server_limits import (
     read_body,
 )
 from mesh.models.local import LoadClaimed
+from mesh.observe.logs import RequestLog
+from mesh.observe.metrics import MeshMetrics, UncountedMetrics
 from mesh.outcomes import (
     AVOID_HEADER,
     INTERNAL_MODEL_HEADER,
@@ -68,6 +71,30 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+# HTTP status -> the gRPC status a request is counted and logged with (the inverse of the above).
+GRPC_CODE = {
+    **{
+        http: code.value[0]
+        for code, http in HTTP_STATUS.items()
+        if code != grpc.StatusCode.FAILED_PRECONDITION
+    },
+    200: grpc.StatusCode.OK.value[0],
+    401: grpc.StatusCode.UNAUTHENTICATED.value[0],
+    403: grpc.StatusCode.PERMISSION_DENIED.value[0],
+    408: grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+    500: grpc.StatusCode.INTERNAL.value[0],
+}
+# The v2 gRPC method each per-model REST path is (what the metrics and logs call it).
+V2_GRPC = "/inference.GRPCInferenceService/"
+
+
+def grpc_code(http_status: int) -> int:
+    if http_status in GRPC_CODE:
+        return GRPC_CODE[http_status]
+    return grpc.StatusCode.OK.value[0] if http_status < 300 else grpc.StatusCode.UNKNOWN.value[0]
+
+
 # The answer's headers that say what its body is (and that it varies by Accept-Encoding): they come back
 # with it, as the body does.
 _BODY_HEADERS = frozenset({"content-type", "content-encoding", BINARY_HEADER.lower(), "vary"})
@@ -93,6 +120,15 @@ _NOT_ADDED = ("Content-Type", "Accept-Encoding", "Accept", "User-Agent")
 # The per-model v2 paths forwarded to a pod that holds the model, after /v2/models/{name}[/versions/{v}].
 METADATA, INFER, CONFIG, STATS = "", "/infer", "/config", "/stats"
 FORWARDED = (METADATA, INFER, CONFIG, STATS)
+GRPC_METHOD = {
+    suffix: V2_GRPC + name
+    for suffix, name in (
+        (METADATA, "ModelMetadata"),
+        (INFER, "ModelInfer"),
+        (CONFIG, "ModelConfig"),
+        (STATS, "ModelStatistics"),
+    )
+}
 MAX_MESSAGE_CHARS = 4096  # of an upstream's error text, in the mesh's own messages
 
 
@@ -225,8 +261,12 @@ class RestGateway:
         load_timings: Callable[[int | None], dict[str, object]] | None = None,
         limits: RestLimits | None = None,
         status_limits: EventLimits | None = None,
+        metrics: MeshMetrics | None = None,
+        requests: RequestLog | None = None,
     ) -> None:
         self._router = router
+        self._metrics = metrics or UncountedMetrics()  # REST inference is api_request as gRPC's is
+        self._requests = requests or RequestLog(router.pod_id)
         self._front_counts = front_counts
         self._load_timings = load_timings
         self._runtime_base = f"http://{runtime_rest}" if runtime_rest else ""
@@ -371,8 +411,25 @@ class RestGateway:
         return json_response(index_json(self._router.repository_index(ready_only)))
 
     def _forwarding(self, suffix: str) -> Handler:
+        method = GRPC_METHOD[suffix]
+
         async def forward(request: web.Request) -> web.StreamResponse:
-            return await self._forward(request, suffix)
+            """Counted and logged as the gRPC method it is; ``_forward`` routes it."""
+            started, served = time.monotonic(), ["", ""]  # model id, pod
+            response: web.StreamResponse | None = None
+            try:
+                response = await self._forward(request, suffix, served)
+                return response
+            finally:
+                status = (
+                    grpc_code(response.status) if response is not None else grpc.StatusCode.CANCELLED.value[0]
+                )
+                ms = (time.monotonic() - started) * 1000
+                body = response.body if isinstance(response, web.Response) else None
+                size = len(body) if isinstance(body, bytes) else None
+                model_id = served[0] if status == 0 else ""  # made-up ids make no series
+                self._metrics.request(method, status, ms, request.content_length or 0, size, model_id)
+                self._requests.served(method, served[0], served[1], status, ms, request.headers.items())
 
         return forward
 
@@ -382,7 +439,7 @@ class RestGateway:
 
         return serve
 
-    async def _forward(self, request: web.Request, suffix: str) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, suffix: str, served: list[str]) -> web.StreamResponse:
         """A per-model path (``suffix``: metadata, infer, config, stats), routed like an inference: to the
         runtime here or a holder's internal REST port, loading the model first if no pod has it."""
         if self._session is None or not self._runtime_base:
@@ -391,17 +448,19 @@ class RestGateway:
         if isinstance(body, web.Response):
             return body
         try:
-            model_id = await self._router.model_id_after_miss(self._target(request))
+            model_id = served[0] = await self._router.model_id_after_miss(self._target(request))
             if suffix == STATS and not self._router.loaded_somewhere(model_id):
                 return json_response(empty_statistics(model_id, request.match_info.get("version", "")))
 
             async def here() -> web.Response:
+                served[1] = self._router.pod_id
                 response = await self._call(
                     self._runtime_base, request, model_id, suffix, body, internal=False
                 )
                 return acted_on(from_runtime_http(response.status), response, "runtime unavailable")
 
             async def there(pod_id: str, avoid: frozenset[str]) -> web.Response:
+                served[1] = pod_id
                 rest_address = self._router.instance(pod_id).internal_rest_address
                 if not rest_address:
                     raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} serves no REST"))
@@ -483,6 +542,7 @@ class RestGateway:
             headers[INTERNAL_MODEL_HEADER] = model_id
             if avoid:
                 headers[AVOID_HEADER] = ",".join(sorted(avoid))
+        started, status = time.monotonic(), grpc.StatusCode.UNAVAILABLE.value[0]
         try:
             async with self._session.request(
                 request.method,
@@ -493,11 +553,16 @@ class RestGateway:
                 skip_auto_headers=_NOT_ADDED,
             ) as upstream:
                 payload = await upstream.read()  # as it came: the session decodes nothing
+                status = grpc_code(upstream.status)
                 return upstream_answer(upstream.status, upstream.headers, payload, from_peer=internal)
         except aiohttp.ClientError as e:
             raise Reroute(
                 MeshError(grpc.StatusCode.UNAVAILABLE, f"unreachable: {e}"), unreachable=internal
             ) from e
+        finally:
+            if not internal:  # this pod's runtime: invoke_model, as a gRPC call to it is
+                ms = (time.monotonic() - started) * 1000
+                self._metrics.invoked(GRPC_METHOD[suffix], status, ms, model_id)
 
 
 def http_error(e: Exception, headers: dict[str, str] | None = None) -> web.Response:

@@ -240,6 +240,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             load_timings=loader.timings.summary,
             limits=RestLimits.from_settings(settings),
             status_limits=EventLimits.from_settings(settings),
+            metrics=metrics,
+            requests=settings.request_log(),
         )
         # The external port (--front=grpc) takes clients: the client limits. The unix socket behind the
         # front and the workers takes their few connections, which carry every stream they relay.
