@@ -287,6 +287,8 @@ def test_pools(cli: Cli) -> None:
 
 
 def test_top_once(cli: Cli) -> None:
+    assert cli("register", "top-model", "--type", "sklearn", "--path", cli.path).code == 0
+    poll_until(lambda: cli.json("top")["leader"] == "pod-a", what="pod-a is the leader")  # on its own too
     run = cli("top", "--once")
     assert run.code == 0
     assert "meshctl top" in run.stdout and "pod-a" in run.stdout and "up leader" in run.stdout

@@ -1,0 +1,170 @@
+"""TLS for the pod's ports and its calls to peers, from PEM files (ModelMesh's ``MM_TLS_*`` settings).
+
+External ports (gRPC through the HTTP/2 front or grpc.aio, REST, metrics) take a key/certificate pair
+and optionally verify clients (``MM_TLS_CLIENT_AUTH``: NONE, OPTIONAL, REQUIRE, against
+``MM_TLS_TRUST_CERT_PATH``).
+Internal ports always verify: a peer must present a pod certificate signed by the internal trust (by default
+the same files), so only mesh pods can forward to a pod or set ``mm-internal-*`` headers. Calls to peers
+present this pod's certificate and verify the peer's.
+
+Files are read again when they change (Kubernetes rotates mounted secrets): ``TlsFiles.changed`` compares
+their modification times, and every context built here has a ``reload`` that loads them into the same
+``ssl.SSLContext``; new handshakes use the new certificate, established connections keep theirs. grpc.aio
+servers get dynamic credentials that look at the files on each handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import grpc
+
+log = logging.getLogger(__name__)
+ALPN_H2 = ("h2",)
+
+
+class ClientAuth(StrEnum):
+    NONE = "NONE"
+    OPTIONAL = "OPTIONAL"
+    REQUIRE = "REQUIRE"
+
+
+class TlsError(ValueError):
+    """TLS settings that cannot work (a missing file, a key that does not match, a trust that is needed)."""
+
+
+@dataclass
+class TlsFiles:
+    """A PEM certificate chain, its private key and (optionally) the CA bundle the other side is checked
+    against. ``changed()`` says whether any of them was rewritten since the last look."""
+
+    cert: str
+    key: str
+    trust: str = ""
+    _seen: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    def paths(self) -> tuple[str, ...]:
+        return tuple(p for p in (self.cert, self.key, self.trust) if p)
+
+    def _mtimes(self) -> tuple[float, ...]:
+        try:
+            return tuple(os.stat(p).st_mtime_ns for p in self.paths())
+        except OSError:
+            return self._seen  # mid-rotation (a file replaced by a symlink swap): look again next time
+
+    def changed(self) -> bool:
+        now = self._mtimes()
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        try:
+            with open(self.cert, "rb") as cert, open(self.key, "rb") as key:
+                chain, private = cert.read(), key.read()
+            trust = None
+            if self.trust:
+                with open(self.trust, "rb") as bundle:
+                    trust = bundle.read()
+        except OSError as e:
+            raise TlsError(f"cannot read {e.filename}: {e.strerror}") from None
+        return chain, private, trust
+
+
+class ReloadingContext:
+    """An ``ssl.SSLContext`` over ``files``, loaded again by ``reload()``."""
+
+    def __init__(self, context: ssl.SSLContext, files: TlsFiles) -> None:
+        self.context = context
+        self.files = files
+        files.changed()  # the times of what is loaded now
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            self.context.load_cert_chain(self.files.cert, self.files.key)
+            if self.files.trust:
+                self.context.load_verify_locations(self.files.trust)
+        except (OSError, ssl.SSLError) as e:
+            raise TlsError(f"TLS files {', '.join(self.files.paths())}: {e}") from None
+
+    def reload(self) -> bool:
+        """Load the files again if they changed; False (and the old certificate kept) if they did not or are
+        half written."""
+        if not self.files.changed():
+            return False
+        try:
+            self._load()
+        except TlsError as e:
+            log.error("certificate reload failed, keeping the current one: %s", e)
+            return False
+        log.info("certificates reloaded from %s", ", ".join(self.files.paths()))
+        return True
+
+
+def server_context(files: TlsFiles, client_auth: ClientAuth, alpn: tuple[str, ...] = ()) -> ReloadingContext:
+    """A listener's context: TLS 1.2+, ALPN ``alpn`` if given, clients verified as ``client_auth`` says."""
+    if client_auth is not ClientAuth.NONE and not files.trust:
+        raise TlsError(
+            f"client authentication {client_auth.value} needs a trust bundle (MM_TLS_TRUST_CERT_PATH)"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = {
+        ClientAuth.NONE: ssl.CERT_NONE,
+        ClientAuth.OPTIONAL: ssl.CERT_OPTIONAL,
+        ClientAuth.REQUIRE: ssl.CERT_REQUIRED,
+    }[client_auth]
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return ReloadingContext(context, files)
+
+
+def client_context(files: TlsFiles, alpn: tuple[str, ...] = ()) -> ReloadingContext:
+    """A context for calls to peers: this pod's certificate presented, the peer's verified by the trust."""
+    if not files.trust:
+        raise TlsError("calls to peers need a trust bundle to verify them against")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return ReloadingContext(context, files)
+
+
+def grpc_server_credentials(files: TlsFiles, client_auth: ClientAuth) -> grpc.ServerCredentials:
+    """Credentials for a grpc.aio port that read the files again on the first handshake after they change."""
+    if client_auth is not ClientAuth.NONE and not files.trust:
+        raise TlsError(f"client authentication {client_auth.value} needs a trust bundle")
+    watched = TlsFiles(files.cert, files.key, files.trust)
+    watched.changed()
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        chain, key, trust = watched.read()
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=trust)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        if not watched.changed():
+            return None
+        try:
+            return configuration()
+        except TlsError as e:
+            log.error("certificate reload failed, keeping the current one: %s", e)
+            return None
+
+    # grpc verifies an offered client certificate either way; REQUIRE also refuses a client without one
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(), fetch, require_client_authentication=client_auth is ClientAuth.REQUIRE
+    )
+
+
+def grpc_channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Credentials for a channel to a peer: this pod's certificate, the peer's verified (read now)."""
+    chain, key, trust = files.read()
+    if trust is None:
+        raise TlsError("calls to peers need a trust bundle to verify them against")
+    return grpc.ssl_channel_credentials(root_certificates=trust, private_key=key, certificate_chain=chain)

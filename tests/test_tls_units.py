@@ -1,0 +1,142 @@
+"""TLS contexts from PEM files (mesh/tls.py), against real handshakes on loopback with a CA of the test's own
+(trustme): server auth, the three client-auth modes, peers' mutual TLS, reloading rotated files."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from mesh.tls import (
+    ClientAuth,
+    TlsError,
+    TlsFiles,
+    client_context,
+    server_context,
+)
+
+
+def issue(ca: trustme.CA, directory: Path, name: str, *identities: str) -> TlsFiles:
+    """A certificate for ``identities`` (default 127.0.0.1) signed by ``ca``, with ``ca`` as the trust."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = ca.issue_cert(*(identities or ("127.0.0.1",)))
+    cert.private_key_pem.write_to_path(str(directory / f"{name}.key"))
+    cert.cert_chain_pems[0].write_to_path(str(directory / f"{name}.pem"))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(directory / f"{name}.pem"), append=True)
+    ca.cert_pem.write_to_path(str(directory / f"{name}-ca.pem"))
+    return TlsFiles(
+        str(directory / f"{name}.pem"), str(directory / f"{name}.key"), str(directory / f"{name}-ca.pem")
+    )
+
+
+async def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[str | None, dict | None]:  # type: ignore[type-arg]
+    """Connect ``client`` to a server on ``server``: (the ALPN protocol, the certificate the server saw)."""
+    seen: list[dict | None] = []  # type: ignore[type-arg]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("peercert"))
+        writer.write(b"ok")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client, server_hostname="127.0.0.1"
+        )
+        assert await reader.read() == b"ok"
+        protocol = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.close()
+        return protocol, seen[0] if seen else None
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+def plain_client(trust: str, alpn: tuple[str, ...] = ("h2",)) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=trust)
+    context.set_alpn_protocols(list(alpn))
+    return context
+
+
+def test_server_auth_with_alpn_h2(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    files = issue(ca, tmp_path, "pod")
+    server = server_context(TlsFiles(files.cert, files.key), ClientAuth.NONE, alpn=("h2",))
+    protocol, peer = asyncio.run(handshake(server.context, plain_client(files.trust)))
+    assert protocol == "h2" and not peer
+
+
+def test_client_auth_require_refuses_a_client_without_a_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    pod = issue(ca, tmp_path, "pod")
+    server = server_context(pod, ClientAuth.REQUIRE)
+    with pytest.raises((ssl.SSLError, ConnectionResetError, AssertionError)):
+        asyncio.run(handshake(server.context, plain_client(pod.trust)))
+    peer_client = client_context(issue(ca, tmp_path, "other-pod"))
+    _, peer = asyncio.run(handshake(server.context, peer_client.context))
+    assert peer and peer["subjectAltName"] == (("IP Address", "127.0.0.1"),)
+
+
+def test_client_auth_optional_takes_both_but_never_a_stranger(tmp_path: Path) -> None:
+    ca, stranger_ca = trustme.CA(), trustme.CA()
+    pod = issue(ca, tmp_path, "pod")
+    server = server_context(pod, ClientAuth.OPTIONAL)
+    _, anonymous = asyncio.run(handshake(server.context, plain_client(pod.trust)))
+    assert not anonymous
+    _, known = asyncio.run(handshake(server.context, client_context(issue(ca, tmp_path, "client")).context))
+    assert known
+    stranger = client_context(issue(stranger_ca, tmp_path / "s", "client"))
+    stranger.context.load_verify_locations(pod.trust)  # it trusts the server; the server does not trust it
+    with pytest.raises((ssl.SSLError, ConnectionResetError, AssertionError)):
+        asyncio.run(handshake(server.context, stranger.context))
+
+
+def test_a_client_refuses_a_server_its_trust_did_not_sign(tmp_path: Path) -> None:
+    server = server_context(issue(trustme.CA(), tmp_path, "pod"), ClientAuth.NONE)
+    other = issue(trustme.CA(), tmp_path / "o", "client")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        asyncio.run(handshake(server.context, client_context(other).context))
+
+
+def test_reload_serves_the_rotated_certificate_to_new_handshakes(tmp_path: Path) -> None:
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    files = issue(old_ca, tmp_path, "pod")
+    old_trust = tmp_path / "old-ca.pem"
+    old_ca.cert_pem.write_to_path(str(old_trust))
+    server = server_context(TlsFiles(files.cert, files.key), ClientAuth.NONE)
+    assert not server.reload()  # nothing changed
+    asyncio.run(handshake(server.context, plain_client(str(old_trust))))
+    rotated = issue(new_ca, tmp_path, "pod")  # the same paths, rewritten
+    assert server.reload()
+    asyncio.run(handshake(server.context, plain_client(rotated.trust)))
+    with pytest.raises(ssl.SSLCertVerificationError):  # what is served now is the new CA's
+        asyncio.run(handshake(server.context, plain_client(str(old_trust))))
+
+
+def test_a_half_written_rotation_keeps_the_current_certificate(tmp_path: Path) -> None:
+    files = issue(trustme.CA(), tmp_path, "pod")
+    server = server_context(TlsFiles(files.cert, files.key), ClientAuth.NONE)
+    Path(files.cert).write_text("-----BEGIN CERTIFICATE-----\ntruncated")
+    assert not server.reload()
+    # the trust still verifies what is served: the old certificate
+    Path(files.cert).unlink()
+    asyncio.run(handshake(server.context, plain_client(files.trust)))
+
+
+def test_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    files = issue(trustme.CA(), tmp_path, "pod")
+    with pytest.raises(TlsError, match="trust"):
+        server_context(TlsFiles(files.cert, files.key), ClientAuth.REQUIRE)
+    with pytest.raises(TlsError, match="trust"):
+        client_context(TlsFiles(files.cert, files.key))
+    with pytest.raises(TlsError, match=r"missing\.pem"):
+        server_context(TlsFiles(str(tmp_path / "missing.pem"), files.key), ClientAuth.NONE)
+    with pytest.raises(TlsError):  # a key that is not the certificate's
+        other = issue(trustme.CA(), tmp_path / "o", "other")
+        server_context(TlsFiles(files.cert, other.key), ClientAuth.NONE)
