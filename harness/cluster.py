@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
+
 from harness.processes import (
     VENV_BIN,
     ChildProcess,
@@ -325,7 +327,9 @@ class PodProcess:
         pod_id: str,
         extra_args: list[str] | None = None,
         model_types: str = MLSERVER_MODEL_TYPES,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> PodProcess:
+        """``credentials``: how a client reaches it when it serves TLS (its readiness is checked so)."""
         port, internal_port, rest_port, internal_rest_port = (free_port() for _ in range(4))
         extra_args = list(extra_args or [])
         metrics_address = ""
@@ -352,7 +356,7 @@ class PodProcess:
             work_dir / f"{pod_id}.log",
         )
         address = f"127.0.0.1:{port}"
-        process.wait_until(lambda: grpc_serving(address), 60, "pod serving")
+        process.wait_until(lambda: grpc_serving(address, credentials=credentials), 60, "pod serving")
         return cls(
             process, address, pod_id, f"127.0.0.1:{rest_port}", f"127.0.0.1:{internal_port}", metrics_address
         )

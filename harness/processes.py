@@ -169,8 +169,12 @@ class ChildProcess:
             os.killpg(self._popen.pid, sig)  # our own group: start_new_session made pgid == pid
 
 
-def grpc_serving(address: str, service: str = "") -> bool:
-    with grpc.insecure_channel(address) as channel:
+def grpc_serving(address: str, service: str = "", credentials: grpc.ChannelCredentials | None = None) -> bool:
+    """The health service answers SERVING (over TLS with ``credentials``)."""
+    channel = (
+        grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=2
         )

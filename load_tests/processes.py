@@ -111,9 +111,12 @@ def start_echo_pod(
     pod_id: str,
     model_types: str = MODEL_TYPE,
     extra_args: list[str] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> PodProcess:
-    """A mesh pod whose adapter and runtime are ``echo``."""
-    return PodProcess.start(work_dir, etcd, echo, echo, pod_id, extra_args, model_types=model_types)
+    """A mesh pod whose adapter and runtime are ``echo`` (``credentials``: a client's, when it serves TLS)."""
+    return PodProcess.start(
+        work_dir, etcd, echo, echo, pod_id, extra_args, model_types=model_types, credentials=credentials
+    )
 
 
 NGINX_CONFIG = """\

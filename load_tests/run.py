@@ -80,8 +80,8 @@ def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
         backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2", "echo-h2lib")
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
     if name == "metrics_cost":
-        settings = HopSettings(**{**hop_settings(full).__dict__, "rounds": 7})
-        return asyncio.run(metrics_cost.run_metrics_cost(directory, settings))
+        rounds = 25 if full else 15
+        return asyncio.run(metrics_cost.run_metrics_cost(directory, hop_settings(full), rounds))
     if name == "stalls":
         return stalls.run_stalls(directory, stall_settings(full))
     if name == "perf_analyzer":  # {"skipped": why} without Triton or perf_analyzer

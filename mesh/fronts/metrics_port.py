@@ -7,6 +7,8 @@ request body is never read. The text is made at scrape time (observe/export.py).
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from mesh.fronts.server_limits import GuardedListener, RestLimits, guard_middleware
@@ -25,11 +27,11 @@ class MetricsPort:
         self._runner: web.AppRunner | None = None
         self.listener: GuardedListener | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         self._runner = web.AppRunner(self.app, **self.limits.handler_args())
         await self._runner.setup()
         self.listener = GuardedListener(self._runner, self.limits)
-        await self.listener.start(host, port)
+        await self.listener.start(host, port, tls=tls)
 
     async def stop(self) -> None:
         if self.listener is not None:

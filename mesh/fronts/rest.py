@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
@@ -272,6 +273,7 @@ class RestGateway:
         self._runtime_base = f"http://{runtime_rest}" if runtime_rest else ""
         self._metadata = {"name": server_name, "version": version, "extensions": []}
         self._session: aiohttp.ClientSession | None = None
+        self._to_peers_tls: ssl.SSLContext | None = None
         self._runners: list[web.AppRunner] = []
         self._listeners: list[GuardedListener] = []
         self._max_body_bytes = max_body_bytes
@@ -319,19 +321,30 @@ class RestGateway:
             ]
         )
 
-    async def start(self, host: str, port: int, internal_port: int) -> None:
-        """Both listeners, each behind a connection guard (fronts/server_limits.py): cap, request deadline."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        internal_port: int,
+        tls: ssl.SSLContext | None = None,
+        internal_tls: ssl.SSLContext | None = None,
+        to_peers_tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """Both listeners, each behind a connection guard (fronts/server_limits.py): cap, request deadline.
+        With TLS: ``tls`` on the public port, ``internal_tls`` (pod certificates only) on the peers' one, and
+        ``to_peers_tls`` for this pod's calls to theirs."""
         self._session = aiohttp.ClientSession(auto_decompress=False)
+        self._to_peers_tls = to_peers_tls
         internal_limits = replace(self.limits, max_header_list_bytes=2 * self.limits.max_header_list_bytes)
-        for app, app_port, limits in (
-            (self.app, port, self.limits),
-            (self.internal_app, internal_port, internal_limits),
+        for app, app_port, limits, context in (
+            (self.app, port, self.limits, tls),
+            (self.internal_app, internal_port, internal_limits, internal_tls),
         ):
             runner = web.AppRunner(app, **limits.handler_args())
             await runner.setup()
             self._runners.append(runner)
             listener = GuardedListener(runner, limits)
-            await listener.start(host, app_port)
+            await listener.start(host, app_port, tls=context)
             self._listeners.append(listener)
 
     async def stop(self) -> None:
@@ -464,7 +477,7 @@ class RestGateway:
                 rest_address = self._router.instance(pod_id).internal_rest_address
                 if not rest_address:
                     raise Reroute(MeshError(grpc.StatusCode.UNAVAILABLE, f"pod {pod_id} serves no REST"))
-                base = f"http://{rest_address}"
+                base = f"{'https' if self._to_peers_tls else 'http'}://{rest_address}"
                 response = await self._call(base, request, model_id, suffix, body, internal=True, avoid=avoid)
                 return acted_on(from_peer_http(response.status, response.headers), response)
 
@@ -543,6 +556,7 @@ class RestGateway:
             if avoid:
                 headers[AVOID_HEADER] = ",".join(sorted(avoid))
         started, status = time.monotonic(), grpc.StatusCode.UNAVAILABLE.value[0]
+        peer_tls: ssl.SSLContext | bool = self._to_peers_tls if internal and self._to_peers_tls else True
         try:
             async with self._session.request(
                 request.method,
@@ -551,6 +565,7 @@ class RestGateway:
                 headers=headers,
                 params=request.query,
                 skip_auto_headers=_NOT_ADDED,
+                ssl=peer_tls,  # True: the default (for the runtime on loopback: plain http)
             ) as upstream:
                 payload = await upstream.read()  # as it came: the session decodes nothing
                 status = grpc_code(upstream.status)

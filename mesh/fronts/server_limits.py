@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -303,7 +304,9 @@ class GuardedListener:
     def release(self, guard: ConnectionGuard) -> None:
         self._connections.discard(guard)
 
-    async def start(self, host: str, port: int, backlog: int = 128) -> None:
+    async def start(
+        self, host: str, port: int, backlog: int = 128, tls: ssl.SSLContext | None = None
+    ) -> None:
         handlers = self._runner.server
         assert handlers is not None, "runner.setup() first"
         loop = asyncio.get_running_loop()
@@ -312,7 +315,15 @@ class GuardedListener:
         def connection() -> ConnectionGuard:
             return ConnectionGuard(self, JsonErrorHandler(handlers, loop=loop, **handler_args))
 
-        self._server = await loop.create_server(connection, host, port, backlog=backlog, reuse_address=True)
+        self._server = await loop.create_server(
+            connection,
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.request_read_timeout_s if tls is not None else None,
+        )
 
     def close(self) -> None:
         """Stop accepting; the runner's cleanup closes the connections."""

@@ -39,6 +39,7 @@ from mesh.models.runtime_watch import RuntimeWatch
 from mesh.observe.export import Exposition, InstanceGauges, MeshCollector
 from mesh.observe.metrics import metrics_for
 from mesh.process.entry import freeze_startup_heap, run_until_signalled, tracing_for
+from mesh.process.security import PodTls
 from mesh.process.serving_worker import (
     DELEGATE_ENV,
     METHODS_ENV,
@@ -57,6 +58,7 @@ from mesh.registry.view import RoutingTable
 from mesh.routing.peers import PeerHealth, PeerPool
 from mesh.routing.router import Router
 from mesh.status_page import EventLimits
+from mesh.tls import TlsError
 
 log = logging.getLogger("mesh.process.pod")
 SERVER_NAME = "modelmesh-py"
@@ -163,6 +165,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
     watch = asyncio.create_task(store.run_watch(table, synced))
     metrics = metrics_for(settings.metrics_config)  # the one this process counts into
     tracing = tracing_for(settings)
+    tls = PodTls.from_settings(settings)
     runtime = RuntimeClient(
         settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes, metrics=metrics
     )
@@ -189,7 +192,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         table.model_listeners.append(loader.on_model_changed)
         method_infos = {"/" + m: list(info.idInjectionPath) for m, info in status.methodInfos.items()}
         methods = MethodTable(method_infos, status.allowAnyMethod, status.runtimeVersion)
-        peers = PeerPool(settings.max_message_bytes)
+        peers = PeerPool(settings.max_message_bytes, tls.to_peers_grpc)
         router = Router(
             settings.pod_id,
             table,
@@ -218,6 +221,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
                 metrics=metrics,
                 requests=settings.request_log(),
                 tracing=tracing,
+                peer_ssl=PodTls.ssl_of(tls.to_peers_h2),
             )
             internal_front = H2Front(
                 router,
@@ -249,7 +253,7 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         external = None
         if front is None:
             external = grpc_server(settings, public=True, reuse_port=settings.serving_processes > 1)
-            external.add_insecure_port(settings.address)
+            tls.add_port(external, settings.address, internal=False)
             servers.append(external)
         if settings.serving_processes > 1 or front is not None:  # they relay what they do not serve
             relay = grpc_server(settings, public=False)
@@ -279,22 +283,37 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
                 os.unlink(internal_relay)
             internal.add_insecure_port("unix:" + internal_relay)
         else:
-            internal.add_insecure_port(f"{settings.host}:{settings.internal_port}")
+            tls.add_port(internal, f"{settings.host}:{settings.internal_port}", internal=True)
         await internal.start()
         for server in servers:
             await server.start()
         if front is not None and internal_front is not None:
-            await front.start(settings.host, settings.grpc_port, reuse_port=settings.serving_processes > 1)
-            await internal_front.start(settings.host, settings.internal_port)
+            await front.start(
+                settings.host,
+                settings.grpc_port,
+                reuse_port=settings.serving_processes > 1,
+                tls=PodTls.ssl_of(tls.front),
+            )
+            await internal_front.start(
+                settings.host, settings.internal_port, tls=PodTls.ssl_of(tls.internal_front)
+            )
         if settings.rest_port:
-            await gateway.start(settings.host, settings.rest_port, settings.internal_rest_port)
+            await gateway.start(
+                settings.host,
+                settings.rest_port,
+                settings.internal_rest_port,
+                tls=PodTls.ssl_of(tls.rest),
+                internal_tls=PodTls.ssl_of(tls.internal_rest),
+                to_peers_tls=PodTls.ssl_of(tls.to_peers_rest),
+            )
         metrics_port = None
         if settings.metrics_config.enabled:
             metrics_port = MetricsPort(
                 Exposition(MeshCollector(metrics, lambda: instance_gauges(cache), router.mesh_gauges)),
                 RestLimits.from_settings(settings),
             )
-            await metrics_port.start(settings.host, settings.metrics_config.port)
+            await metrics_port.start(settings.host, settings.metrics_config.port, tls=PodTls.ssl_of(tls.rest))
+        reloading = asyncio.create_task(tls.keep_reloading(settings.tls_reload_interval_s))
         for service in ("", *SERVED_SERVICES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -347,9 +366,9 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         for server in servers:
             await server.stop(grace=5)
         await internal.stop(grace=5)
-        for task in (keep_alive, scaling, leader, watching):
+        for task in (keep_alive, scaling, leader, watching, reloading):
             task.cancel()
-        await asyncio.gather(keep_alive, scaling, leader, watching, return_exceptions=True)
+        await asyncio.gather(keep_alive, scaling, leader, watching, reloading, return_exceptions=True)
         await transitions.close()
         await loader.close()
         await peers.close()
@@ -372,7 +391,10 @@ def front_counts(front: H2Front | None, internal: H2Front | None) -> dict[str, i
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_settings(argv)
-    run_until_signalled(settings, lambda stop: run_pod(settings, stop))
+    try:
+        run_until_signalled(settings, lambda stop: run_pod(settings, stop))
+    except TlsError as e:  # a certificate that cannot be read or used: say which, no traceback
+        sys.exit(f"modelmesh-pod: {e}")
 
 
 if __name__ == "__main__":

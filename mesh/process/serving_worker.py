@@ -58,6 +58,7 @@ from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import MeshMetrics, metrics_for
 from mesh.outcomes import Passthrough, RuntimeNotFound, abort, grpc_status, peer_error
 from mesh.process.entry import freeze_startup_heap, run_until_signalled, tracing_for
+from mesh.process.security import PodTls
 from mesh.process.settings import Settings, parse_settings
 from mesh.registry.records import InstanceRecord
 from mesh.registry.store import EtcdStore
@@ -328,10 +329,20 @@ class WorkerRouting:
 
 
 async def report_usage(
-    usage: UsageLog, metrics: MeshMetrics, internal_address: str, stop: asyncio.Event
+    usage: UsageLog,
+    metrics: MeshMetrics,
+    internal_address: str,
+    stop: asyncio.Event,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
-    """Every second, and once more when stopping: the hits and the metrics since the last report."""
-    async with grpc.aio.insecure_channel(internal_address) as channel:
+    """Every second, and once more when stopping: the hits and the metrics since the last report (to the
+    main process's internal port: with TLS, as a pod with its certificate)."""
+    channel = (
+        grpc.aio.insecure_channel(internal_address)
+        if credentials is None
+        else grpc.aio.secure_channel(internal_address, credentials)
+    )
+    async with channel:
         send_usage, send_metrics = channel.unary_unary(USAGE_METHOD), channel.unary_unary(METRICS_METHOD)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -364,6 +375,7 @@ async def start_grpc_worker(
     methods: MethodTable,
     delegate: grpc.aio.Channel,
     peers: PeerPool,
+    tls: PodTls,
 ) -> Callable[[], Awaitable[None]]:
     """--front=grpc: the worker's own grpc.aio server on the pod's port; returns how to stop it."""
     server = grpc.aio.server(options=grpc_server_options(settings, public=True, reuse_port=True))
@@ -372,7 +384,7 @@ async def start_grpc_worker(
     reflection.enable_server_reflection(REFLECTED_SERVICES, server)  # answered here, not relayed
     proxy = WorkerProxy(routing, runtime, methods, delegate, peers, settings.request_log())
     server.add_generic_rpc_handlers((CountedRequests(proxy, runtime.metrics),))
-    server.add_insecure_port(settings.address)
+    tls.add_port(server, settings.address, internal=False)
     await server.start()
     for service in ("", *SERVED_SERVICES):  # as the main process
         await health_checks.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -394,6 +406,7 @@ async def run_worker(
     watch = asyncio.create_task(store.run_watch(table, synced))
     metrics = metrics_for(settings.metrics_config)  # shipped to the main process, which exports the sum
     tracing = tracing_for(settings)
+    tls = PodTls.from_settings(settings)
     runtime = RuntimeClient(
         settings.runtime_spi, settings.runtime_serving, settings.max_message_bytes, metrics=metrics
     )
@@ -401,7 +414,7 @@ async def run_worker(
         delegate, options=message_size_options(settings.max_message_bytes)
     )
     usage = UsageLog()
-    peers = PeerPool(settings.max_message_bytes)
+    peers = PeerPool(settings.max_message_bytes, tls.to_peers_grpc)
     try:
         await asyncio.wait_for(synced.wait(), timeout=30)
         routing = WorkerRouting(
@@ -419,19 +432,24 @@ async def run_worker(
                 metrics=metrics,
                 requests=settings.request_log(),
                 tracing=tracing,
+                peer_ssl=PodTls.ssl_of(tls.to_peers_h2),
             )
-            await front.start(settings.host, settings.grpc_port, reuse_port=True)
+            await front.start(
+                settings.host, settings.grpc_port, reuse_port=True, tls=PodTls.ssl_of(tls.front)
+            )
             stop_serving = functools.partial(front.stop, 5.0)
         else:
             stop_serving = await start_grpc_worker(
-                settings, routing, runtime, methods, delegate_channel, peers
+                settings, routing, runtime, methods, delegate_channel, peers, tls
             )
+        reloading = asyncio.create_task(tls.keep_reloading(settings.tls_reload_interval_s))
         reporting = asyncio.create_task(
-            report_usage(usage, metrics, f"{settings.host}:{settings.internal_port}", stop)
+            report_usage(usage, metrics, f"{settings.host}:{settings.internal_port}", stop, tls.to_peers_grpc)
         )
         log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)
         freeze_startup_heap()
         await stop.wait()
+        reloading.cancel()
         await stop_serving()
         await reporting
     finally:

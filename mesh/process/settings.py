@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from mesh.models.cache import EvictionPolicy
 from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import MetricsConfig, parse_metrics_config
+from mesh.tls import ClientAuth, TlsFiles
 
 # Request headers that carry credentials: never written to a log, whatever MM_LOG_REQUEST_HEADERS asks.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
@@ -160,6 +161,34 @@ OPTIONS: tuple[Option, ...] = (
         "600",
         "an event stream ends after this (it reconnects)",
     ),
+    # TLS (ModelMesh's names for the external port's)
+    Option(
+        "--tls-cert",
+        "MM_TLS_KEY_CERT_PATH",
+        "",
+        "PEM certificate chain of the external ports (empty: no TLS)",
+    ),
+    Option("--tls-key", "MM_TLS_PRIVATE_KEY_PATH", "", "its private key (PEM)"),
+    Option(
+        "--tls-client-auth", "MM_TLS_CLIENT_AUTH", "NONE", "NONE, OPTIONAL or REQUIRE client certificates"
+    ),
+    Option("--tls-trust", "MM_TLS_TRUST_CERT_PATH", "", "CA bundle client certificates are checked against"),
+    Option(
+        "--internal-tls-cert",
+        "MM_INTERNAL_TLS_KEY_CERT_PATH",
+        "",
+        "this pod's certificate for pod-to-pod mutual TLS (default: --tls-cert)",
+    ),
+    Option("--internal-tls-key", "MM_INTERNAL_TLS_PRIVATE_KEY_PATH", "", "its key (default: --tls-key)"),
+    Option(
+        "--internal-tls-trust",
+        "MM_INTERNAL_TLS_TRUST_CERT_PATH",
+        "",
+        "CA bundle that signs pod certificates (default: --tls-trust)",
+    ),
+    Option(
+        "--tls-reload-interval-s", "MM_TLS_RELOAD_INTERVAL_S", "10", "how often certificate files are checked"
+    ),
     # Observing a pod
     Option(
         "--metrics",
@@ -238,6 +267,14 @@ class Settings:
     handshake_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     request_read_timeout_s: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_auth: str = "NONE"
+    tls_trust: str = ""
+    internal_tls_cert: str = ""
+    internal_tls_key: str = ""
+    internal_tls_trust: str = ""
+    tls_reload_interval_s: float = 10.0
     status_max_streams: int = 64
     status_write_timeout_s: float = 10.0
     status_max_stream_s: float = 600.0
@@ -262,6 +299,28 @@ class Settings:
 
     def advertised(self, port: int) -> str:
         return f"{self.advertise_host or self.host}:{port}"
+
+    @property
+    def external_tls(self) -> TlsFiles | None:
+        """The external ports' certificate, or None: plaintext."""
+        if not self.tls_cert:
+            return None
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_trust)
+
+    @property
+    def internal_tls(self) -> TlsFiles | None:
+        """This pod's certificate for its internal ports and its calls to peers, with the CA of pod
+        certificates; None: plaintext between pods."""
+        cert = self.internal_tls_cert or self.tls_cert
+        if not cert:
+            return None
+        return TlsFiles(
+            cert, self.internal_tls_key or self.tls_key, self.internal_tls_trust or self.tls_trust
+        )
+
+    @property
+    def client_auth(self) -> ClientAuth:
+        return ClientAuth(self.tls_client_auth)
 
     @property
     def metrics_config(self) -> MetricsConfig:
@@ -302,6 +361,28 @@ def parse_logged_headers(raw: str) -> dict[str, str]:
     if secret:
         raise ValueError(f"{', '.join(secret)} may carry a secret and is never logged")
     return {k.lower(): v for k, v in mapping.items()}
+
+
+def check_tls(values: dict[str, object]) -> None:
+    """TLS settings that cannot work, refused at start with what is missing."""
+    auth = str(values["tls_client_auth"]).upper()
+    if auth not in ClientAuth.__members__:
+        raise ValueError(f"--tls-client-auth: {auth!r} is not one of NONE, OPTIONAL, REQUIRE")
+    values["tls_client_auth"] = auth
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if bool(values["internal_tls_cert"]) != bool(values["internal_tls_key"]):
+        raise ValueError("--internal-tls-cert and --internal-tls-key go together")
+    if auth != "NONE" and not values["tls_trust"]:
+        raise ValueError(f"--tls-client-auth={auth} needs --tls-trust (MM_TLS_TRUST_CERT_PATH)")
+    if (values["tls_cert"] or values["internal_tls_cert"]) and not (
+        values["internal_tls_trust"] or values["tls_trust"]
+    ):
+        raise ValueError(
+            "with TLS, pods verify each other: --internal-tls-trust or --tls-trust (the pods' CA)"
+        )
+    if values["internal_tls_cert"] and not values["tls_cert"]:
+        raise ValueError("--internal-tls-cert without --tls-cert: the external ports would stay plaintext")
 
 
 def parse_bool(raw: str) -> bool:
@@ -348,6 +429,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
         parser.error("--trace-sample-ratio: between 0 and 1")
     if int(values["serving_processes"]) < 1:  # type: ignore[call-overload]
         parser.error("--serving-processes: at least 1")
+    try:
+        check_tls(values)
+    except ValueError as e:
+        parser.error(str(e))
     for name, check in (
         ("metrics", lambda: parse_metrics_config(str(values["metrics"]), int(values["metrics_port"]))),  # type: ignore[call-overload]
         ("log_request_headers", lambda: parse_logged_headers(str(values["log_request_headers"]))),

@@ -48,7 +48,8 @@ class PeerHealth:
 
 
 class PeerPool:
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._credentials = credentials  # mutual TLS to peers' internal ports, when pods have certificates
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -58,7 +59,11 @@ class PeerPool:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = (
+                grpc.aio.insecure_channel(address, options=self._options)
+                if self._credentials is None
+                else grpc.aio.secure_channel(address, self._credentials, options=self._options)
+            )
             self._channels[address] = channel
         return channel
 

@@ -28,6 +28,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -123,6 +124,7 @@ class H2Front:
         metrics: MeshMetrics | None = None,
         requests: RequestLog | None = None,
         tracing: Tracing | None = None,
+        peer_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self._router = router
         self.tracing = tracing or Tracing.off()
@@ -135,7 +137,7 @@ class H2Front:
             m for m in FAST_METHODS if methods.refusal(m) is None and methods.id_path(m) == [1]
         )
         self.batch = WriteBatch()  # every write made while one read is handled goes out once per socket
-        self.upstreams = Upstreams(runtime_address, relay_path, self.batch)
+        self.upstreams = Upstreams(runtime_address, relay_path, self.batch, peer_ssl)
         self._server: asyncio.base_events.Server | None = None
         self._sweeping: asyncio.Task[None] | None = None
         self.connections: set[ClientConnection] = set()
@@ -144,12 +146,17 @@ class H2Front:
         self.refused_connections = 0
         self._idle = asyncio.Event()  # set when no stream is in flight (waited for on stop)
 
-    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+    async def start(
+        self, host: str, port: int, reuse_port: bool = False, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen; with ``tls``, clients speak TLS (ALPN h2), decrypted before the codec sees a byte."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientConnection(FrontStreams(self), self.limits, self.connections, self.batch),
             sock=listening_socket(host, port, reuse_port),
             backlog=LISTEN_BACKLOG,  # create_server listens again, with 100 unless told
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.handshake_timeout_s if tls is not None else None,
         )
         self._sweeping = asyncio.create_task(self._sweep())
 

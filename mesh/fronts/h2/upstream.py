@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import TYPE_CHECKING
 
 from mesh.fronts.h2.endpoint import H2Endpoint, WriteBatch
@@ -28,7 +29,10 @@ MAX_CONNECTIONS_PER_TARGET = 16
 class Upstreams:
     """Connections per target, and which client stream each upstream stream answers."""
 
-    def __init__(self, runtime_address: str, relay_path: str, batch: WriteBatch) -> None:
+    def __init__(
+        self, runtime_address: str, relay_path: str, batch: WriteBatch, peer_ssl: ssl.SSLContext | None = None
+    ) -> None:
+        self._peer_ssl = peer_ssl  # peers' internal ports: mutual TLS when the pods have certificates
         host, _, port = runtime_address.rpartition(":")
         self._runtime = (host, int(port))
         self._relay_path = relay_path
@@ -126,7 +130,12 @@ class Upstreams:
                 _, opened = await loop.create_connection(endpoint, *self._runtime)
             else:
                 host, _, port = to.rpartition(":")
-                _, opened = await loop.create_connection(endpoint, host, int(port))
+                if self._peer_ssl is None:
+                    _, opened = await loop.create_connection(endpoint, host, int(port))
+                else:
+                    _, opened = await loop.create_connection(
+                        endpoint, host, int(port), ssl=self._peer_ssl, server_hostname=host
+                    )
         self._pools.setdefault(to, []).append(opened)
         self._target[opened] = to
         self._streams[opened] = {}
