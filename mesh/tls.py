@@ -57,11 +57,11 @@ class TlsFiles:
             return self._seen  # mid-rotation (a file replaced by a symlink swap): look again next time
 
     def changed(self) -> bool:
-        now = self._mtimes()
-        if now == self._seen:
-            return False
-        self._seen = now
-        return True
+        """Whether the files differ from what was last loaded (``loaded()``)."""
+        return self._mtimes() != self._seen
+
+    def loaded(self) -> None:
+        self._seen = self._mtimes()
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:
         try:
@@ -81,9 +81,10 @@ class ReloadingContext:
 
     def __init__(self, context: ssl.SSLContext, files: TlsFiles) -> None:
         self.context = context
-        self.files = files
-        files.changed()  # the times of what is loaded now
+        self.files = TlsFiles(files.cert, files.key, files.trust)  # its own record of what it loaded
         self._load()
+        self.files.loaded()
+        self._failed: tuple[float, ...] = ()
 
     def _load(self) -> None:
         try:
@@ -95,14 +96,18 @@ class ReloadingContext:
 
     def reload(self) -> bool:
         """Load the files again if they changed; False (and the old certificate kept) if they did not or are
-        half written."""
+        half written: a rotation that writes the certificate, then the key, is picked up once both are in."""
         if not self.files.changed():
             return False
         try:
             self._load()
         except TlsError as e:
-            log.error("certificate reload failed, keeping the current one: %s", e)
+            attempt = self.files._mtimes()
+            if attempt != self._failed:  # once per state of the files, not every interval
+                log.error("certificate reload failed, keeping the current one: %s", e)
+                self._failed = attempt
             return False
+        self.files.loaded()
         log.info("certificates reloaded from %s", ", ".join(self.files.paths()))
         return True
 
@@ -141,10 +146,11 @@ def grpc_server_credentials(files: TlsFiles, client_auth: ClientAuth) -> grpc.Se
     if client_auth is not ClientAuth.NONE and not files.trust:
         raise TlsError(f"client authentication {client_auth.value} needs a trust bundle")
     watched = TlsFiles(files.cert, files.key, files.trust)
-    watched.changed()
 
     def configuration() -> grpc.ServerCertificateConfiguration:
         chain, key, trust = watched.read()
+        _check_pair(watched)
+        watched.loaded()
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=trust)
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
@@ -160,6 +166,14 @@ def grpc_server_credentials(files: TlsFiles, client_auth: ClientAuth) -> grpc.Se
     return grpc.dynamic_ssl_server_credentials(
         configuration(), fetch, require_client_authentication=client_auth is ClientAuth.REQUIRE
     )
+
+
+def _check_pair(files: TlsFiles) -> None:
+    """The key is the certificate's (grpc would find out only at the next handshake, and fail it)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as e:
+        raise TlsError(f"the key does not fit the certificate: {e}") from None
 
 
 def grpc_channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:

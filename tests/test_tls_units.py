@@ -140,3 +140,15 @@ def test_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TlsError):  # a key that is not the certificate's
         other = issue(trustme.CA(), tmp_path / "o", "other")
         server_context(TlsFiles(files.cert, other.key), ClientAuth.NONE)
+
+
+def test_a_rotation_written_file_by_file_is_picked_up_once_complete(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    files = issue(ca, tmp_path, "pod")
+    server = server_context(TlsFiles(files.cert, files.key), ClientAuth.NONE)
+    new = ca.issue_cert("127.0.0.1")
+    new.cert_chain_pems[0].write_to_path(files.cert)  # the certificate first: it does not fit the old key
+    assert not server.reload()
+    new.private_key_pem.write_to_path(files.key)  # then the key
+    assert server.reload()
+    asyncio.run(handshake(server.context, plain_client(files.trust)))
