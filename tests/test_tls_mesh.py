@@ -6,8 +6,12 @@ only a pod certificate opens the internal port; certificates rotated under traff
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -268,3 +272,20 @@ def test_certificates_rotated_under_traffic_lose_nothing(tls_mesh: TlsMesh) -> N
     assert (
         tls_mesh.infer(tls_mesh.a.address, "secret-model") == "secret-model"
     )  # forwarding with the new pod cert
+
+
+def test_meshctl_speaks_tls(tls_mesh: TlsMesh) -> None:
+    meshctl = Path(sys.executable).parent / "meshctl"
+    env = {**os.environ, "MESH_ENDPOINT": tls_mesh.a.address, "MESH_REST_ENDPOINT": tls_mesh.a.rest_address}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(meshctl), *args], env=env, capture_output=True, text=True, timeout=60)
+
+    status = run("--tls-ca", tls_mesh.server_trust, "-o", "json", "status", "secret-model")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["status"] == "LOADED"
+    listed = run("--tls-ca", tls_mesh.server_trust, "-o", "json", "list")  # REST, over https
+    assert listed.returncode == 0, listed.stderr
+    assert "secret-model" in {m["id"] for m in json.loads(listed.stdout)}
+    plain = run("-o", "json", "status", "secret-model")
+    assert plain.returncode == 5, plain.stdout  # the mesh is unreachable without TLS

@@ -6,15 +6,18 @@ Every failure is a CliError carrying the gRPC status name, the message and the e
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
 
-from mesh.cli.render import UNREACHABLE, exit_code, status_of_http
+from mesh.cli.render import INVALID, UNREACHABLE, exit_code, status_of_http
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
@@ -39,19 +42,48 @@ def rpc_error(e: grpc.RpcError) -> CliError:
     return CliError(name, call.details() or name)
 
 
-def rest_base(endpoint: str) -> str:
+def rest_base(endpoint: str, tls: bool = False) -> str:
     """``host:port`` or a URL -> the URL REST paths are appended to (no trailing slash)."""
-    base = endpoint if "://" in endpoint else f"http://{endpoint}"
+    base = endpoint if "://" in endpoint else f"{'https' if tls else 'http'}://{endpoint}"
     return base.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How meshctl speaks TLS to a mesh: the CA its pods' certificates are checked against, and a client
+    certificate for meshes that require one (``--tls-ca``, ``--tls-cert``, ``--tls-key``)."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        try:
+            root = Path(self.ca).read_bytes()
+            chain = Path(self.cert).read_bytes() if self.cert else None
+            key = Path(self.key).read_bytes() if self.key else None
+        except OSError as e:
+            raise CliError("INVALID_ARGUMENT", f"cannot read {e.filename}: {e.strerror}", INVALID) from None
+        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=self.ca)
+            if self.cert:
+                context.load_cert_chain(self.cert, self.key or None)
+        except (OSError, ssl.SSLError) as e:
+            raise CliError("INVALID_ARGUMENT", f"TLS files: {e}", INVALID) from None
+        return context
 
 
 class MeshClient:
     """One mesh: its gRPC endpoint (a channel opened on first use) and its REST endpoint."""
 
-    def __init__(self, endpoint: str, rest: str, timeout_s: float) -> None:
+    def __init__(self, endpoint: str, rest: str, timeout_s: float, tls: ClientTls | None = None) -> None:
         self.endpoint = endpoint
         self.rest = rest
         self.timeout_s = timeout_s
+        self.tls = tls
         self._channel: grpc.Channel | None = None
         self._stub: mm_grpc.ModelMeshStub | None = None
 
@@ -70,7 +102,11 @@ class MeshClient:
     @property
     def stub(self) -> mm_grpc.ModelMeshStub:
         if self._stub is None:
-            self._channel = grpc.insecure_channel(self.endpoint)
+            self._channel = (
+                grpc.insecure_channel(self.endpoint)
+                if self.tls is None
+                else grpc.secure_channel(self.endpoint, self.tls.grpc_credentials())
+            )
             self._stub = mm_grpc.ModelMeshStub(self._channel)
         return self._stub
 
@@ -123,10 +159,12 @@ class MeshClient:
     def get_json(self, path: str, query: Mapping[str, str | int | None] | None = None) -> Any:
         """GET ``path`` on the REST endpoint and decode its JSON; the error JSON's message on failure."""
         params = {k: str(v) for k, v in (query or {}).items() if v is not None and v != ""}
-        url = rest_base(self.rest) + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        url = rest_base(self.rest, self.tls is not None) + path
+        url += "?" + urllib.parse.urlencode(params) if params else ""
         request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        context = self.tls.ssl_context() if self.tls is not None else None
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as reply:
                 body = reply.read()
         except urllib.error.HTTPError as e:
             raise CliError(status_of_http(e.code), f"{url}: {error_message(e.read(), e.reason)}") from None

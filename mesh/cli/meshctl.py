@@ -47,7 +47,7 @@ from rich.progress import (
 )
 
 from mesh.cli import render
-from mesh.cli.client import DEFAULT_ENDPOINT, DEFAULT_REST, CliError, MeshClient
+from mesh.cli.client import DEFAULT_ENDPOINT, DEFAULT_REST, ClientTls, CliError, MeshClient
 from protos import model_mesh_pb2 as mm
 
 HELP = (
@@ -87,13 +87,14 @@ class Settings:
     rest: str
     output: Output
     timeout_s: float
+    tls: ClientTls | None = None
 
     @property
     def json(self) -> bool:
         return self.output is Output.json
 
     def client(self) -> MeshClient:
-        return MeshClient(self.endpoint, self.rest, self.timeout_s)
+        return MeshClient(self.endpoint, self.rest, self.timeout_s, self.tls)
 
 
 def stdout_console() -> Console:
@@ -146,8 +147,26 @@ def main_options(
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, help="Deadline of each call, seconds.")
     ] = 30.0,
+    tls_ca: Annotated[
+        str,
+        typer.Option(
+            "--tls-ca",
+            envvar="MESH_TLS_CA",
+            help="Speak TLS; the CA bundle the mesh's certificate is checked against.",
+        ),
+    ] = "",
+    tls_cert: Annotated[
+        str,
+        typer.Option(
+            "--tls-cert", envvar="MESH_TLS_CERT", help="A client certificate, for meshes that ask for one."
+        ),
+    ] = "",
+    tls_key: Annotated[str, typer.Option("--tls-key", envvar="MESH_TLS_KEY", help="Its private key.")] = "",
 ) -> None:
-    ctx.obj = Settings(endpoint, rest, output, timeout)
+    if (tls_cert or tls_key) and not tls_ca:
+        raise typer.BadParameter("--tls-cert and --tls-key need --tls-ca")
+    tls = ClientTls(tls_ca, tls_cert, tls_key) if tls_ca else None
+    ctx.obj = Settings(endpoint, rest, output, timeout, tls)
 
 
 def call(action: Callable[[], Any]) -> Any:
