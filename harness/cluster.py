@@ -9,6 +9,8 @@ own process group and log file, and is stopped by its PID (never by name).
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,55 +32,148 @@ from harness.processes import (
 # The parent may run inside another venv; a child with its own interpreter must not inherit it.
 
 
+@dataclass(frozen=True)
+class EtcdSecurity:
+    """TLS with client certificates, and optionally users: how a secured etcd is started and reached."""
+
+    ca: Path  # signed etcd's certificate and the clients' certificates
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    username: str = ""
+    password: str = ""
+    granted_prefix: str = ""  # the user may read and write only under this prefix ("" : everything)
+
+
 @dataclass
 class EtcdServer:
     process: ChildProcess
     work_dir: Path
     client_port: int
     peer_port: int
+    security: EtcdSecurity | None = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.security else 'http'}://{self.endpoint}"
+
     @classmethod
-    def start(cls, work_dir: Path, client_port: int = 0, peer_port: int = 0) -> EtcdServer:
+    def start(
+        cls, work_dir: Path, client_port: int = 0, peer_port: int = 0, security: EtcdSecurity | None = None
+    ) -> EtcdServer:
         """Start etcd on free ports, or on the given ones (a restart keeps its ports and data)."""
         client, peer = client_port or free_port(), peer_port or free_port()
+        scheme = "https" if security else "http"
+        tls_args = (
+            [
+                f"--cert-file={security.server_cert}",
+                f"--key-file={security.server_key}",
+                f"--trusted-ca-file={security.ca}",
+                "--client-cert-auth",
+            ]
+            if security
+            else []
+        )
         process = ChildProcess(
             "etcd",
             [
                 str(etcd_binary()),
                 "--name=mesh-local",
                 f"--data-dir={work_dir / 'etcd-data'}",
-                f"--listen-client-urls=http://127.0.0.1:{client}",
-                f"--advertise-client-urls=http://127.0.0.1:{client}",
+                f"--listen-client-urls={scheme}://127.0.0.1:{client}",
+                f"--advertise-client-urls={scheme}://127.0.0.1:{client}",
                 f"--listen-peer-urls=http://127.0.0.1:{peer}",
                 f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
                 f"--initial-cluster=mesh-local=http://127.0.0.1:{peer}",
                 "--log-level=warn",
+                *tls_args,
             ],
             work_dir / "etcd.log",
         )
+        context = None
+        if security:
+            context = ssl.create_default_context(cafile=str(security.ca))
+            context.load_cert_chain(str(security.client_cert), str(security.client_key))
 
         def healthy() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{client}/health", timeout=2) as reply:
+            with urllib.request.urlopen(
+                f"{scheme}://127.0.0.1:{client}/health", timeout=2, context=context
+            ) as reply:
                 return b'"health":"true"' in reply.read()
 
         process.wait_until(healthy, 30, "etcd health")
-        return cls(process, work_dir, client, peer)
+        server = cls(process, work_dir, client, peer, security)
+        if security and security.username and not client_port:  # a restart keeps its users
+            server.enable_auth()
+        return server
+
+    def etcdctl(self, *args: str) -> str:
+        """Run etcdctl against this server as root (or without a user before auth is on)."""
+        command = [str(etcd_binary().with_name("etcdctl")), f"--endpoints={self.url}", *args]
+        if self.security:
+            command[2:2] = [
+                f"--cacert={self.security.ca}",
+                f"--cert={self.security.client_cert}",
+                f"--key={self.security.client_key}",
+            ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"etcdctl {args[0]}: {done.stderr.strip()}")
+        return done.stdout
+
+    def enable_auth(self) -> None:
+        """etcd's users on: root (needed before auth can be enabled) and the mesh's own user."""
+        assert self.security is not None
+        user, password = self.security.username, self.security.password
+        self.etcdctl("user", "add", "root", f"--new-user-password={ROOT_PASSWORD}")
+        self.etcdctl("user", "add", user, f"--new-user-password={password}")
+        if self.security.granted_prefix:
+            self.etcdctl("role", "add", "mesh")
+            self.etcdctl(
+                "role", "grant-permission", "mesh", "readwrite", self.security.granted_prefix, "--prefix"
+            )
+            self.etcdctl("user", "grant-role", user, "mesh")
+        else:
+            self.etcdctl("user", "grant-role", user, "root")
+        self.etcdctl("auth", "enable")
+
+    def connection_file(self, path: Path) -> Path:
+        """ModelMesh's etcd connection JSON for this server (for ``--etcd-config``)."""
+        doc: dict[str, str] = {"endpoints": self.url}
+        if self.security:
+            doc |= {
+                "certificate_file": str(self.security.ca),
+                "client_certificate_file": str(self.security.client_cert),
+                "client_key_file": str(self.security.client_key),
+            }
+            if self.security.username:
+                doc |= {"userid": self.security.username, "password": self.security.password}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc))
+        path.chmod(0o600)
+        return path
 
     def stop(self) -> None:
         self.process.stop()
 
     def resume(self) -> None:
         """Start again on the same ports and data, after stop()."""
-        self.process = EtcdServer.start(self.work_dir, self.client_port, self.peer_port).process
+        self.process = EtcdServer.start(
+            self.work_dir, self.client_port, self.peer_port, self.security
+        ).process
 
     def restart(self) -> None:
         """An etcd outage and recovery."""
         self.stop()
         self.resume()
+
+
+ROOT_PASSWORD = "root-of-a-test-etcd"
 
 
 @dataclass

@@ -49,3 +49,7 @@ class Reroute(Exception):
     exclude: bool = True  # the pod failed: do not try it again for this request
     prefer: str | None = None  # the pod to try next (it has claimed the load)
     unreachable: bool = False  # the pod did not answer at all (not: answered that it cannot serve)
+
+
+class StoreError(Exception):
+    """etcd could not do what was asked (unreachable, refused, timed out): the client may try again."""

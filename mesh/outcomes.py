@@ -24,10 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-import aetcd
 import grpc
 
-from mesh.errors import BadRequest, MeshError, Reroute
+from mesh.errors import BadRequest, MeshError, Reroute, StoreError
 
 INTERNAL_PREFIX = "mm-internal-"
 # Set on a peer's own UNAVAILABLE answer (its runtime is down): the peer itself is fine.
@@ -240,12 +239,12 @@ def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
         return error.code, error.details
     if isinstance(error, BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, error.client_message()
-    if isinstance(error, aetcd.exceptions.ClientError):
+    if isinstance(error, StoreError):
         return grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {error or type(error).__name__}"
     raise error
 
 
-MESH_ERRORS = (MeshError, Reroute, Passthrough, BadRequest, aetcd.exceptions.ClientError)
+MESH_ERRORS = (MeshError, Reroute, Passthrough, BadRequest, StoreError)
 
 
 async def abort(context: grpc.aio.ServicerContext, error: Exception, trailers: Metadata = ()) -> None:

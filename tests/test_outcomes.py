@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import aetcd
 import grpc
 import pytest
 
-from mesh.errors import MeshError, Reroute
+from mesh.errors import MeshError, Reroute, StoreError
 from mesh.outcomes import (
     COPY_LOST,
     LOAD_FAILED_TRAILER,
@@ -148,7 +147,7 @@ def test_said_is_bounded() -> None:
         (Passthrough(S.OUT_OF_RANGE, "the runtime's own"), (S.OUT_OF_RANGE, "the runtime's own")),
         (TargetError("no model id"), (S.INVALID_ARGUMENT, "no model id")),
         (WireFormatError("truncated varint"), (S.INVALID_ARGUMENT, "malformed request: truncated varint")),
-        (aetcd.exceptions.ConnectionFailedError("down"), (S.UNAVAILABLE, "etcd unavailable: down")),
+        (StoreError("UNAVAILABLE: down"), (S.UNAVAILABLE, "etcd unavailable: UNAVAILABLE: down")),
     ],
 )
 def test_one_mapping_from_the_mesh_errors_to_grpc_status(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from mesh.models.cache import EvictionPolicy
 from mesh.observe.logs import RequestLog
 from mesh.observe.metrics import MetricsConfig, parse_metrics_config
+from mesh.registry.etcd import EtcdConfig
 from mesh.tls import ClientAuth, TlsFiles
 
 # Request headers that carry credentials: never written to a log, whatever MM_LOG_REQUEST_HEADERS asks.
@@ -41,7 +42,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("--rest-port", "MM_SVC_REST_PORT", "8008", "KServe v2 REST port (0 = off)"),
     Option("--service-name", "MM_SERVICE_NAME", "modelmesh-serving", "mesh name; part of the etcd prefix"),
     Option("--kv-prefix", "MM_KVSTORE_PREFIX", "mm", "etcd key root"),
-    Option("--etcd", "MM_ETCD_ENDPOINT", "127.0.0.1:2379", "etcd endpoint host:port"),
+    Option(
+        "--etcd",
+        "MM_ETCD_ENDPOINT",
+        "127.0.0.1:2379",
+        "etcd members, host:port[,host:port...] (http:// or https://)",
+    ),
+    Option(
+        "--etcd-config",
+        "KV_STORE",
+        "",
+        "ModelMesh's etcd connection JSON, etcd:/path (endpoints, userid, password, certs); wins over --etcd",
+    ),
     Option("--pod-id", "MM_POD_ID", "", "this pod's id (default: <hostname>-<grpc port>)"),
     Option("--pool", "MM_POOL", "default", "pool (runtime kind) this pod belongs to"),
     Option(
@@ -237,6 +249,7 @@ class Settings:
     service_name: str = "modelmesh-serving"
     kv_prefix: str = "mm"
     etcd: str = "127.0.0.1:2379"
+    etcd_config: str = ""
     pod_id: str = ""
     pool: str = "default"
     runtime_spi: str = "127.0.0.1:8085"
@@ -292,6 +305,13 @@ class Settings:
     @property
     def etcd_prefix(self) -> str:
         return f"{self.kv_prefix.strip('/')}/{self.service_name}/"
+
+    @property
+    def etcd_connection(self) -> EtcdConfig:
+        """Where etcd is and how to reach it: the connection file if given, else the endpoints."""
+        if self.etcd_config:
+            return EtcdConfig.from_file(self.etcd_config.removeprefix("etcd:"))
+        return EtcdConfig.from_endpoints(self.etcd)
 
     @property
     def address(self) -> str:
@@ -436,6 +456,14 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
     for name, check in (
         ("metrics", lambda: parse_metrics_config(str(values["metrics"]), int(values["metrics_port"]))),  # type: ignore[call-overload]
         ("log_request_headers", lambda: parse_logged_headers(str(values["log_request_headers"]))),
+        ("etcd", lambda: EtcdConfig.from_endpoints(str(values["etcd"]))),
+        (
+            "etcd_config",
+            lambda: (
+                values["etcd_config"]
+                and EtcdConfig.from_file(str(values["etcd_config"]).removeprefix("etcd:"))
+            ),
+        ),
     ):
         try:
             check()

@@ -13,27 +13,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import aetcd
-import aetcd.exceptions
-import grpc
 from aetcd import rpc
 
+from mesh.errors import StoreError
+from mesh.registry.etcd import PUT, EtcdConfig, EtcdConnection, WatchCompacted, created_at, modified_at
 from mesh.registry.records import InstanceRecord, ModelRecord, VModelRecord
 from mesh.registry.view import INSTANCES, LEADER, REGISTRY, VMODELS, RoutingTable
 
 log = logging.getLogger(__name__)
 
-StoreError = aetcd.exceptions.ClientError
-
-# gRPC backs off reconnecting up to two minutes by default: after an etcd outage a pod would keep a stale view
-# (its watch not re-established) for that long. Retry within a second instead.
-ETCD_CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # a watch or snapshot page of large records must not hit gRPC's 4 MiB default
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-)
+__all__ = ["EtcdStore", "RecordSet", "StoreError", "Unchanged"]
 
 SNAPSHOT_PAGE = 1000  # keys per read; a page too large for one message is read again in halves
 
@@ -68,18 +57,16 @@ class RecordSet:
 
 
 class EtcdStore:
-    def __init__(self, endpoint: str, prefix: str, timeout_s: float = 5.0) -> None:
-        host, _, port = endpoint.rpartition(":")
-        self._client = aetcd.Client(
-            host=host or "127.0.0.1", port=int(port), timeout=timeout_s, options=dict(ETCD_CHANNEL_OPTIONS)
-        )
-        self._timeout_s = timeout_s
-        self.prefix = prefix.rstrip("/") + "/"
-        self._lease: aetcd.leases.Lease | None = None
+    def __init__(self, etcd: str | EtcdConfig, prefix: str, timeout_s: float = 5.0) -> None:
+        config = EtcdConfig.from_endpoints(etcd) if isinstance(etcd, str) else etcd
+        self._etcd = EtcdConnection(config, timeout_s)
+        root = config.root_prefix.strip("/")
+        self.prefix = (root + "/" if root else "") + prefix.rstrip("/") + "/"
+        self._lease: int | None = None  # the lease's id
         self._instance_written = b""
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._etcd.close()
 
     def _key(self, relative: str) -> bytes:
         return (self.prefix + relative).encode()
@@ -91,7 +78,6 @@ class EtcdStore:
         One read of a large registry would exceed gRPC's message limit; pages after the first are read
         at the first page's revision, so the whole is one consistent view.
         """
-        await self._client.connect()
         start, end = self.prefix.encode(), _prefix_end(self.prefix.encode())
         cut = len(self.prefix)
         revision = 0  # 0: the newest, for the first page
@@ -99,14 +85,12 @@ class EtcdStore:
         while True:
             request = rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
             try:
-                result = await self._client.kvstub.Range(
-                    request, timeout=self._timeout_s, metadata=self._client.metadata
-                )
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and page_size > 1:
+                result = await self._etcd.range(request)
+            except StoreError as e:
+                if str(e).startswith("RESOURCE_EXHAUSTED") and page_size > 1:
                     page_size //= 2  # unusually large records
                     continue
-                raise StoreError(f"{e.code().name}: {e.details()}") from e
+                raise
             revision = revision or result.header.revision
             items.extend((kv.key.decode()[cut:], kv.value, kv.mod_revision) for kv in result.kvs)
             if not result.more or not result.kvs:
@@ -121,6 +105,7 @@ class EtcdStore:
         """
         next_revision: int | None = None
         cut = len(self.prefix)
+        start, end = self.prefix.encode(), _prefix_end(self.prefix.encode())
         while True:
             try:
                 if next_revision is None:
@@ -129,10 +114,9 @@ class EtcdStore:
                     await table.advance(revision)
                     next_revision = revision + 1
                     ready.set()
-                watch = await self._client.watch_prefix(self.prefix.encode(), start_revision=next_revision)
-                async for event in watch:
+                async for event in self._etcd.watch(start, end, next_revision):
                     key = event.kv.key.decode()[cut:]
-                    if event.kind == "PUT":
+                    if event.type == PUT:
                         table.apply_put(key, event.kv.value, event.kv.mod_revision)
                     else:
                         table.apply_delete(key)
@@ -140,7 +124,7 @@ class EtcdStore:
                     await table.advance(event.kv.mod_revision)
             except asyncio.CancelledError:
                 raise
-            except aetcd.exceptions.RevisionCompactedError:
+            except WatchCompacted:
                 log.warning("watch fell behind compaction; reloading the snapshot")
                 next_revision = None
             except Exception as e:  # etcd down or restarting: retry from where we were
@@ -149,33 +133,16 @@ class EtcdStore:
 
     async def current_revision(self) -> int:
         """etcd's revision now (a linearizable read): what this pod's view must reach to be current."""
-        await self._client.connect()
-        request = rpc.RangeRequest(key=self.prefix.encode(), count_only=True)
-        try:
-            result = await self._client.kvstub.Range(
-                request, timeout=self._timeout_s, metadata=self._client.metadata
-            )
-        except grpc.aio.AioRpcError as e:
-            raise StoreError(f"{e.code().name}: {e.details()}") from e
+        result = await self._etcd.range(rpc.RangeRequest(key=self.prefix.encode(), count_only=True))
         return int(result.header.revision)
 
     # -- registry -----------------------------------------------------------------
     async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
         """One etcd transaction; the raw response carries the revision it was applied at.
 
-        aetcd's own ``transaction`` drops the response header, and the store needs
-        that revision to wait for its own write in the routing table.
+        The store needs that revision to wait for its own write in the routing table.
         """
-        await self._client.connect()
-        request = rpc.TxnRequest(
-            compare=[c.build_message() for c in compare], success=success, failure=failure
-        )
-        try:
-            return await self._client.kvstub.Txn(
-                request, timeout=self._timeout_s, metadata=self._client.metadata
-            )
-        except grpc.aio.AioRpcError as e:
-            raise StoreError(f"{e.code().name}: {e.details()}") from e
+        return await self._etcd.txn(rpc.TxnRequest(compare=compare, success=success, failure=failure))
 
     async def create_model(self, model_id: str, record: ModelRecord) -> tuple[ModelRecord | None, int]:
         """Create the record if absent.
@@ -184,7 +151,7 @@ class EtcdStore:
         """
         key = self._key(REGISTRY + model_id)
         response = await self._txn(
-            compare=[self._client.transactions.create(key) == 0],
+            compare=[created_at(key, 0)],
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=record.to_json()))],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
@@ -196,7 +163,7 @@ class EtcdStore:
         return ModelRecord.from_json(kvs[0].value), kvs[0].mod_revision
 
     async def get_model(self, model_id: str) -> tuple[ModelRecord | None, int]:
-        got = await self._client.get(self._key(REGISTRY + model_id))
+        got = await self._etcd.get(self._key(REGISTRY + model_id))
         if got is None:
             return None, 0
         return ModelRecord.from_json(got.value), got.mod_revision
@@ -221,7 +188,7 @@ class EtcdStore:
                 if new is not None
                 else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
             )
-            response = await self._txn([self._client.transactions.mod(key) == mod_revision], [op], [])
+            response = await self._txn([modified_at(key, mod_revision)], [op], [])
             if response.succeeded:
                 return new, response.header.revision
 
@@ -241,7 +208,7 @@ class EtcdStore:
             vmodels: dict[str, VModelRecord | None] = {}
             revisions: dict[bytes, int] = {}
             for vmodel_id in vmodel_ids:
-                got = await self._client.get(self._key(VMODELS + vmodel_id))
+                got = await self._etcd.get(self._key(VMODELS + vmodel_id))
                 vmodels[vmodel_id] = VModelRecord.from_json(got.value) if got else None
                 revisions[self._key(VMODELS + vmodel_id)] = got.mod_revision if got else 0
             models: dict[str, ModelRecord | None] = {}
@@ -266,21 +233,23 @@ class EtcdStore:
                 revisions.setdefault(key, 0)  # a record the mutation added: it must still be absent
             if not ops:
                 return max(revisions.values(), default=0)
-            compare = [self._client.transactions.mod(key) == rev for key, rev in revisions.items()]
+            compare = [modified_at(key, rev) for key, rev in revisions.items()]
             response = await self._txn(compare, ops, [])
             if response.succeeded:
                 return int(response.header.revision)
 
     # -- instance record on the pod's lease -----------------------------------------
     async def register_instance(self, pod_id: str, record: InstanceRecord, ttl_s: int) -> None:
-        self._lease = await self._client.lease(ttl_s)
+        self._lease = await self._etcd.grant_lease(ttl_s)
         self._instance_written = b""  # a new lease holds nothing until the put succeeds
         await self.put_instance(pod_id, record)
 
     async def put_instance(self, pod_id: str, record: InstanceRecord) -> None:
         assert self._lease is not None, "register_instance first"
         value = record.to_json()
-        await self._client.put(self._key(INSTANCES + pod_id), value, lease=self._lease)
+        await self._etcd.put(
+            rpc.PutRequest(key=self._key(INSTANCES + pod_id), value=value, lease=self._lease)
+        )
         self._instance_written = value
 
     async def keep_alive(
@@ -306,8 +275,7 @@ class EtcdStore:
                 assert self._lease is not None
                 if asyncio.get_running_loop().time() >= next_refresh:
                     next_refresh = asyncio.get_running_loop().time() + ttl_s / 3
-                    reply = await self._lease.refresh()
-                    if reply is None or reply.TTL <= 0:
+                    if await self._etcd.refresh_lease(self._lease) <= 0:
                         log.warning("lease expired; registering the instance again")
                         await self.register_instance(pod_id, record(), ttl_s)
                         await on_new_lease()
@@ -324,11 +292,9 @@ class EtcdStore:
         assert self._lease is not None, "register_instance first"
         key = self._key(LEADER)
         response = await self._txn(
-            compare=[self._client.transactions.create(key) == 0],
+            compare=[created_at(key, 0)],
             success=[
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(key=key, value=pod_id.encode(), lease=self._lease.id)
-                )
+                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=pod_id.encode(), lease=self._lease))
             ],
             failure=[],
         )
@@ -336,5 +302,5 @@ class EtcdStore:
 
     async def revoke_lease(self) -> None:
         if self._lease is not None:
-            await self._lease.revoke()
+            await self._etcd.revoke_lease(self._lease)
             self._lease = None

@@ -1,0 +1,314 @@
+"""One connection to etcd: the channel (plaintext or TLS), the auth token, the members to fail over to.
+
+aetcd 1.0 opens only plaintext channels and never renews its auth token (etcd's simple tokens die with
+the etcd process that issued them), so the store talks to etcd's gRPC services through this class, with
+aetcd's generated stubs and messages. Connection settings follow ModelMesh's etcd JSON file (``KV_STORE=
+etcd:/path``): endpoints, userid, password, root_prefix, certificate(_file), client_key(_file),
+client_certificate(_file), override_authority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from aetcd import rpc
+
+from mesh.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# gRPC backs off reconnecting up to two minutes by default: after an etcd outage a pod would keep a stale view
+# (its watch not re-established) for that long. Retry within a second instead.
+ETCD_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # a watch or snapshot page of large records must not hit gRPC's 4 MiB default
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+
+class WatchCompacted(StoreError):
+    """The watch's start revision is older than etcd's compaction: read a snapshot again."""
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """Where etcd is and how to prove who we are. The password never appears in a repr."""
+
+    endpoints: tuple[str, ...]  # host:port each
+    tls: bool = False
+    ca_pem: bytes | None = None  # None with tls: the system's roots
+    client_cert_pem: bytes | None = None
+    client_key_pem: bytes | None = field(default=None, repr=False)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    root_prefix: str = ""
+    authority: str = ""  # the name etcd's certificate must carry, when it is not the endpoint's host
+
+    @classmethod
+    def from_endpoints(cls, raw: str) -> EtcdConfig:
+        """``host:port[,host:port...]``, each optionally ``http://`` or ``https://``."""
+        endpoints, schemes = split_endpoints(raw)
+        return cls(endpoints=endpoints, tls="https" in schemes)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> EtcdConfig:
+        """ModelMesh's etcd connection JSON; relative file names are beside the JSON file."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"etcd config {path}: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("endpoints"), str):
+            raise ValueError(
+                f'etcd config {path}: expected a JSON object with "endpoints": "host:port,..."'
+            )
+
+        def pem(inline: str, file_key: str) -> bytes | None:
+            if isinstance(doc.get(inline), str):
+                return str(doc[inline]).encode()
+            if isinstance(doc.get(file_key), str):
+                try:
+                    return (path.parent / str(doc[file_key])).read_bytes()
+                except OSError as e:
+                    raise ValueError(f"etcd config {path}: {file_key}: {e}") from None
+            return None
+
+        endpoints, schemes = split_endpoints(doc["endpoints"])
+        ca = pem("certificate", "certificate_file")
+        cert = pem("client_certificate", "client_certificate_file")
+        key = pem("client_key", "client_key_file")
+        if (cert is None) != (key is None):
+            raise ValueError(f"etcd config {path}: client_certificate and client_key go together")
+        username, password = str(doc.get("userid") or ""), str(doc.get("password") or "")
+        if bool(username) != bool(password):
+            raise ValueError(f"etcd config {path}: userid and password go together")
+        return cls(
+            endpoints=endpoints,
+            tls="https" in schemes or ca is not None or cert is not None,
+            ca_pem=ca,
+            client_cert_pem=cert,
+            client_key_pem=key,
+            username=username,
+            password=password,
+            root_prefix=str(doc.get("root_prefix") or "").strip("/"),
+            authority=str(doc.get("override_authority") or ""),
+        )
+
+
+def split_endpoints(raw: str) -> tuple[tuple[str, ...], set[str]]:
+    endpoints: list[str] = []
+    schemes: set[str] = set()
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        scheme, sep, rest = item.partition("://")
+        if sep:
+            if scheme not in ("http", "https"):
+                raise ValueError(f"etcd endpoint {item!r}: only http:// or https://")
+            schemes.add(scheme)
+            item = rest.rstrip("/")
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"etcd endpoint {item!r} is not host:port")
+        endpoints.append(item)
+    if not endpoints:
+        raise ValueError("no etcd endpoint")
+    if len(schemes) > 1:
+        raise ValueError("etcd endpoints mix http:// and https://")
+    return tuple(endpoints), schemes
+
+
+def created_at(key: bytes, revision: int) -> Any:
+    """Compare: the key was created at ``revision`` (0: it does not exist)."""
+    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=revision)
+
+
+def modified_at(key: bytes, revision: int) -> Any:
+    """Compare: the key was last written at ``revision`` (0: it does not exist)."""
+    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=revision)
+
+
+T = TypeVar("T")
+
+
+class EtcdConnection:
+    """Unary calls and streams to etcd, with the token attached and renewed, and failover between members.
+
+    A call that finds its member unreachable moves the next call to the next member; it is not retried
+    itself (a write may have been applied). A call refused for an expired or unknown token is retried
+    once with a new token (etcd rejected it before doing anything).
+    """
+
+    def __init__(self, config: EtcdConfig, timeout_s: float = 5.0) -> None:
+        self.config = config
+        self._timeout_s = timeout_s
+        self._member = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._token: str | None = None
+        self._auth_lock: asyncio.Lock | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.config.endpoints[self._member]
+
+    def _open(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            options: list[tuple[str, Any]] = list(ETCD_CHANNEL_OPTIONS)
+            if not self.config.tls:
+                self._channel = grpc.aio.insecure_channel(self.endpoint, options=options)
+            else:
+                if self.config.authority:
+                    options.append(("grpc.ssl_target_name_override", self.config.authority))
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=self.config.ca_pem,
+                    private_key=self.config.client_key_pem,
+                    certificate_chain=self.config.client_cert_pem,
+                )
+                self._channel = grpc.aio.secure_channel(self.endpoint, credentials, options=options)
+        return self._channel
+
+    def _next_member(self, failed: grpc.aio.Channel) -> None:
+        """Leave an unreachable member (once per failed channel, however many calls saw it fail)."""
+        if len(self.config.endpoints) < 2 or failed is not self._channel:
+            return
+        old, self._channel = self._channel, None
+        self._member = (self._member + 1) % len(self.config.endpoints)
+        self._token = None  # simple tokens are per member
+        log.warning("etcd member unreachable; trying %s", self.endpoint)
+        asyncio.get_running_loop().create_task(old.close(grace=self._timeout_s))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    # -- authentication -------------------------------------------------------------
+    async def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        if not self.config.username:
+            return None
+        if self._token is None:
+            if self._auth_lock is None:
+                self._auth_lock = asyncio.Lock()
+            async with self._auth_lock:
+                if self._token is None:
+                    self._token = await self._authenticate()
+        return (("token", self._token),)
+
+    async def _authenticate(self) -> str:
+        channel = self._open()
+        request = rpc.AuthenticateRequest(name=self.config.username, password=self.config.password)
+        try:
+            reply = await rpc.AuthStub(channel).Authenticate(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                self._next_member(channel)
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                # etcd's "authentication failed": never repeat what was sent
+                raise StoreError(f"etcd refused the credentials of user {self.config.username!r}") from None
+            raise StoreError(f"{e.code().name}: {e.details()}") from None
+        return str(reply.token)
+
+    # -- calls ------------------------------------------------------------------------
+    async def _unary(self, call: Callable[[grpc.aio.Channel], Any], request: Any) -> Any:
+        for attempt in (1, 2):
+            channel = self._open()
+            metadata = await self._metadata()
+            try:
+                return await call(channel)(request, timeout=self._timeout_s, metadata=metadata)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.config.username and attempt == 1:
+                    self._token = None  # etcd restarted (its tokens went with it) or the token expired
+                    continue
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._next_member(channel)
+                raise StoreError(f"{e.code().name}: {e.details()}") from e
+        raise AssertionError("unreachable")
+
+    async def range(self, request: Any) -> Any:
+        return await self._unary(lambda c: rpc.KVStub(c).Range, request)
+
+    async def txn(self, request: Any) -> Any:
+        return await self._unary(lambda c: rpc.KVStub(c).Txn, request)
+
+    async def put(self, request: Any) -> Any:
+        return await self._unary(lambda c: rpc.KVStub(c).Put, request)
+
+    async def get(self, key: bytes) -> Any | None:
+        """The key's KeyValue, or None."""
+        reply = await self.range(rpc.RangeRequest(key=key))
+        return reply.kvs[0] if reply.kvs else None
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        reply = await self._unary(lambda c: rpc.LeaseStub(c).LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
+        return int(reply.ID)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._unary(lambda c: rpc.LeaseStub(c).LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        """One keep-alive; returns the TTL etcd now gives the lease (0 or less: the lease is gone)."""
+        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
+
+        async def first(stream: Any) -> Any:
+            await stream.write(request)
+            return await stream.read()
+
+        reply = await self._stream(lambda c: rpc.LeaseStub(c).LeaseKeepAlive, first)
+        if reply is grpc.aio.EOF:
+            raise StoreError("etcd closed the keep-alive stream")
+        return int(reply.TTL)
+
+    async def _stream(self, open_stream: Callable[[grpc.aio.Channel], Any], use: Callable[[Any], Any]) -> Any:
+        for attempt in (1, 2):
+            channel = self._open()
+            stream = open_stream(channel)(metadata=await self._metadata(), timeout=self._timeout_s)
+            try:
+                return await use(stream)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.config.username and attempt == 1:
+                    self._token = None
+                    continue
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._next_member(channel)
+                raise StoreError(f"{e.code().name}: {e.details()}") from e
+            finally:
+                stream.cancel()
+        raise AssertionError("unreachable")
+
+    async def watch(self, key: bytes, range_end: bytes, start_revision: int) -> AsyncIterator[Any]:
+        """Events on [key, range_end) from ``start_revision`` on, until the stream breaks (StoreError)."""
+        channel = self._open()
+        stream = rpc.WatchStub(channel).Watch(metadata=await self._metadata())
+        try:
+            create = rpc.WatchCreateRequest(key=key, range_end=range_end, start_revision=start_revision)
+            await stream.write(rpc.WatchRequest(create_request=create))
+            while True:
+                reply = await stream.read()
+                if reply is grpc.aio.EOF:
+                    raise StoreError("etcd ended the watch")
+                if reply.compact_revision:
+                    raise WatchCompacted(
+                        f"revision {start_revision} compacted (now {reply.compact_revision})"
+                    )
+                if reply.canceled:
+                    raise StoreError(f"etcd cancelled the watch: {reply.cancel_reason}")
+                for event in reply.events:
+                    yield event
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                self._token = None
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                self._next_member(channel)
+            raise StoreError(f"{e.code().name}: {e.details()}") from e
+        finally:
+            stream.cancel()
+
+
+PUT = rpc.Event.PUT
