@@ -427,6 +427,12 @@ class PodProcess:
         """``credentials``: how a client reaches it when it serves TLS (its readiness is checked so)."""
         port, internal_port, rest_port, internal_rest_port = (free_port() for _ in range(4))
         extra_args = list(extra_args or [])
+        # a secured etcd is reached through ModelMesh's connection file (the password is never an argument)
+        etcd_arg = (
+            f"--etcd-config=etcd:{etcd.connection_file(work_dir / f'{pod_id}-etcd_connection')}"
+            if etcd.security
+            else f"--etcd={etcd.endpoint}"
+        )
         metrics_address = ""
         if not any(arg.startswith("--metrics") for arg in extra_args):
             metrics_address = f"127.0.0.1:{free_port()}"
@@ -439,7 +445,7 @@ class PodProcess:
                 f"--internal-port={internal_port}",
                 f"--rest-port={rest_port}",
                 f"--internal-rest-port={internal_rest_port}",
-                f"--etcd={etcd.endpoint}",
+                etcd_arg,
                 f"--pod-id={pod_id}",
                 f"--runtime-spi={adapter.address}",
                 f"--runtime-serving={runtime.grpc_address}",

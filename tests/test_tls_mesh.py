@@ -15,7 +15,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +27,14 @@ import trustme
 from cryptography import x509
 from tritonclient.grpc import service_pb2 as v2
 
-from harness.cluster import EtcdServer, PodProcess
+from harness.cluster import PodProcess
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.hop import infer_request
 from load_tests.processes import EchoProcess, start_echo_pod
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.support import poll_until
+from tests.test_etcd_security import secured_etcd
 from tests.test_tls_units import issue
 
 pytestmark = pytest.mark.integration
@@ -48,6 +49,7 @@ class TlsMesh:
     pods_ca: trustme.CA
     directory: Path
     server_trust: str  # what clients verify the pods' external certificate with
+    start_pod: Callable[[str, str], PodProcess]  # (name, model types) -> another pod of this mesh
 
     def credentials(self, client_cert: bool = False) -> grpc.ChannelCredentials:
         trust = Path(self.server_trust).read_bytes()
@@ -87,19 +89,19 @@ def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
     servers_ca, clients_ca, pods_ca = trustme.CA(), trustme.CA(), trustme.CA()
     certs = root / "certs"
     server_trust = issue(servers_ca, certs, "external-a").trust
-    issue(servers_ca, certs, "external-b")
     clients_trust = certs / "clients-ca.pem"
     clients_ca.cert_pem.write_to_path(str(clients_trust))
     pods_trust = issue(pods_ca, certs, "pod-a").trust
-    issue(pods_ca, certs, "pod-b")
     credentials = grpc.ssl_channel_credentials(root_certificates=Path(server_trust).read_bytes())
     with contextlib.ExitStack() as stack:
-        etcd = EtcdServer.start(root / "etcd")
+        etcd, _ = secured_etcd(root / "etcd-tls")  # TLS with client certificates, and a user
         stack.callback(etcd.process.stop)
-        pods = []
-        for name, types in (("a", "none"), ("b", MODEL_TYPE)):
+
+        def start_pod(name: str, types: str) -> PodProcess:
             echo = EchoProcess.start(root / f"echo-{name}", f"echo-{name}")
             stack.callback(echo.stop)
+            issue(servers_ca, certs, f"external-{name}")
+            issue(pods_ca, certs, f"pod-{name}")
             args = pod_args(certs, f"external-{name}", f"pod-{name}", str(clients_trust), pods_trust)
             pod = start_echo_pod(
                 root / name,
@@ -111,7 +113,9 @@ def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
                 credentials=credentials,
             )
             stack.callback(pod.process.stop)
-            pods.append(pod)
+            return pod
+
+        pods = [start_pod("a", "none"), start_pod("b", MODEL_TYPE)]
         with grpc.secure_channel(pods[0].address, credentials) as channel:
             mm_grpc.ModelMeshStub(channel).registerModel(
                 mm.RegisterModelRequest(
@@ -131,7 +135,7 @@ def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
                 ),
                 timeout=30,
             )
-        yield TlsMesh(pods[0], pods[1], servers_ca, clients_ca, pods_ca, certs, server_trust)
+        yield TlsMesh(pods[0], pods[1], servers_ca, clients_ca, pods_ca, certs, server_trust, start_pod)
 
 
 def test_a_tls_client_infers_through_the_forwarding_pod(tls_mesh: TlsMesh) -> None:
@@ -289,3 +293,47 @@ def test_meshctl_speaks_tls(tls_mesh: TlsMesh) -> None:
     assert "secret-model" in {m["id"] for m in json.loads(listed.stdout)}
     plain = run("-o", "json", "status", "secret-model")
     assert plain.returncode == 5, plain.stdout  # the mesh is unreachable without TLS
+
+
+def test_vmodels_through_tls(tls_mesh: TlsMesh) -> None:
+    with grpc.secure_channel(tls_mesh.a.address, tls_mesh.credentials()) as channel:
+        management = mm_grpc.ModelMeshStub(channel)
+        status = management.setVModel(
+            mm.SetVModelRequest(vModelId="secret-v", targetModelId="other-model", loadNow=True, sync=True),
+            timeout=30,
+        )
+        assert status.activeModelId == "other-model"
+        answer = channel.unary_unary(INFER_METHOD)(
+            infer_request(""), metadata=(("mm-vmodel-id", "secret-v"),), timeout=20
+        )
+        assert v2.ModelInferResponse.FromString(answer).model_name == "other-model"
+        management.setVModel(
+            mm.SetVModelRequest(vModelId="secret-v", targetModelId="secret-model", sync=True), timeout=30
+        )
+        answer = channel.unary_unary(INFER_METHOD)(
+            infer_request(""), metadata=(("mm-vmodel-id", "secret-v"),), timeout=20
+        )
+        assert v2.ModelInferResponse.FromString(answer).model_name == "secret-model"
+        management.deleteVModel(mm.DeleteVModelRequest(vModelId="secret-v"), timeout=30)
+
+
+def test_failover_under_tls_when_the_holder_dies(tls_mesh: TlsMesh) -> None:
+    """Last in the module: pod b goes. A third pod (certified by the same CAs) takes its models."""
+    tls_mesh.start_pod("c", MODEL_TYPE)
+    assert tls_mesh.infer(tls_mesh.a.address, "secret-model") == "secret-model"
+    tls_mesh.b.process.kill()
+    poll_until(
+        lambda: _served(tls_mesh, "secret-model"), timeout_s=40, what="secret-model served again, from pod c"
+    )
+    with grpc.secure_channel(tls_mesh.a.address, tls_mesh.credentials()) as channel:
+        status = mm_grpc.ModelMeshStub(channel).getModelStatus(
+            mm.GetStatusRequest(modelId="secret-model"), timeout=10
+        )
+    assert status.status == mm.ModelStatusInfo.LOADED
+
+
+def _served(tls_mesh: TlsMesh, model_id: str) -> bool:
+    try:
+        return tls_mesh.infer(tls_mesh.a.address, model_id) == model_id
+    except grpc.RpcError:
+        return False
