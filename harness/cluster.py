@@ -14,7 +14,7 @@ import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -28,6 +28,9 @@ from harness.processes import (
     grpc_serving,
     v2_server_ready,
 )
+
+if TYPE_CHECKING:
+    from harness.certificates import MeshCertificates
 
 # The parent may run inside another venv; a child with its own interpreter must not inherit it.
 
@@ -497,8 +500,10 @@ class LocalMesh:
     adapter_args: list[str] = field(default_factory=list)
     pods: int = 1
     triton_pods: int = 0
+    tls: bool = False  # TLS on every port, mutual TLS between pods, etcd with TLS and a user
     etcd: EtcdServer | None = None
     stacks: list[PodStack] = field(default_factory=list)
+    certificates: MeshCertificates | None = None
 
     def __enter__(self) -> LocalMesh:
         try:
@@ -526,7 +531,13 @@ class LocalMesh:
 
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.etcd = EtcdServer.start(self.work_dir)
+        security = None
+        if self.tls:
+            from harness.certificates import MeshCertificates  # trustme: only when TLS is asked for
+
+            self.certificates = MeshCertificates.create(self.work_dir / "certs")
+            security = self.certificates.etcd_security()
+        self.etcd = EtcdServer.start(self.work_dir, security=security)
         for index in range(self.pods):
             self.add_pod(f"pod-{chr(ord('a') + index)}")
         for index in range(self.triton_pods):
@@ -584,16 +595,28 @@ class LocalMesh:
         """(Re)start the mesh process of a pod stack."""
         assert self.etcd is not None
         stack = self.stack(pod_id)
+        tls_args = self.certificates.pod_args(pod_id) if self.certificates else []
         stack.pod = PodProcess.start(
             self.work_dir / pod_id,
             self.etcd,
             stack.adapter,
             stack.runtime,
             pod_id,
-            self.pod_args,
+            [*self.pod_args, *tls_args],
             model_types=stack.model_types,
+            credentials=self.client_credentials(),
         )
         return stack.pod
+
+    def client_credentials(self) -> grpc.ChannelCredentials | None:
+        """How a client reaches the pods: None for plaintext."""
+        return self.certificates.client_credentials() if self.certificates else None
+
+    def channel(self, address: str) -> grpc.Channel:
+        credentials = self.client_credentials()
+        if credentials is None:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, credentials)
 
     def stop(self) -> None:
         for stack in self.stacks:

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import joblib
 import numpy as np
 import tritonclient.grpc as triton
@@ -105,7 +104,8 @@ def infer(client: triton.InferenceServerClient, model_id: str, example: Example)
 def run_demo(mesh: LocalMesh, examples: dict[str, Example]) -> None:
     entry = mesh.stacks[0].pod  # every pod is the endpoint; this one forwards to wherever models land
     assert entry is not None
-    with grpc.insecure_channel(entry.address) as channel:
+    ca = str(mesh.certificates.ca_file) if mesh.certificates else None
+    with mesh.channel(entry.address) as channel:
         management = mm_grpc.ModelMeshStub(channel)
         for model_id, example in examples.items():
             info = mm.ModelInfo(type=example.type, path=example.path, key=example.key)
@@ -113,7 +113,7 @@ def run_demo(mesh: LocalMesh, examples: dict[str, Example]) -> None:
             where = example.path if len(example.path) < 40 else "..." + example.path[-37:]
             print(f"registered {model_id:14} {example.type:8} {where:40} -> {_name(status.status)}")
 
-        client = triton.InferenceServerClient(entry.address)
+        client = triton.InferenceServerClient(entry.address, ssl=ca is not None, root_certificates=ca)
         for model_id, example in examples.items():
             start = time.perf_counter()
             answer = infer(client, model_id, example)
@@ -124,7 +124,11 @@ def run_demo(mesh: LocalMesh, examples: dict[str, Example]) -> None:
             timing = f"first {first_ms:.0f} ms incl. load, then {warm_ms:.1f} ms"
             print(f"infer {model_id:14} -> {answer}  ({timing})")
 
-        rest = triton_http.InferenceServerClient(entry.rest_address)
+        rest = triton_http.InferenceServerClient(
+            entry.rest_address,
+            ssl=ca is not None,
+            ssl_options={"ca_certs": ca} if ca else None,
+        )
         tensor = triton_http.InferInput("input-0", list(SAMPLES.shape), "FP32")
         tensor.set_data_from_numpy(SAMPLES, binary_data=False)
         output = triton_http.InferRequestedOutput("predict", binary_data=False)
@@ -133,7 +137,8 @@ def run_demo(mesh: LocalMesh, examples: dict[str, Example]) -> None:
         ).ravel()
         species = load_iris().target_names
         names = [str(species[int(i)]) for i in labels]
-        print(f"REST  {'iris-logistic':14} -> {names}  (POST /v2/models/iris-logistic/infer)")
+        scheme = "https" if ca else "http"
+        print(f"REST  {'iris-logistic':14} -> {names}  (POST {scheme}://.../v2/models/iris-logistic/infer)")
 
         for model_id in examples:
             status = management.getModelStatus(mm.GetStatusRequest(modelId=model_id))
@@ -154,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--pods", type=int, default=2, help="MLServer pods (mesh + adapter + MLServer), default 2"
     )
     parser.add_argument("--keep-running", action="store_true", help="leave the mesh up until Ctrl-C")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every port (certificates made here), mutual TLS between pods, etcd with TLS and a user",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="modelmesh-demo-") as tmp:
@@ -172,10 +182,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"  S3 (moto)   {moto.endpoint:22} pid {moto.process.pid}")
             adapter_args = [f"--storage-config={storage_config}"]
             with LocalMesh(
-                work_dir / "mesh", pods=args.pods, triton_pods=triton_pods, adapter_args=adapter_args
+                work_dir / "mesh",
+                pods=args.pods,
+                triton_pods=triton_pods,
+                adapter_args=adapter_args,
+                tls=args.tls,
             ) as mesh:
                 assert mesh.etcd is not None
-                print(f"  etcd        {mesh.etcd.endpoint:22} pid {mesh.etcd.process.pid}")
+                print(f"  etcd        {mesh.etcd.url:22} pid {mesh.etcd.process.pid}")
+                if mesh.certificates:
+                    print(f"  TLS: clients verify the mesh with {mesh.certificates.ca_file}")
                 for stack in mesh.stacks:
                     assert stack.pod is not None
                     print(
@@ -187,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if args.keep_running:
                     endpoints = ", ".join(s.pod.address for s in mesh.stacks if s.pod)
                     print(f"mesh endpoints (any of them): {endpoints}; Ctrl-C to stop")
+                    if mesh.certificates:
+                        print(f"  meshctl --tls-ca {mesh.certificates.ca_file} --endpoint <one of them> list")
                     stop = threading.Event()
                     signal.signal(signal.SIGINT, lambda *_: stop.set())
                     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -51,6 +51,12 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+
+
+# Protocol libraries that log every header they code at DEBUG (credentials included): never below INFO.
+HEADER_LOGGERS = ("hpack", "h2", "hyperframe", "aiohttp.client", "botocore", "urllib3")
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,7 @@ class EtcdConfig:
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"etcd config {path}: {e}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("endpoints"), str):
-            raise ValueError(
-                f'etcd config {path}: expected a JSON object with "endpoints": "host:port,..."'
-            )
+            raise ValueError(f'etcd config {path}: expected a JSON object with "endpoints": "host:port,..."')
 
         def pem(inline: str, file_key: str) -> bytes | None:
             if isinstance(doc.get(inline), str):

@@ -51,10 +51,16 @@ def adapter_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+# S3 and HTTP clients that log request headers (signed credentials) at DEBUG: never below INFO.
+HEADER_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "aiohttp.client")
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    for name in HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 async def serve_adapter(adapter: Adapter, args: argparse.Namespace) -> None:
