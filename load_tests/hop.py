@@ -53,6 +53,7 @@ class Route:
 
     address: str
     proxy_pids: tuple[int, ...] = ()  # their CPU time per request is measured (children included)
+    credentials: grpc.ChannelCredentials | None = None  # TLS to the address
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,14 @@ async def compare_paths(
 ) -> tuple[dict[str, Any], list[dict[str, dict[str, LoadResult]]]]:
     # separate connections (a local subchannel pool each), so SO_REUSEPORT can spread them over processes
     options = [("grpc.use_local_subchannel_pool", 1)]
+
+    def open_channel(route: Route) -> grpc.aio.Channel:
+        if route.credentials is None:
+            return grpc.aio.insecure_channel(route.address, options=options)
+        return grpc.aio.secure_channel(route.address, route.credentials, options=options)
+
     channels = {
-        path: [grpc.aio.insecure_channel(route.address, options=options) for _ in range(settings.connections)]
-        for path, route in routes.items()
+        path: [open_channel(route) for _ in range(settings.connections)] for path, route in routes.items()
     }
     try:
         calls = {

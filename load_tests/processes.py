@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +138,8 @@ http {{
         keepalive 64;
     }}
     server {{
-        listen {listen} http2;
-        http2_max_concurrent_streams 1024;
+        listen {listen} {tls}http2;
+        http2_max_concurrent_streams 1024;{certificate}
         location / {{
             grpc_pass grpc://backend;
             grpc_read_timeout 60s;
@@ -146,6 +147,11 @@ http {{
     }}
 }}
 """
+
+
+def tcp_open(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), 2):
+        return True
 
 
 def nginx_binary() -> str | None:
@@ -162,7 +168,10 @@ class NginxProcess:
     address: str
 
     @classmethod
-    def start(cls, work_dir: Path, backend: str, workers: int = 1) -> NginxProcess:
+    def start(
+        cls, work_dir: Path, backend: str, workers: int = 1, tls: tuple[Path, Path] | None = None
+    ) -> NginxProcess:
+        """``tls``: (certificate chain, private key) to terminate TLS with, as the mesh's front does."""
         binary = nginx_binary()
         if binary is None:
             raise FileNotFoundError(
@@ -171,13 +180,32 @@ class NginxProcess:
         work_dir.mkdir(parents=True, exist_ok=True)
         address = f"127.0.0.1:{free_port()}"
         config = work_dir / "nginx.conf"
-        config.write_text(NGINX_CONFIG.format(workers=workers, dir=work_dir, backend=backend, listen=address))
+        certificate = (
+            f"\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};"
+            "\n        ssl_session_cache shared:tls:1m;"
+            if tls
+            else ""
+        )
+        config.write_text(
+            NGINX_CONFIG.format(
+                workers=workers,
+                dir=work_dir,
+                backend=backend,
+                listen=address,
+                tls="ssl " if tls else "",
+                certificate=certificate,
+            )
+        )
         process = ChildProcess(
             "nginx",
             [binary, "-p", str(work_dir), "-c", str(config), "-e", str(work_dir / "error.log")],
             work_dir / "nginx.log",
         )
-        process.wait_until(lambda: grpc_connectable(address), 15, "nginx listening")
+        if tls:
+            host, port = address.rsplit(":", 1)
+            process.wait_until(lambda: tcp_open(host, int(port)), 15, "nginx listening")
+        else:
+            process.wait_until(lambda: grpc_connectable(address), 15, "nginx listening")
         return cls(process, address)
 
     def stop(self) -> None:

@@ -35,6 +35,7 @@ from load_tests import (
     perf_analyzer,
     scale,
     stalls,
+    tls_cost,
 )
 from load_tests.hop import HOP_BACKENDS, HopSettings, run_hop
 from load_tests.multicore import run_multicore
@@ -52,6 +53,7 @@ PERF_ANALYZER_TITLE = "perf_analyzer: Triton's own load generator through the me
 SCENARIOS = (
     "hop",
     "metrics_cost",
+    "tls_cost",
     "stalls",
     "perf_analyzer",
     "multicore",
@@ -82,6 +84,8 @@ def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
     if name == "metrics_cost":
         rounds = 25 if full else 15
         return asyncio.run(metrics_cost.run_metrics_cost(directory, hop_settings(full), rounds))
+    if name == "tls_cost":
+        return asyncio.run(tls_cost.run_tls_cost(directory, hop_settings(full)))
     if name == "stalls":
         return stalls.run_stalls(directory, stall_settings(full))
     if name == "perf_analyzer":  # {"skipped": why} without Triton or perf_analyzer
@@ -175,6 +179,8 @@ def goal_rows(results: dict[str, Any]) -> list[str]:
             f"{0.8 - ratio:.0%} short",
         )
     for goal, measured, ok, shortfall in metrics_cost.goal_checks(results.get("metrics_cost", {})):
+        row(goal, measured, ok, shortfall)
+    for goal, measured, ok, shortfall in tls_cost.goal_checks(results.get("tls_cost", {})):
         row(goal, measured, ok, shortfall)
     pa = results.get("perf_analyzer")
     if pa and "summary" in pa:
@@ -345,6 +351,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         out.append("")
     for name, title in (
         ("metrics_cost", "Metrics cost: the hot path with every series counted, next to metrics off"),
+        ("tls_cost", "TLS cost per call: the mesh's HTTP/2 front beside nginx, each with and without TLS"),
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
         ("cache", "Cache: the mesh's hit ratio next to LRU, GDSF, lfu-size and Belady"),
         ("cold_start", "Cold start: a burst of first requests"),
@@ -377,6 +384,8 @@ def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
         return stalls.summary_lines(result)
     if name == "metrics_cost":
         return metrics_cost.summary_lines(result)
+    if name == "tls_cost":
+        return tls_cost.summary_lines(result)
     if name == "perf_analyzer":
         return perf_analyzer.summary_lines(result)
     if name == "scale":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,3 +162,42 @@ async def test_an_unreachable_member_sends_the_next_call_to_the_next_member(etcd
         existing, _ = await store.create_model("m1", ModelRecord(type="t"))
         assert existing is None
         assert await store.get_model("m1") == (ModelRecord(type="t"), await store.current_revision())
+
+
+async def test_rotated_client_certificates_are_used_without_a_restart(tmp_path: Path) -> None:
+    """The connection file's certificates are replaced: first by one etcd does not trust (calls fail once
+    the store has read it, which shows it does), then by a good one again (calls work again), one store."""
+    etcd, security = secured_etcd(tmp_path)
+    try:
+        config = EtcdConfig.from_file(etcd.connection_file(tmp_path / "etcd_connection"))
+        good_cert, good_key = security.client_cert.read_bytes(), security.client_key.read_bytes()
+        store = EtcdStore(config, "mm/svc/", timeout_s=2.0, reload_interval_s=0.2)
+        try:
+            await store.create_model("m1", ModelRecord(type="t"))
+            stranger = trustme.CA().issue_cert("mesh-pod")
+            stranger.cert_chain_pems[0].write_to_path(str(security.client_cert))
+            stranger.private_key_pem.write_to_path(str(security.client_key))
+
+            async def reads() -> bool:
+                try:
+                    await store.get_model("m1")
+                    return True
+                except StoreError:
+                    return False
+
+            await _eventually(lambda: reads(), False)
+            security.client_cert.write_bytes(good_cert)
+            security.client_key.write_bytes(good_key)
+            await _eventually(lambda: reads(), True)
+            assert (await store.get_model("m1"))[0] == ModelRecord(type="t")
+        finally:
+            await store.close()
+    finally:
+        etcd.stop()
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], want: bool, timeout_s: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while await check() != want:
+        assert asyncio.get_running_loop().time() < deadline, f"never {want}"
+        await asyncio.sleep(0.1)

@@ -159,7 +159,9 @@ async def _forget_stale_copies(store: EtcdStore, table: RoutingTable, pod_id: st
 
 async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
     start_ms = int(time.time() * 1000)
-    store = EtcdStore(settings.etcd_connection, settings.etcd_prefix)
+    store = EtcdStore(
+        settings.etcd_connection, settings.etcd_prefix, reload_interval_s=settings.tls_reload_interval_s
+    )
     table = RoutingTable()
     synced = asyncio.Event()
     watch = asyncio.create_task(store.run_watch(table, synced))

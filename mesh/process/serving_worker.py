@@ -400,7 +400,9 @@ async def run_worker(
     settings: Settings, delegate: str, methods: MethodTable, parent: int, stop: asyncio.Event
 ) -> None:
     orphaned = asyncio.create_task(_stop_when_orphaned(parent, stop))
-    store = EtcdStore(settings.etcd_connection, settings.etcd_prefix)
+    store = EtcdStore(
+        settings.etcd_connection, settings.etcd_prefix, reload_interval_s=settings.tls_reload_interval_s
+    )
     table = RoutingTable()
     synced = asyncio.Event()
     watch = asyncio.create_task(store.run_watch(table, synced))

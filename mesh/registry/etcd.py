@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,7 @@ class EtcdConfig:
     password: str = field(default="", repr=False)
     root_prefix: str = ""
     authority: str = ""  # the name etcd's certificate must carry, when it is not the endpoint's host
+    files: tuple[str, ...] = ()  # the connection file and the files it names: read again when they change
 
     @classmethod
     def from_endpoints(cls, raw: str) -> EtcdConfig:
@@ -70,10 +73,13 @@ class EtcdConfig:
         if not isinstance(doc, dict) or not isinstance(doc.get("endpoints"), str):
             raise ValueError(f'etcd config {path}: expected a JSON object with "endpoints": "host:port,..."')
 
+        files = [str(path)]
+
         def pem(inline: str, file_key: str) -> bytes | None:
             if isinstance(doc.get(inline), str):
                 return str(doc[inline]).encode()
             if isinstance(doc.get(file_key), str):
+                files.append(str(path.parent / str(doc[file_key])))
                 try:
                     return (path.parent / str(doc[file_key])).read_bytes()
                 except OSError as e:
@@ -99,7 +105,18 @@ class EtcdConfig:
             password=password,
             root_prefix=str(doc.get("root_prefix") or "").strip("/"),
             authority=str(doc.get("override_authority") or ""),
+            files=tuple(files),
         )
+
+    def stamp(self) -> tuple[float, ...]:
+        """The modification times of its files (a changed stamp: read the connection file again)."""
+        stamps = []
+        for name in self.files:
+            try:
+                stamps.append(os.stat(name).st_mtime)
+            except OSError:
+                stamps.append(-1.0)
+        return tuple(stamps)
 
 
 def split_endpoints(raw: str) -> tuple[tuple[str, ...], set[str]]:
@@ -144,9 +161,12 @@ class EtcdConnection:
     once with a new token (etcd rejected it before doing anything).
     """
 
-    def __init__(self, config: EtcdConfig, timeout_s: float = 5.0) -> None:
+    def __init__(self, config: EtcdConfig, timeout_s: float = 5.0, reload_interval_s: float = 10.0) -> None:
         self.config = config
         self._timeout_s = timeout_s
+        self._reload_interval_s = reload_interval_s
+        self._stamp = config.stamp()
+        self._checked_at = time.monotonic()
         self._member = 0
         self._channel: grpc.aio.Channel | None = None
         self._token: str | None = None
@@ -157,6 +177,8 @@ class EtcdConnection:
         return self.config.endpoints[self._member]
 
     def _open(self) -> grpc.aio.Channel:
+        if self.config.files and time.monotonic() - self._checked_at >= self._reload_interval_s:
+            self._reload_if_changed()
         if self._channel is None:
             options: list[tuple[str, Any]] = list(ETCD_CHANNEL_OPTIONS)
             if not self.config.tls:
@@ -181,6 +203,27 @@ class EtcdConnection:
         self._token = None  # simple tokens are per member
         log.warning("etcd member unreachable; trying %s", self.endpoint)
         asyncio.get_running_loop().create_task(old.close(grace=self._timeout_s))
+
+    def _reload_if_changed(self) -> None:
+        """Rotated certificates (a Kubernetes secret rewritten): the next calls go on a channel made from
+        them; calls in flight finish on the old one. A half-written rotation is read at the next check."""
+        self._checked_at = time.monotonic()
+        stamp = self.config.stamp()
+        if stamp == self._stamp:
+            return
+        try:
+            config = EtcdConfig.from_file(self.config.files[0])
+        except ValueError as e:
+            log.warning("etcd connection file changed but cannot be read yet: %s", e)
+            return
+        self._stamp = stamp
+        self.config = config
+        self._member %= len(config.endpoints)
+        self._token = None
+        if self._channel is not None:
+            old, self._channel = self._channel, None
+            asyncio.get_running_loop().create_task(old.close(grace=self._timeout_s))
+        log.info("etcd connection settings reloaded")
 
     async def close(self) -> None:
         if self._channel is not None:

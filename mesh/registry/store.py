@@ -57,9 +57,11 @@ class RecordSet:
 
 
 class EtcdStore:
-    def __init__(self, etcd: str | EtcdConfig, prefix: str, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, etcd: str | EtcdConfig, prefix: str, timeout_s: float = 5.0, reload_interval_s: float = 10.0
+    ) -> None:
         config = EtcdConfig.from_endpoints(etcd) if isinstance(etcd, str) else etcd
-        self._etcd = EtcdConnection(config, timeout_s)
+        self._etcd = EtcdConnection(config, timeout_s, reload_interval_s)
         root = config.root_prefix.strip("/")
         self.prefix = (root + "/" if root else "") + prefix.rstrip("/") + "/"
         self._lease: int | None = None  # the lease's id
