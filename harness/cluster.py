@@ -14,7 +14,7 @@ import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -28,9 +28,6 @@ from harness.processes import (
     grpc_serving,
     v2_server_ready,
 )
-
-if TYPE_CHECKING:
-    from harness.certificates import MeshCertificates
 
 # The parent may run inside another venv; a child with its own interpreter must not inherit it.
 
@@ -489,6 +486,19 @@ class PodStack:
         self.runtime.stop()
 
 
+class MeshTls(Protocol):
+    """Certificates for a local mesh (``harness.certificates.MeshCertificates``)."""
+
+    @property
+    def ca_file(self) -> Path: ...
+
+    def pod_args(self, pod_id: str) -> list[str]: ...
+
+    def etcd_security(self) -> EtcdSecurity: ...
+
+    def client_credentials(self) -> grpc.ChannelCredentials: ...
+
+
 @dataclass
 class LocalMesh:
     """etcd, ``pods`` MLServer pod stacks and ``triton_pods`` Triton ones, on loopback under ``work_dir``."""
@@ -500,10 +510,10 @@ class LocalMesh:
     adapter_args: list[str] = field(default_factory=list)
     pods: int = 1
     triton_pods: int = 0
-    tls: bool = False  # TLS on every port, mutual TLS between pods, etcd with TLS and a user
+    # TLS on every port, mutual TLS between pods, etcd with TLS and a user (harness.certificates)
+    certificates: MeshTls | None = None
     etcd: EtcdServer | None = None
     stacks: list[PodStack] = field(default_factory=list)
-    certificates: MeshCertificates | None = None
 
     def __enter__(self) -> LocalMesh:
         try:
@@ -531,12 +541,7 @@ class LocalMesh:
 
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        security = None
-        if self.tls:
-            from harness.certificates import MeshCertificates  # trustme: only when TLS is asked for
-
-            self.certificates = MeshCertificates.create(self.work_dir / "certs")
-            security = self.certificates.etcd_security()
+        security = self.certificates.etcd_security() if self.certificates else None
         self.etcd = EtcdServer.start(self.work_dir, security=security)
         for index in range(self.pods):
             self.add_pod(f"pod-{chr(ord('a') + index)}")

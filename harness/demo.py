@@ -27,6 +27,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
+from harness.certificates import MeshCertificates
 from harness.cluster import LocalMesh, MotoServer
 from harness.triton import triton_installed
 from protos import model_mesh_pb2 as mm
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 pods=args.pods,
                 triton_pods=triton_pods,
                 adapter_args=adapter_args,
-                tls=args.tls,
+                certificates=MeshCertificates.create(work_dir / "certs") if args.tls else None,
             ) as mesh:
                 assert mesh.etcd is not None
                 print(f"  etcd        {mesh.etcd.url:22} pid {mesh.etcd.process.pid}")

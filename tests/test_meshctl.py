@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -308,9 +309,15 @@ def test_top_runs_until_interrupted(cli: Cli) -> None:
         text=True,
     )
     try:
+        # it says when its view runs (an interrupt during start-up tests nothing of top's own)
+        assert child.stderr is not None
+        ready, _, _ = select.select([child.stderr], [], [], 30)
+        assert ready, "meshctl top never started its view"
+        started = child.stderr.readline()
+        assert "Ctrl-C to stop" in started, started
         # off a terminal rich shows the last frame when the view ends; before that, let a few frames pass
         with pytest.raises(subprocess.TimeoutExpired):
-            child.wait(1.5)
+            child.wait(1.0)
         child.send_signal(signal.SIGINT)
         stdout, stderr = child.communicate(timeout=20)
     finally:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from harness.certificates import MeshCertificates
 from harness.cluster import ROOT_PASSWORD, LocalMesh, MotoServer
 from harness.demo import Example, infer, write_examples
 from protos import model_mesh_pb2 as mm
@@ -49,7 +50,7 @@ def secured(
         mesh = LocalMesh(
             root / "mesh",
             pods=2,
-            tls=True,
+            certificates=MeshCertificates.create(root / "certs"),
             adapter_args=[f"--storage-config={storage_config}", "--log-level=DEBUG"],
             pod_args=[
                 "--log-level=DEBUG",
@@ -60,7 +61,7 @@ def secured(
         with mesh:
             assert mesh.certificates is not None and mesh.etcd is not None and mesh.etcd.security is not None
             secrets = [good_secret, WRONG_SECRET, mesh.etcd.security.password, ROOT_PASSWORD, BEARER]
-            for key_file in mesh.certificates.directory.glob("*.key"):
+            for key_file in (root / "certs").glob("*.key"):
                 body = [line for line in key_file.read_text().splitlines() if not line.startswith("-----")]
                 secrets += [body[0], body[len(body) // 2]]  # any piece of a private key
             yield mesh, examples, secrets

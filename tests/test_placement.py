@@ -74,3 +74,24 @@ def test_serves_type() -> None:
     assert serves_type(inst(), "anything")
     assert serves_type(inst(types=["sklearn", "xgboost"]), "XGBoost")
     assert not serves_type(inst(types=["sklearn"]), "onnx")
+
+
+@pytest.mark.parametrize(
+    ("types", "model_type", "served"),
+    [
+        (["sklearn"], "mt:sklearn", True),  # modelmesh-serving's label for a format
+        (["sklearn"], "mt:sklearn|pv:grpc-v2", True),  # every pod speaks KServe v2
+        (["sklearn"], "mt:sklearn|pv:v2", True),
+        (["sklearn"], "mt:sklearn|pv:grpc-v1", False),  # a protocol nobody listed
+        (["sklearn", "pv:grpc-v1"], "mt:sklearn|pv:grpc-v1", True),
+        (["sklearn"], "mt:sklearn:1", False),  # a version: only a pod that lists it
+        (["sklearn", "mt:sklearn:1"], "mt:sklearn:1", True),
+        (["sklearn"], "rt:mlserver-1.x", False),
+        (["sklearn", "rt:mlserver-1.x"], "rt:mlserver-1.x", True),
+        (["sklearn"], "mt:onnx", False),
+        (["onnx"], "MT:ONNX", True),
+        (["sklearn"], "mt:sklearn|mt:onnx", False),  # every part required
+    ],
+)
+def test_serves_modelmesh_serving_type_labels(types: list[str], model_type: str, served: bool) -> None:
+    assert serves_type(inst(types=types), model_type) is served

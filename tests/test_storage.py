@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from tritonclient.utils import InferenceServerException
 
 from harness.cluster import LocalMesh, MotoServer, S3Credentials
 from protos import model_mesh_pb2 as mm
+from protos import model_runtime_pb2, model_runtime_pb2_grpc
 from runtime_adapters.common.model_files import ModelFilesError
 from runtime_adapters.common.storage import (
     ModelStore,
@@ -93,6 +95,23 @@ def test_storage_config_formats(tmp_path: Path) -> None:
     assert SECRET not in repr(config)  # secrets stay out of reprs, so out of logs
 
 
+def test_storage_config_as_a_mounted_secret_directory(tmp_path: Path) -> None:
+    """modelmesh-serving's storage-config secret as a volume: one file per key, Kubernetes' ..data links."""
+    real = tmp_path / "..2026_12_07_06_00_00.1234"
+    real.mkdir()
+    (real / "localMinIO").write_text(json.dumps({"type": "s3", "bucket": "m", "secret_access_key": SECRET}))
+    (real / "other").write_text(json.dumps({"type": "s3", "default_bucket": "o"}))
+    (tmp_path / "..data").symlink_to(real.name)
+    for name in ("localMinIO", "other"):
+        (tmp_path / name).symlink_to(f"..data/{name}")
+    config = load_storage_config(tmp_path)
+    assert set(config) == {"localMinIO", "other"}
+    assert config["localMinIO"].bucket == "m" and config["other"].bucket == "o"
+    assert parse_location("iris/v1", '{"storage_key": "localMinIO"}', config) == S3Location(
+        "localMinIO", "m", "iris/v1"
+    )
+
+
 def test_local_paths_must_stay_under_the_roots(tmp_path: Path) -> None:
     root, outside = tmp_path / "models", tmp_path / "outside"
     (root / "good").mkdir(parents=True)
@@ -130,16 +149,18 @@ def s3_mesh(tmp_path_factory: pytest.TempPathFactory, examples: Examples) -> Ite
         s3.create_bucket(Bucket="models")
         s3.upload_file(str(examples.tree.path / "model.joblib"), "models", "iris/tree/model.joblib")
         s3.put_object(Bucket="models", Key="evil/../../escape.txt", Body=b"x")
-        config = work / "storage.json"
+        # modelmesh-serving's storage-config secret, mounted: a file per key behind Kubernetes' ..data link
+        config = work / "storage-config"
+        versioned = config / "..2026_12_07_00_00_00.000001"
+        versioned.mkdir(parents=True)
         bad = S3Credentials(credentials.access_key_id + "X", SECRET)
-        config.write_text(
-            json.dumps(
-                {
-                    "local-s3": moto.storage_entry(credentials, "models"),
-                    "bad-creds": moto.storage_entry(bad, "models"),
-                }
-            )
-        )
+        for key, entry in (
+            ("local-s3", moto.storage_entry(credentials, "models")),
+            ("bad-creds", moto.storage_entry(bad, "models")),
+        ):
+            (versioned / key).write_text(json.dumps(entry))
+            (config / key).symlink_to(f"..data/{key}")
+        (config / "..data").symlink_to(versioned.name)
         model_root = examples.logistic.path.parent
         adapter_args = [f"--storage-config={config}", f"--model-root={model_root}"]
         with LocalMesh(work / "mesh", adapter_args=adapter_args) as mesh:
@@ -173,6 +194,44 @@ def test_an_s3_model_loads_serves_and_reloads_from_the_cache(s3_mesh: S3Mesh, ex
     register(s3_mesh, "s3-tree-json", "iris/tree", key=json.dumps({"storage_key": "local-s3"}))
     assert list(predict(clients.infer, "s3-tree-json")) == list(examples.tree.expected)
     assert downloads(s3_mesh) == 1
+
+
+def test_modelmesh_serving_controller_registrations(s3_mesh: S3Mesh, examples: Examples) -> None:
+    """What modelmesh-serving's controller sends: a vmodel per predictor, the type as a label expression, the
+    key as its JSON (storage key, bucket, model type, the puller's disk size), the path inside the bucket."""
+    key = json.dumps(
+        {
+            "storage_key": "local-s3",
+            "storage_params": {"bucket": "models"},
+            "model_type": {"name": "sklearn"},
+            "disk_size_bytes": 4000,
+        }
+    )
+    info = mm.ModelInfo(type="mt:sklearn|pv:grpc-v2", path="iris/tree", key=key)
+    status = s3_mesh.clients.management.setVModel(
+        mm.SetVModelRequest(
+            vModelId="predictor-tree",
+            targetModelId="predictor-tree__isvc-1",
+            modelInfo=info,
+            autoDeleteTargetModel=True,
+            loadNow=True,
+            sync=True,
+            owner="ksp",
+        ),
+        timeout=60,
+    )
+    assert status.activeModelId == "predictor-tree__isvc-1", status
+    with grpc.insecure_channel(s3_mesh.clients.mesh.adapter.address) as channel:  # type: ignore[union-attr]
+        predicted = model_runtime_pb2_grpc.ModelRuntimeStub(channel).predictModelSize(
+            model_runtime_pb2.PredictModelSizeRequest(
+                modelId="x", modelType=info.type, modelPath=info.path, modelKey=key
+            ),
+            timeout=10,
+        )
+    assert predicted.sizeInBytes == 5000  # the puller's disk size x 1.25 (remote files: not measured here)
+    model = s3_mesh.clients.status("predictor-tree__isvc-1")
+    assert model.status == S.LOADED
+    assert list(predict(s3_mesh.clients.infer, "predictor-tree__isvc-1")) == list(examples.tree.expected)
 
 
 @pytest.mark.parametrize(

@@ -564,6 +564,9 @@ def top(
         return
     console = stdout_console()
     latest, problem = first, ""
+    err_console.print(
+        f"meshctl top: {source} every {interval} s; Ctrl-C to stop", markup=False, highlight=False
+    )
     try:
         with Live(
             render.top_frame(latest, now_ms(), source), console=console, screen=False, auto_refresh=False

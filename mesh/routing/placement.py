@@ -17,10 +17,29 @@ import xxhash
 
 from mesh.registry.records import InstanceRecord
 
+# Protocols every pod's runtime speaks (MLServer and Triton: KServe v2 over gRPC and REST).
+PROTOCOLS_SPOKEN = frozenset({"pv:grpc-v2", "pv:v2"})
+
 
 def serves_type(instance: InstanceRecord, model_type: str) -> bool:
-    """An instance that lists no types serves any."""
-    return not instance.runtime_types or model_type.lower() in instance.runtime_types
+    """Whether the pod's runtime takes a model of this type. An instance that lists no types serves any.
+
+    The type is a plain name (``sklearn``) or modelmesh-serving's label expression, every part required:
+    ``mt:<format>[:<version>]`` (the pod lists the label, or the bare format when no version is asked),
+    ``rt:<runtime>`` (the pod lists the label) and ``pv:<protocol>`` (spoken by every pod, or listed).
+    """
+    types = instance.runtime_types
+    if not types:
+        return True
+    for part in model_type.lower().split("|"):
+        label = part.strip()
+        if label in types or label in PROTOCOLS_SPOKEN:
+            continue
+        kind, sep, rest = label.partition(":")
+        if sep and kind == "mt" and ":" not in rest and rest in types:
+            continue
+        return False
+    return True
 
 
 def rendezvous_weight(model_id: str, pod_id: str) -> int:

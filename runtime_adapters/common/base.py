@@ -38,6 +38,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from protos import model_runtime_pb2, model_runtime_pb2_grpc
 from runtime_adapters.common.metrics import AdapterMetrics
 from runtime_adapters.common.model_files import SIZE_FACTOR, ModelFilesError, files_size
+from runtime_adapters.common.model_key import model_type_name, parse_model_key
 from runtime_adapters.common.sizing import SizeFloors, SizeRpcs
 from runtime_adapters.common.storage import ModelStore, StorageError
 
@@ -384,7 +385,7 @@ class RuntimeAdapter(SizeRpcs, model_runtime_pb2_grpc.ModelRuntimeServicer, abc.
             if not model_id:
                 raise ModelRejected("modelId is empty")
             self.check_model_id(model_id)
-            kind = self.model_kind(request.modelType)
+            kind = self.model_kind(model_type_name(request.modelType, parse_model_key(request.modelKey)))
             downloads = self.store.download_count
             path = await self.store.fetch(model_id, request.modelPath, request.modelKey)
             self.metrics.downloads.inc(self.store.download_count - downloads)

@@ -12,7 +12,8 @@ from typing import Protocol
 import grpc
 
 from protos import model_runtime_pb2
-from runtime_adapters.common.model_files import ModelFilesError, predicted_size
+from runtime_adapters.common.model_files import SIZE_FACTOR, ModelFilesError, predicted_size
+from runtime_adapters.common.model_key import parse_model_key
 from runtime_adapters.common.storage import ModelStore
 
 
@@ -37,9 +38,12 @@ class SizeRpcs:
     ) -> model_runtime_pb2.PredictModelSizeResponse:
         try:
             path = self.store.local_path(request.modelPath, request.modelKey)
+            disk_size = parse_model_key(request.modelKey).disk_size_bytes
         except ModelFilesError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if path is None:  # remote files: no lookups here (the SPI wants an answer at once)
+        if disk_size is not None:  # modelmesh-serving's puller measured the files already
+            size = max(int(disk_size * SIZE_FACTOR), self.config.min_model_size_bytes)
+        elif path is None:  # remote files: no lookups here (the SPI wants an answer at once)
             size = self._default_size()
         else:
             size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)

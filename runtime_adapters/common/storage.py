@@ -2,10 +2,11 @@
 
 Paths are local paths (optionally ``file://``) or ``s3://bucket/prefix``; a
 model's key (ModelInfo.key) may name an entry of the storage config, as
-modelmesh-serving does, either plainly or as JSON ``{"storage_key": ...,
-"storage_params": {"bucket": ...}}``. The storage config is one JSON file
-mapping storage keys to ``{type, access_key_id, secret_access_key,
-endpoint_url, region, bucket}``.
+modelmesh-serving does, either plainly or as its controller's JSON
+(``model_key.py``). The storage config is a JSON file mapping storage keys to
+``{type, access_key_id, secret_access_key, endpoint_url, region, bucket}``, or
+a directory with one such JSON file per storage key (modelmesh-serving's
+storage-config secret mounted as a volume).
 
 Downloads are atomic (a temporary folder renamed into place, so a half-written
 download is never loaded), shared by every model that names the same objects,
@@ -32,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime_adapters.common.model_files import ModelFilesError, files_size
+from runtime_adapters.common.model_key import parse_model_key
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,15 @@ class S3Location:
 def load_storage_config(path: Path | None) -> dict[str, StorageEntry]:
     if path is None:
         return {}
-    raw: dict[str, Any] = json.loads(path.read_text())
+    raw: dict[str, Any]
+    if path.is_dir():  # a mounted secret: a file per key; Kubernetes' own ..data links and folders skipped
+        raw = {
+            entry.name: entry.read_text()
+            for entry in sorted(path.iterdir())
+            if not entry.name.startswith(".") and entry.is_file()
+        }
+    else:
+        raw = json.loads(path.read_text())
     known = set(StorageEntry.__dataclass_fields__)
     entries = {}
     for key, value in raw.items():
@@ -77,19 +87,6 @@ def load_storage_config(path: Path | None) -> dict[str, StorageEntry]:
             value["bucket"] = value["default_bucket"]
         entries[key] = StorageEntry(**{k: str(v) for k, v in value.items() if k in known})
     return entries
-
-
-def parse_key(model_key: str) -> tuple[str, str]:
-    """(storage key, bucket override) from ModelInfo.key: a plain name or modelmesh-serving's JSON."""
-    text = model_key.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ModelFilesError(f"model key is not valid JSON: {e}") from e
-        params = data.get("storage_params") or {}
-        return str(data.get("storage_key", "")), str(params.get("bucket", data.get("bucket", "")))
-    return text, ""
 
 
 def safe_prefix(prefix: str) -> str:
@@ -105,7 +102,8 @@ def parse_location(model_path: str, model_key: str, config: Mapping[str, Storage
     raw = model_path.strip()
     if not raw:
         raise ModelFilesError("model path is empty")
-    storage_key, bucket_override = parse_key(model_key) if model_key else ("", "")
+    key = parse_model_key(model_key)
+    storage_key, bucket_override = key.storage_key, key.bucket
     if storage_key and storage_key not in config:
         raise ModelFilesError(f"unknown storage key {storage_key!r}")
     entry = config.get(storage_key)
@@ -289,8 +287,9 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage-config",
         type=Path,
-        default=os.environ.get("STORAGE_CONFIG") or None,
-        help="JSON file of storage entries by storage key (env STORAGE_CONFIG)",
+        default=os.environ.get("STORAGE_CONFIG") or os.environ.get("STORAGE_CONFIG_DIR") or None,
+        help="storage entries by storage key: a JSON file, or a directory of one JSON file per key "
+        "(env STORAGE_CONFIG, or modelmesh-serving's STORAGE_CONFIG_DIR)",
     )
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="where downloads go (default: beside the repository)"
