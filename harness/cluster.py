@@ -8,6 +8,7 @@ own process group and log file, and is stopped by its PID (never by name).
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import subprocess
@@ -174,6 +175,117 @@ class EtcdServer:
 
 
 ROOT_PASSWORD = "root-of-a-test-etcd"
+
+
+@dataclass
+class EtcdMember:
+    name: str
+    process: ChildProcess
+    client_port: int
+    peer_port: int
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+
+@dataclass
+class EtcdCluster:
+    """A real multi-member etcd (three processes on loopback by default), members killed at will."""
+
+    work_dir: Path
+    members: list[EtcdMember]
+
+    @property
+    def endpoints(self) -> str:
+        """Every member, for ``--etcd``."""
+        return ",".join(m.endpoint for m in self.members)
+
+    @classmethod
+    def start(cls, work_dir: Path, size: int = 3) -> EtcdCluster:
+        names = [f"member-{i}" for i in range(size)]
+        ports = [(free_port(), free_port()) for _ in names]
+        initial = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in zip(names, ports, strict=True))
+        members = []
+        try:
+            for name, (client, peer) in zip(names, ports, strict=True):
+                argv = [
+                    str(etcd_binary()),
+                    f"--name={name}",
+                    f"--data-dir={work_dir / name}",
+                    f"--listen-client-urls=http://127.0.0.1:{client}",
+                    f"--advertise-client-urls=http://127.0.0.1:{client}",
+                    f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-cluster={initial}",
+                    "--initial-cluster-state=new",
+                    f"--initial-cluster-token=mesh-{work_dir.name}",
+                    "--log-level=warn",
+                ]
+                process = ChildProcess(f"etcd {name}", argv, work_dir / f"{name}.log")
+                members.append(EtcdMember(name, process, client, peer, argv))
+            cluster = cls(work_dir, members)
+            for member in members:  # a member is healthy once the cluster has a leader
+                member.process.wait_until(
+                    functools.partial(cluster.healthy, member), 60, f"{member.name} health"
+                )
+            return cluster
+        except BaseException:
+            for member in members:
+                member.process.stop()
+            raise
+
+    # what a pod needs of its etcd (PodProcess.start)
+    security: EtcdSecurity | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints
+
+    def resume(self, member: EtcdMember) -> None:
+        """Start a killed member again on its ports and data: it rejoins and catches up."""
+        member.process = ChildProcess(
+            f"etcd {member.name}", member.argv, self.work_dir / f"{member.name}.log"
+        )
+        member.process.wait_until(functools.partial(self.healthy, member), 60, f"{member.name} health")
+
+    def healthy(self, member: EtcdMember) -> bool:
+        with urllib.request.urlopen(f"http://{member.endpoint}/health", timeout=2) as reply:
+            return b'"health":"true"' in reply.read()
+
+    def status(self, member: EtcdMember) -> dict[str, Any]:
+        """etcdctl's endpoint status of one member (its id, the leader's id, the raft index)."""
+        done = subprocess.run(
+            [
+                str(etcd_binary().with_name("etcdctl")),
+                f"--endpoints={member.endpoint}",
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=True,
+        )
+        status: dict[str, Any] = json.loads(done.stdout)[0]["Status"]
+        return status
+
+    def leader(self) -> EtcdMember:
+        """The member raft has elected (asked of a live one)."""
+        live = [m for m in self.members if m.process.alive()]
+        status = self.status(live[0])
+        leader_id = status["leader"]
+        for member in live:
+            if self.status(member)["header"]["member_id"] == leader_id:
+                return member
+        raise RuntimeError("the leader is not among the live members")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.process.stop()
 
 
 @dataclass
@@ -416,7 +528,7 @@ class PodProcess:
     def start(
         cls,
         work_dir: Path,
-        etcd: EtcdServer,
+        etcd: EtcdServer | EtcdCluster,
         adapter: AdapterLike,
         runtime: RuntimeProcess,
         pod_id: str,
@@ -430,7 +542,7 @@ class PodProcess:
         # a secured etcd is reached through ModelMesh's connection file (the password is never an argument)
         etcd_arg = (
             f"--etcd-config=etcd:{etcd.connection_file(work_dir / f'{pod_id}-etcd_connection')}"
-            if etcd.security
+            if isinstance(etcd, EtcdServer) and etcd.security
             else f"--etcd={etcd.endpoint}"
         )
         metrics_address = ""

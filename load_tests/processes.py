@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import psutil
 
-from harness.cluster import EtcdServer, PodProcess
+from harness.cluster import EtcdCluster, EtcdServer, PodProcess
 from harness.processes import REPO_ROOT, ChildProcess, free_port, grpc_connectable
 from load_tests.echo_runtime import MODEL_TYPE, STATS_METHOD
 
@@ -107,7 +107,7 @@ class NaiveProxyProcess:
 
 def start_echo_pod(
     work_dir: Path,
-    etcd: EtcdServer,
+    etcd: EtcdServer | EtcdCluster,
     echo: EchoProcess,
     pod_id: str,
     model_types: str = MODEL_TYPE,

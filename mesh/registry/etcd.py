@@ -13,8 +13,9 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,10 @@ ETCD_CHANNEL_OPTIONS = (
     # a watch or snapshot page of large records must not hit gRPC's 4 MiB default
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
+
+
+class UncertainWrite(StoreError):
+    """A transaction's member went away before it answered: it may or may not have been applied."""
 
 
 class WatchCompacted(StoreError):
@@ -151,6 +156,7 @@ def modified_at(key: bytes, revision: int) -> Any:
 
 
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...] | None
 
 
 class EtcdConnection:
@@ -167,7 +173,7 @@ class EtcdConnection:
         self._reload_interval_s = reload_interval_s
         self._stamp = config.stamp()
         self._checked_at = time.monotonic()
-        self._member = 0
+        self._member = random.randrange(len(config.endpoints))  # pods spread over the members
         self._channel: grpc.aio.Channel | None = None
         self._token: str | None = None
         self._auth_lock: asyncio.Lock | None = None
@@ -231,7 +237,7 @@ class EtcdConnection:
             await channel.close()
 
     # -- authentication -------------------------------------------------------------
-    async def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+    async def _metadata(self) -> Metadata:
         if not self.config.username:
             return None
         if self._token is None:
@@ -257,28 +263,49 @@ class EtcdConnection:
         return str(reply.token)
 
     # -- calls ------------------------------------------------------------------------
-    async def _unary(self, call: Callable[[grpc.aio.Channel], Any], request: Any) -> Any:
-        for attempt in (1, 2):
+    async def _call(self, run: Callable[[grpc.aio.Channel, Metadata], Awaitable[T]], safe: bool) -> T:
+        """``run`` on the current member, with the token renewed once if etcd forgot it. A member found
+        unreachable moves the next call to the next member; a ``safe`` call (a read, or a write whose
+        repetition changes nothing) is tried again there, once per member. An unsafe one raises
+        UncertainWrite: it may have been applied, and only the caller can tell by reading."""
+        tries = len(self.config.endpoints) if safe else 1
+        renewed = False
+        while True:
             channel = self._open()
-            metadata = await self._metadata()
             try:
-                return await call(channel)(request, timeout=self._timeout_s, metadata=metadata)
+                return await run(channel, await self._metadata())
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.config.username and attempt == 1:
-                    self._token = None  # etcd restarted (its tokens went with it) or the token expired
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.config.username and not renewed:
+                    renewed = True  # etcd restarted (its tokens went with it) or the token expired
+                    self._token = None
                     continue
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._next_member(channel)
+                # a member gone (UNAVAILABLE), or one waiting for a leader that is gone (its proposals
+                # wait until etcd's own request timeout, past ours): another try may find a leader
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if e.code() == grpc.StatusCode.UNAVAILABLE:
+                        self._next_member(channel)
+                    tries -= 1
+                    if tries > 0:
+                        continue
+                    if not safe:
+                        raise UncertainWrite(f"{e.code().name}: {e.details()}") from e
                 raise StoreError(f"{e.code().name}: {e.details()}") from e
-        raise AssertionError("unreachable")
+
+    async def _unary(self, method: Callable[[grpc.aio.Channel], Any], request: Any, safe: bool = True) -> Any:
+        async def run(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
+            return await method(channel)(request, timeout=self._timeout_s, metadata=metadata)
+
+        return await self._call(run, safe)
 
     async def range(self, request: Any) -> Any:
         return await self._unary(lambda c: rpc.KVStub(c).Range, request)
 
     async def txn(self, request: Any) -> Any:
-        return await self._unary(lambda c: rpc.KVStub(c).Txn, request)
+        """A transaction: never repeated by this class (see UncertainWrite)."""
+        return await self._unary(lambda c: rpc.KVStub(c).Txn, request, safe=False)
 
     async def put(self, request: Any) -> Any:
+        """A plain put (the same value again changes nothing the mesh reads)."""
         return await self._unary(lambda c: rpc.KVStub(c).Put, request)
 
     async def get(self, key: bytes) -> Any | None:
@@ -287,6 +314,7 @@ class EtcdConnection:
         return reply.kvs[0] if reply.kvs else None
 
     async def grant_lease(self, ttl_s: int) -> int:
+        # repeated, a grant leaves an unused lease behind, which expires after its TTL
         reply = await self._unary(lambda c: rpc.LeaseStub(c).LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
         return int(reply.ID)
 
@@ -295,33 +323,19 @@ class EtcdConnection:
 
     async def refresh_lease(self, lease_id: int) -> int:
         """One keep-alive; returns the TTL etcd now gives the lease (0 or less: the lease is gone)."""
-        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
 
-        async def first(stream: Any) -> Any:
-            await stream.write(request)
-            return await stream.read()
+        async def run(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
+            stream = rpc.LeaseStub(channel).LeaseKeepAlive(metadata=metadata, timeout=self._timeout_s)
+            try:
+                await stream.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                return await stream.read()
+            finally:
+                stream.cancel()
 
-        reply = await self._stream(lambda c: rpc.LeaseStub(c).LeaseKeepAlive, first)
+        reply = await self._call(run, safe=True)
         if reply is grpc.aio.EOF:
             raise StoreError("etcd closed the keep-alive stream")
         return int(reply.TTL)
-
-    async def _stream(self, open_stream: Callable[[grpc.aio.Channel], Any], use: Callable[[Any], Any]) -> Any:
-        for attempt in (1, 2):
-            channel = self._open()
-            stream = open_stream(channel)(metadata=await self._metadata(), timeout=self._timeout_s)
-            try:
-                return await use(stream)
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.config.username and attempt == 1:
-                    self._token = None
-                    continue
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._next_member(channel)
-                raise StoreError(f"{e.code().name}: {e.details()}") from e
-            finally:
-                stream.cancel()
-        raise AssertionError("unreachable")
 
     async def watch(self, key: bytes, range_end: bytes, start_revision: int) -> AsyncIterator[Any]:
         """Events on [key, range_end) from ``start_revision`` on, until the stream breaks (StoreError)."""

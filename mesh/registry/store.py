@@ -16,7 +16,15 @@ from typing import Any
 from aetcd import rpc
 
 from mesh.errors import StoreError
-from mesh.registry.etcd import PUT, EtcdConfig, EtcdConnection, WatchCompacted, created_at, modified_at
+from mesh.registry.etcd import (
+    PUT,
+    EtcdConfig,
+    EtcdConnection,
+    UncertainWrite,
+    WatchCompacted,
+    created_at,
+    modified_at,
+)
 from mesh.registry.records import InstanceRecord, ModelRecord, VModelRecord
 from mesh.registry.view import INSTANCES, LEADER, REGISTRY, VMODELS, RoutingTable
 
@@ -151,12 +159,22 @@ class EtcdStore:
 
         Returns (None, revision of the create) when created, else (the existing record, its mod revision).
         """
-        key = self._key(REGISTRY + model_id)
-        response = await self._txn(
-            compare=[created_at(key, 0)],
-            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=record.to_json()))],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
-        )
+        key, value = self._key(REGISTRY + model_id), record.to_json()
+        while True:
+            try:
+                response = await self._txn(
+                    compare=[created_at(key, 0)],
+                    success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))],
+                    failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+                )
+                break
+            except UncertainWrite:  # was it ours? the record holds exactly what we wrote only if so
+                got = await self._etcd.get(key)
+                if got is None:
+                    continue
+                if got.value == value and got.create_revision == got.mod_revision:
+                    return None, got.mod_revision
+                return ModelRecord.from_json(got.value), got.mod_revision
         if response.succeeded:
             return None, response.header.revision
         kvs = response.responses[0].response_range.kvs
@@ -190,7 +208,10 @@ class EtcdStore:
                 if new is not None
                 else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
             )
-            response = await self._txn([modified_at(key, mod_revision)], [op], [])
+            try:
+                response = await self._txn([modified_at(key, mod_revision)], [op], [])
+            except UncertainWrite:
+                continue  # read again: applied or not, the mutation sees what is there now
             if response.succeeded:
                 return new, response.header.revision
 
@@ -236,7 +257,10 @@ class EtcdStore:
             if not ops:
                 return max(revisions.values(), default=0)
             compare = [modified_at(key, rev) for key, rev in revisions.items()]
-            response = await self._txn(compare, ops, [])
+            try:
+                response = await self._txn(compare, ops, [])
+            except UncertainWrite:
+                continue  # read again, as after a conflict
             if response.succeeded:
                 return int(response.header.revision)
 
@@ -293,13 +317,19 @@ class EtcdStore:
         """Become the leader if nobody is: the key lives on this pod's lease, so it goes when the pod does."""
         assert self._lease is not None, "register_instance first"
         key = self._key(LEADER)
-        response = await self._txn(
-            compare=[created_at(key, 0)],
-            success=[
-                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=pod_id.encode(), lease=self._lease))
-            ],
-            failure=[],
-        )
+        try:
+            response = await self._txn(
+                compare=[created_at(key, 0)],
+                success=[
+                    rpc.RequestOp(
+                        request_put=rpc.PutRequest(key=key, value=pod_id.encode(), lease=self._lease)
+                    )
+                ],
+                failure=[],
+            )
+        except UncertainWrite:
+            got = await self._etcd.get(key)
+            return got is not None and got.value == pod_id.encode() and got.lease == self._lease
         return bool(response.succeeded)
 
     async def revoke_lease(self) -> None:
