@@ -86,3 +86,10 @@ def test_capacity_defaults_from_the_cgroup_limit(tmp_path: Path) -> None:
     (v1 / "memory").mkdir(parents=True)
     (v1 / "memory" / "memory.limit_in_bytes").write_text(str(512 << 20))
     assert default_capacity_bytes(v1) == (512 << 20) - (256 << 20)  # the reserve never goes below 256 MiB
+
+
+def test_capacity_from_the_runtime_containers_limit(tmp_path: Path) -> None:
+    """In a Kubernetes pod the runtime has a container of its own: its limit (downward API) is the one."""
+    (tmp_path / "memory.max").write_text(str(256 << 20))  # the adapter's own small container
+    assert default_capacity_bytes(tmp_path, runtime_limit_bytes=4 << 30) == (4 << 30) - int((4 << 30) * 0.2)
+    assert default_capacity_bytes(tmp_path) == 0  # without it, the adapter's own limit leaves nothing

@@ -61,6 +61,15 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; }
 fi
 
+# kubectl (its built-in kustomize): tests/test_k8s_manifests.py renders deploy/k8s. Debian's kubernetes-client
+# when none is installed (its kustomize is older; the manifests keep to what both render).
+if ! command -v kubectl >/dev/null; then
+  echo "setup: kubectl (apt-get kubernetes-client)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q --no-install-recommends kubernetes-client >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends kubernetes-client >/dev/null; }
+fi
+
 # Triton (tritonserver from the nvidia-pytriton wheel, CPU-only, python backend) in .venv-triton and .triton/
 deploy/local/setup-triton.sh
 

@@ -456,7 +456,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
     for name, check in (
         ("metrics", lambda: parse_metrics_config(str(values["metrics"]), int(values["metrics_port"]))),  # type: ignore[call-overload]
         ("log_request_headers", lambda: parse_logged_headers(str(values["log_request_headers"]))),
-        ("etcd", lambda: EtcdConfig.from_endpoints(str(values["etcd"]))),
+        ("etcd", lambda: values["etcd_config"] or EtcdConfig.from_endpoints(str(values["etcd"]))),
         (
             "etcd_config",
             lambda: (

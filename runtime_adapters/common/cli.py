@@ -42,6 +42,13 @@ def adapter_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="bytes of model memory to offer the mesh (env MM_CAPACITY_BYTES; default: the container's "
         "memory limit from its cgroup, minus 20%% or at least 256 MiB for the runtime itself)",
     )
+    p.add_argument(
+        "--runtime-memory-limit-bytes",
+        type=int,
+        default=env_int("RUNTIME_MEMORY_LIMIT_BYTES", 0),
+        help="the runtime container's memory limit, for the default capacity when the runtime has a "
+        "container of its own (env RUNTIME_MEMORY_LIMIT_BYTES; default: this container's cgroup limit)",
+    )
     p.add_argument("--min-model-size-bytes", type=int, default=0)
     p.add_argument("--default-model-size-bytes", type=int, default=1 << 20)
     p.add_argument("--load-timeout-ms", type=int, default=120_000)

@@ -86,8 +86,12 @@ def memory_limit_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return machine
 
 
-def default_capacity_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """Model memory to offer: the memory limit minus a reserve for the runtime and the adapter."""
-    limit = memory_limit_bytes(cgroup_root)
+def default_capacity_bytes(cgroup_root: Path = Path("/sys/fs/cgroup"), runtime_limit_bytes: int = 0) -> int:
+    """Model memory to offer: the memory limit minus a reserve for the runtime and the adapter.
+
+    ``runtime_limit_bytes``: the runtime container's limit when the runtime runs in a container of its own
+    (Kubernetes hands it to the adapter through the downward API); else this container's cgroup limit.
+    """
+    limit = runtime_limit_bytes or memory_limit_bytes(cgroup_root)
     reserve = max(CAPACITY_RESERVE_MIN, int(limit * CAPACITY_RESERVE_FRACTION))
     return max(limit - reserve, 0)

@@ -61,7 +61,8 @@ async def serve(args: argparse.Namespace) -> None:
         mlserver_grpc_address=args.mlserver_grpc,
         repository_dir=Path(args.repository_dir),
         runtime_pid=args.mlserver_pid,
-        capacity_bytes=args.capacity_bytes or default_capacity_bytes(),
+        capacity_bytes=args.capacity_bytes
+        or default_capacity_bytes(runtime_limit_bytes=args.runtime_memory_limit_bytes),
         min_model_size_bytes=args.min_model_size_bytes,
         load_timeout_ms=args.load_timeout_ms,
         default_model_size_bytes=args.default_model_size_bytes,
