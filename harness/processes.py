@@ -131,6 +131,11 @@ class ChildProcess:
     def alive(self) -> bool:
         return self._popen.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it has exited (negative: the signal that ended it), else None."""
+        return self._popen.poll()
+
     def log_tail(self, chars: int = 3000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
