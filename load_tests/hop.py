@@ -75,9 +75,18 @@ def infer_request(model_id: str, payload_bytes: int = 1024) -> bytes:
     ).SerializeToString()
 
 
-def register(mesh_address: str, model_id: str, model_type: str, path: str) -> None:
-    """Register and load (sync) through the management API."""
-    with grpc.insecure_channel(mesh_address) as channel:
+def register(
+    mesh_address: str,
+    model_id: str,
+    model_type: str,
+    path: str,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Register and load (sync) through the management API (over TLS with ``credentials``)."""
+    channel = (
+        grpc.secure_channel(mesh_address, credentials) if credentials else grpc.insecure_channel(mesh_address)
+    )
+    with channel:
         mm_grpc.ModelMeshStub(channel).registerModel(
             mm.RegisterModelRequest(
                 modelId=model_id, modelInfo=mm.ModelInfo(type=model_type, path=path), loadNow=True, sync=True

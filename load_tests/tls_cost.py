@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from harness.certificates import MeshCertificates
 from harness.cluster import EtcdServer
 from load_tests.echo_runtime import MODEL_TYPE
@@ -24,22 +22,6 @@ from load_tests.hop import HopSettings, Route, compare_paths, infer_request, reg
 from load_tests.processes import EchoProcess, NginxProcess, start_echo_pod
 
 MODEL_ID = "tls-cost"
-
-
-def register_tls(address: str, credentials: grpc.ChannelCredentials) -> None:
-    from protos import model_mesh_pb2 as mm
-    from protos import model_mesh_pb2_grpc as mm_grpc
-
-    with grpc.secure_channel(address, credentials) as channel:
-        mm_grpc.ModelMeshStub(channel).registerModel(
-            mm.RegisterModelRequest(
-                modelId=MODEL_ID,
-                modelInfo=mm.ModelInfo(type=MODEL_TYPE, path="size=1000000"),
-                loadNow=True,
-                sync=True,
-            ),
-            timeout=120,
-        )
 
 
 @contextlib.contextmanager
@@ -68,10 +50,7 @@ def tls_paths(work_dir: Path) -> Iterator[dict[str, Route]]:
                 work_dir / name, etcd, echo, name, extra_args=["--front=h2", *extra], credentials=tls
             )
             stack.callback(pod.process.stop)
-            if tls:
-                register_tls(pod.address, tls)
-            else:
-                register(pod.address, MODEL_ID, MODEL_TYPE, "size=1000000")
+            register(pod.address, MODEL_ID, MODEL_TYPE, "size=1000000", credentials=tls)
             routes[name] = Route(pod.address, (pod.process.pid,), tls)
         yield routes
 

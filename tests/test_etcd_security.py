@@ -18,7 +18,7 @@ from mesh.errors import StoreError
 from mesh.registry.etcd import EtcdConfig
 from mesh.registry.records import InstanceRecord, ModelRecord
 from mesh.registry.store import EtcdStore
-from mesh.registry.view import RoutingTable
+from tests.test_store import watched
 from tests.test_tls_units import issue
 
 pytestmark = pytest.mark.integration
@@ -59,18 +59,6 @@ async def store_of(config: EtcdConfig, prefix: str = "mm/svc/") -> AsyncIterator
         yield store
     finally:
         await store.close()
-
-
-@contextlib.asynccontextmanager
-async def watched(store: EtcdStore) -> AsyncIterator[RoutingTable]:
-    table, ready = RoutingTable(), asyncio.Event()
-    task = asyncio.create_task(store.run_watch(table, ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
-        yield table
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_tls_and_a_user_register_watch_and_lease(
