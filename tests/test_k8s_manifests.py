@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -178,6 +179,20 @@ def test_the_images_build_files_are_there() -> None:
     for build in images.glob("*.Dockerfile"):
         text = build.read_text()
         assert "USER 1000" in text and "constraints" in text, build  # non-root, pinned
+    # what each container runs is what its image provides: the mesh image's console scripts, the runtime
+    # images' own command (MLServer's CMD) or entry point (Triton's, given arguments only)
+    scripts = set(tomllib.loads((K8S.parent.parent / "pyproject.toml").read_text())["project"]["scripts"])
+    for overlay in OVERLAYS:
+        for doc in objects(overlay, "Deployment"):
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                image = c["image"].split("/")[-1].split(":")[0]
+                build = (images / f"{image}.Dockerfile").read_text()
+                if image == "mesh":
+                    assert c["command"][0] in scripts, c["command"]
+                elif "command" in c:
+                    assert f'CMD ["{c["command"][0]}"' in build, (image, c["command"])
+                else:
+                    assert "ENTRYPOINT" in build, image
 
 
 def test_the_manifests_json_values_parse() -> None:
