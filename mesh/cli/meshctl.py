@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -567,19 +568,19 @@ def top(
     err_console.print(
         f"meshctl top: {source} every {interval} s; Ctrl-C to stop", markup=False, highlight=False
     )
-    try:
-        with Live(
-            render.top_frame(latest, now_ms(), source), console=console, screen=False, auto_refresh=False
-        ) as live:
-            while True:
-                time.sleep(interval)
-                try:
-                    latest, problem = client.mesh_status(), ""
-                except CliError as e:
-                    problem = f"{e.status}: {e.message} (showing the last answer)"
-                live.update(render.top_frame(latest, now_ms(), source, problem), refresh=True)
-    except KeyboardInterrupt:
-        return
+    # Ctrl-C ends the view between frames: a flag, not an exception landing wherever the main thread is
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with Live(
+        render.top_frame(latest, now_ms(), source), console=console, screen=False, auto_refresh=False
+    ) as live:
+        while not stop.wait(interval):
+            try:
+                latest, problem = client.mesh_status(), ""
+            except CliError as e:
+                problem = f"{e.status}: {e.message} (showing the last answer)"
+            live.update(render.top_frame(latest, now_ms(), source, problem), refresh=True)
 
 
 def main() -> None:
