@@ -11,6 +11,7 @@ from mesh.models.cache import EvictionPolicy, ModelCache
 from mesh.models.rates import RateTracker
 from mesh.models.worker_usage import UsageLog, parse_metrics_report, parse_usage
 from mesh.observe.metrics import MeshMetrics, MetricsConfig, metrics_for
+from mesh.process.serving_worker import main_host
 
 
 def test_usage_log_drains_counts_and_last_use() -> None:
@@ -78,3 +79,13 @@ def test_with_metrics_off_only_the_fronts_paths_are_counted() -> None:
     assert metrics.drain() == {"front_streams": [[["external", "fast"], 1.0]]}
     assert isinstance(metrics_for(MetricsConfig(port=9100)), MeshMetrics)
     assert metrics_for(MetricsConfig(port=9100, per_model=True)).per_model
+
+
+@pytest.mark.parametrize(
+    ("host", "reached_at"),
+    [("0.0.0.0", "127.0.0.1"), ("", "127.0.0.1"), ("::", "127.0.0.1"), ("10.1.2.3", "10.1.2.3")],
+)
+def test_serving_processes_reach_their_main_process_on_an_address_a_certificate_names(
+    host: str, reached_at: str
+) -> None:
+    assert main_host(host) == reached_at

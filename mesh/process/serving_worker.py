@@ -88,6 +88,12 @@ SERVED_SERVICES = (MESH_SERVICE, INFERENCE_SERVICE)  # what health checks and re
 REFLECTED_SERVICES = (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
+def main_host(host: str) -> str:
+    """Where a serving process reaches its main process: the bound address, loopback for a wildcard (a pod
+    certificate names 127.0.0.1, never 0.0.0.0)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
 def relay_path(settings: Settings, port: int | None = None) -> str:
     """The unix socket the main process serves a port's gRPC on (default: the external one).
 
@@ -446,7 +452,13 @@ async def run_worker(
             )
         reloading = asyncio.create_task(tls.keep_reloading(settings.tls_reload_interval_s))
         reporting = asyncio.create_task(
-            report_usage(usage, metrics, f"{settings.host}:{settings.internal_port}", stop, tls.to_peers_grpc)
+            report_usage(
+                usage,
+                metrics,
+                f"{main_host(settings.host)}:{settings.internal_port}",
+                stop,
+                tls.to_peers_grpc,
+            )
         )
         log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)
         freeze_startup_heap()
