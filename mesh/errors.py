@@ -52,4 +52,11 @@ class Reroute(Exception):
 
 
 class StoreError(Exception):
-    """etcd could not do what was asked (unreachable, refused, timed out): the client may try again."""
+    """etcd could not do what was asked (unreachable, refused, timed out): the client may try again.
+
+    ``code``: etcd's gRPC status, when the error came from a call.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code

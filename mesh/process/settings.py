@@ -310,7 +310,7 @@ class Settings:
     def etcd_connection(self) -> EtcdConfig:
         """Where etcd is and how to reach it: the connection file if given, else the endpoints."""
         if self.etcd_config:
-            return EtcdConfig.from_file(self.etcd_config.removeprefix("etcd:"))
+            return EtcdConfig.from_kv_store(self.etcd_config)
         return EtcdConfig.from_endpoints(self.etcd)
 
     @property
@@ -459,10 +459,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
         ("etcd", lambda: values["etcd_config"] or EtcdConfig.from_endpoints(str(values["etcd"]))),
         (
             "etcd_config",
-            lambda: (
-                values["etcd_config"]
-                and EtcdConfig.from_file(str(values["etcd_config"]).removeprefix("etcd:"))
-            ),
+            lambda: values["etcd_config"] and EtcdConfig.from_kv_store(str(values["etcd_config"])),
         ),
     ):
         try:

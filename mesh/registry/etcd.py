@@ -68,6 +68,11 @@ class EtcdConfig:
         return cls(endpoints=endpoints, tls="https" in schemes)
 
     @classmethod
+    def from_kv_store(cls, value: str) -> EtcdConfig:
+        """ModelMesh's ``KV_STORE`` value: ``etcd:/path/to/etcd_connection`` (or the bare path)."""
+        return cls.from_file(value.removeprefix("etcd:"))
+
+    @classmethod
     def from_file(cls, path: str | Path) -> EtcdConfig:
         """ModelMesh's etcd connection JSON; relative file names are beside the JSON file."""
         path = Path(path)
@@ -162,9 +167,10 @@ Metadata = tuple[tuple[str, str], ...] | None
 class EtcdConnection:
     """Unary calls and streams to etcd, with the token attached and renewed, and failover between members.
 
-    A call that finds its member unreachable moves the next call to the next member; it is not retried
-    itself (a write may have been applied). A call refused for an expired or unknown token is retried
-    once with a new token (etcd rejected it before doing anything).
+    A call that finds its member unreachable moves the next calls to the next member. Reads and writes
+    that may be repeated are tried again there (``_call``); a transaction is not (it may have been applied)
+    and raises UncertainWrite. A call refused for an expired or unknown token is retried once with a new
+    token (etcd rejected it before doing anything).
     """
 
     def __init__(self, config: EtcdConfig, timeout_s: float = 5.0, reload_interval_s: float = 10.0) -> None:
@@ -204,11 +210,16 @@ class EtcdConnection:
         """Leave an unreachable member (once per failed channel, however many calls saw it fail)."""
         if len(self.config.endpoints) < 2 or failed is not self._channel:
             return
-        old, self._channel = self._channel, None
+        self._retire_channel()
         self._member = (self._member + 1) % len(self.config.endpoints)
         self._token = None  # simple tokens are per member
         log.warning("etcd member unreachable; trying %s", self.endpoint)
-        asyncio.get_running_loop().create_task(old.close(grace=self._timeout_s))
+
+    def _retire_channel(self) -> None:
+        """The next call opens a new channel; calls in flight finish on this one, closed after a grace."""
+        if self._channel is not None:
+            old, self._channel = self._channel, None
+            asyncio.get_running_loop().create_task(old.close(grace=self._timeout_s))
 
     def _reload_if_changed(self) -> None:
         """Rotated certificates (a Kubernetes secret rewritten): the next calls go on a channel made from
@@ -226,9 +237,7 @@ class EtcdConnection:
         self.config = config
         self._member %= len(config.endpoints)
         self._token = None
-        if self._channel is not None:
-            old, self._channel = self._channel, None
-            asyncio.get_running_loop().create_task(old.close(grace=self._timeout_s))
+        self._retire_channel()
         log.info("etcd connection settings reloaded")
 
     async def close(self) -> None:
@@ -259,7 +268,7 @@ class EtcdConnection:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 # etcd's "authentication failed": never repeat what was sent
                 raise StoreError(f"etcd refused the credentials of user {self.config.username!r}") from None
-            raise StoreError(f"{e.code().name}: {e.details()}") from None
+            raise StoreError(f"{e.code().name}: {e.details()}", e.code()) from None
         return str(reply.token)
 
     # -- calls ------------------------------------------------------------------------
@@ -288,8 +297,8 @@ class EtcdConnection:
                     if tries > 0:
                         continue
                     if not safe:
-                        raise UncertainWrite(f"{e.code().name}: {e.details()}") from e
-                raise StoreError(f"{e.code().name}: {e.details()}") from e
+                        raise UncertainWrite(f"{e.code().name}: {e.details()}", e.code()) from e
+                raise StoreError(f"{e.code().name}: {e.details()}", e.code()) from e
 
     async def _unary(self, method: Callable[[grpc.aio.Channel], Any], request: Any, safe: bool = True) -> Any:
         async def run(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
@@ -361,7 +370,7 @@ class EtcdConnection:
                 self._token = None
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 self._next_member(channel)
-            raise StoreError(f"{e.code().name}: {e.details()}") from e
+            raise StoreError(f"{e.code().name}: {e.details()}", e.code()) from e
         finally:
             stream.cancel()
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from aetcd import rpc
 
 from mesh.errors import StoreError
@@ -97,7 +98,7 @@ class EtcdStore:
             try:
                 result = await self._etcd.range(request)
             except StoreError as e:
-                if str(e).startswith("RESOURCE_EXHAUSTED") and page_size > 1:
+                if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and page_size > 1:
                     page_size //= 2  # unusually large records
                     continue
                 raise
