@@ -114,7 +114,7 @@ class EtcdServer:
         return server
 
     def etcdctl(self, *args: str) -> str:
-        """Run etcdctl against this server as root (or without a user before auth is on)."""
+        """Run etcdctl against this server with the client certificate (once auth is on, pass --user)."""
         command = [str(etcd_binary().with_name("etcdctl")), f"--endpoints={self.url}", *args]
         if self.security:
             command[2:2] = [
