@@ -382,7 +382,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"{row['loaded']} models loaded: a miss p50 {row['miss_p50_ms']} ms "
             f"({row['miss_vs_bare_load']}x the bare load; runtime load {phases['runtime_load']}, "
-            f"runtime unload {phases['runtime_unload']}, mesh {phases['mesh']} ms), "
+            f"waiting for unloads {phases['runtime_unload']}, mesh {phases['mesh']} ms of which the size "
+            f"prediction {phases['predict']}; the holder record after the reply {phases['publish']} ms), "
             f"filling took {row['fill_s']} s "
             f"({row['fill_loads_per_s']} loads/s)"
         )

@@ -149,7 +149,7 @@ class FakeAdapter(RuntimeAdapter):
         if " " in model_id:
             raise ModelRejected(f"model id {model_id!r} has a space")
 
-    def check_files(self, model: ModelToLoad) -> None:
+    async def check_files(self, model: ModelToLoad) -> None:
         if model.path.suffix == ".bad":
             raise ModelRejected(f"{model.path} is not a fake model")
 

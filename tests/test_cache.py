@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mesh.models.cache import EvictionPolicy, ModelCache
+from mesh.models.cache import EvictionPolicy, ModelCache, default_unload_buffer
 
 
 def loaded(cache: ModelCache, model_id: str, size: int, last_used: int) -> None:
@@ -70,9 +70,11 @@ def test_unloading_bytes_stay_reserved_until_unload_returns() -> None:
     cache.start_unload("a")
     assert "a" not in cache
     assert cache.used == 60  # still held by the runtime
-    assert cache.plan_eviction(50) is None  # nothing left to evict, bytes not yet back
+    assert cache.plan_eviction(50) == []  # nothing more to evict: the bytes come back with the unload
+    cache.start_load("b", 50, 2)
+    assert cache.must_wait_for_unloads()  # 110 bytes held if "b" loaded now
     cache.finish_unload("a")
-    assert cache.used == 0
+    assert cache.used == 50 and not cache.must_wait_for_unloads()
 
 
 def test_over_capacity_plan_with_zero_needed() -> None:
@@ -355,3 +357,101 @@ def test_lfu_size_a_huge_batch_of_reported_uses_neither_overflows_nor_loses_the_
     assert math.isfinite(busy.frequency) and math.isfinite(idle.frequency)
     assert busy.uses == 1_000_001
     assert cache.plan_eviction(50) == ["idle"]
+
+
+# -- the unload buffer --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("capacity", "concurrency", "default_size", "expected"),
+    [
+        (1000, 2, 100, 100),  # 2 x 100 / 2, within 10..100
+        (1000, 1, 100, 50),  # 1 x 100 / 2
+        (1000, 4, 100, 100),  # 4 x 100 / 4
+        (1000, 8, 100, 100),  # 8 x 100 / 4 = 200: held to a tenth
+        (1000, 2, 4, 10),  # 4 bytes: raised to a hundredth
+        (1000, 0, 100, 50),  # no concurrency reported: one load at a time
+        (0, 2, 100, 0),
+    ],
+)
+def test_default_unload_buffer_follows_modelmesh_rule(
+    capacity: int, concurrency: int, default_size: int, expected: int
+) -> None:
+    assert default_unload_buffer(capacity, concurrency, default_size) == expected
+
+
+def test_unload_buffer_is_kept_free_and_advertised_capacity_excludes_it() -> None:
+    cache = ModelCache(100, unload_buffer_bytes=20)
+    assert cache.model_capacity == 80
+    loaded(cache, "a", 50, 1)
+    assert cache.plan_eviction(30) == []
+    assert cache.plan_eviction(31) == ["a"]  # 81 bytes of models would eat into the buffer
+
+
+def test_a_load_starts_while_its_victims_unload_within_the_buffer() -> None:
+    cache = ModelCache(100, unload_buffer_bytes=20)
+    loaded(cache, "a", 20, 1)
+    loaded(cache, "b", 60, 2)
+    cache.start_load("c", 20, 3)
+    assert cache.plan_eviction(0) == ["a"]
+    cache.start_unload("a")
+    assert cache.used == 100 and not cache.must_wait_for_unloads()  # the runtime holds at most the capacity
+    cache.start_load("d", 20, 4)  # a second miss while "a" is still unloading
+    assert cache.plan_eviction(0) == ["b"]
+    cache.start_unload("b")
+    assert cache.must_wait_for_unloads()  # 40 of models and 80 unloading: 120 held, over the capacity
+    cache.finish_unload("a")
+    assert not cache.must_wait_for_unloads() and cache.used == 100  # 40 of models, 60 still unloading
+    cache.finish_unload("b")
+    assert cache.used == 40
+
+
+def test_planning_counts_unloads_under_way_as_gone() -> None:
+    """Two loads planned while one victim still unloads evict one model each, never a cascade."""
+    cache = ModelCache(100)
+    for i in range(10):
+        loaded(cache, f"m{i}", 10, i)
+    cache.start_load("x", 10, 20)
+    assert cache.plan_eviction(0) == ["m0"]
+    cache.start_unload("m0")
+    cache.start_load("y", 10, 21)
+    assert cache.plan_eviction(0) == ["m1"]  # not m1 and m2: m0's bytes are on their way back
+
+
+def test_unload_buffer_never_exceeds_capacity() -> None:
+    cache = ModelCache(100, unload_buffer_bytes=500)
+    assert cache.unload_buffer == 100 and cache.model_capacity == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_running_totals_match_the_entries_after_any_sequence(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    cache = ModelCache(1000, EvictionPolicy.LFU_SIZE, unload_buffer_bytes=50)
+    for step in range(300):
+        model_id = f"m{rng.randrange(12)}"
+        action = rng.randrange(4)
+        if action == 0 and model_id not in cache:
+            cache.start_load(model_id, rng.randrange(1, 100), step)
+        elif action == 1 and model_id in cache:
+            cache.finish_load(model_id, rng.randrange(1, 100))
+        elif action == 2:
+            cache.start_unload(model_id)
+        else:
+            cache.finish_unload(model_id)
+        entries = [cache.entry(m) for m in cache.model_ids()]
+        assert cache.occupied == sum(e.size for e in entries if e is not None)
+        assert cache.used == cache.occupied + sum(cache._unloading.values())
+
+
+def test_taken_counts_the_buffer_or_the_unloads_beyond_it() -> None:
+    cache = ModelCache(100, unload_buffer_bytes=20)
+    assert cache.taken == 20  # empty: only the buffer is spoken for
+    loaded(cache, "a", 50, 1)
+    loaded(cache, "b", 30, 2)
+    assert cache.taken == 100  # full: a new model must evict
+    cache.start_unload("a")
+    assert cache.taken == 80  # "a"'s 50 bytes unloading: more than the buffer
+    cache.finish_unload("a")
+    assert cache.taken == 50 and cache.used == 30

@@ -41,7 +41,13 @@ def result(miss_at_100: float, throughput: float, p99: float) -> dict[str, Any]:
                 "miss_vs_bare_load": miss_at_100 / 4.0,
                 "fill_s": 1.0,
                 "fill_loads_per_s": 100.0,
-                "phases_p50_ms": {"runtime_load": 5.0, "runtime_unload": 1.0, "mesh": 3.0},
+                "phases_p50_ms": {
+                    "runtime_load": 5.0,
+                    "runtime_unload": 1.0,
+                    "mesh": 3.0,
+                    "predict": 1.0,
+                    "publish": 2.0,
+                },
             }
         ],
     }

@@ -59,7 +59,10 @@ class FakeStore:
         self._revision = 0
 
     async def update_model(
-        self, model_id: str, mutate: Callable[[ModelRecord | None], ModelRecord | None]
+        self,
+        model_id: str,
+        mutate: Callable[[ModelRecord | None], ModelRecord | None],
+        known: tuple[ModelRecord, int] | None = None,
     ) -> tuple[ModelRecord | None, int]:
         current = self._table.model(model_id)
         try:

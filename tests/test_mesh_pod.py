@@ -13,7 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.utils import InferenceServerException
 
+from mesh.models.cache import default_unload_buffer
 from protos import model_mesh_pb2 as mm
+from runtime_adapters.mlserver.adapter import DEFAULT_MAX_LOADING_CONCURRENCY, MLServerAdapterConfig
 from tests.conftest import Examples, MeshClients, instance_records
 from tests.support import iris_input, poll_until, predict, train_boosted
 
@@ -284,6 +286,11 @@ async def test_instance_record_is_published_on_a_lease(local_mesh: MeshClients) 
     instance, lease = (await instance_records(local_mesh.mesh))[mesh.pod.pod_id]
     assert instance.address == mesh.pod.address
     assert instance.capacity_bytes == mesh.capacity_bytes
+    # the unload buffer counts as used (ModelMesh's rule from the adapter's defaults): models fill the rest
+    buffer = default_unload_buffer(
+        mesh.capacity_bytes, DEFAULT_MAX_LOADING_CONCURRENCY, MLServerAdapterConfig.default_model_size_bytes
+    )
+    assert 0 < buffer <= instance.used_bytes
     assert lease != 0
 
 

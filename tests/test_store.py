@@ -70,6 +70,57 @@ async def test_concurrent_cas_updates_lose_nothing(etcd: EtcdServer, store: Etcd
     assert record is not None and record.vmodel_refcount == 30
 
 
+async def test_update_from_the_views_copy_is_one_round_trip_and_a_stale_copy_loses_nothing(
+    etcd: EtcdServer, store: EtcdStore
+) -> None:
+    """``known`` is tried first; when etcd moved on, the failed CAS hands back etcd's copy for the retry."""
+    _, created = await store.create_model("v", ModelRecord(type="t"))
+    current, revision = await store.get_model("v")
+    assert current is not None
+    calls = {"txn": 0, "get": 0}
+    txn, get = store._txn, store.get_model
+
+    async def counting_txn(*args: object) -> object:
+        calls["txn"] += 1
+        return await txn(*args)  # type: ignore[arg-type]
+
+    async def counting_get(model_id: str) -> tuple[ModelRecord | None, int]:
+        calls["get"] += 1
+        return await get(model_id)
+
+    store._txn = counting_txn  # type: ignore[method-assign]
+    store.get_model = counting_get  # type: ignore[method-assign]
+
+    def bump(record: ModelRecord | None) -> ModelRecord | None:
+        assert record is not None
+        record.vmodel_refcount += 1
+        return record
+
+    written, at = await store.update_model("v", bump, (current, revision))
+    assert written is not None and written.vmodel_refcount == 1 and at > created
+    assert calls == {"txn": 1, "get": 0}
+    assert current.vmodel_refcount == 0  # the caller's copy (the view's, shared) was not edited
+
+    # The same stale copy again: etcd is at refcount 1, so the CAS fails and the retry starts from etcd's.
+    written, _ = await store.update_model("v", bump, (current, revision))
+    assert written is not None and written.vmodel_refcount == 2
+    assert calls == {"txn": 3, "get": 0}
+
+    # A decision other than a write on the view's copy is taken again on etcd's.
+    def only_if_unused(record: ModelRecord | None) -> ModelRecord | None:
+        assert record is not None
+        if record.vmodel_refcount == 0:
+            raise Unchanged
+        record.auto_delete = True
+        return record
+
+    written, _ = await store.update_model("v", only_if_unused, (current, revision))
+    assert written is not None and written.auto_delete and written.vmodel_refcount == 2
+    assert calls["get"] == 1
+    stored, _ = await get("v")
+    assert stored == written
+
+
 async def test_update_semantics(store: EtcdStore) -> None:
     assert await store.update_model("absent", lambda r: r) == (None, 0)
     await store.create_model("x", ModelRecord(type="t"))

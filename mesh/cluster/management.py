@@ -125,7 +125,9 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
     def _status(self, model_id: str) -> mm.ModelStatusInfo:
-        return model_status(self._table.model(model_id), now_ms(), self._expiry_ms, self._table.instances)
+        return model_status(
+            self._router.local_record(model_id), now_ms(), self._expiry_ms, self._table.instances
+        )
 
     async def _load(self, model_id: str, last_used_ms: int | None, sync: bool) -> mm.ModelStatusInfo:
         """Start (or join) a load; with ``sync`` wait for its outcome."""

@@ -5,6 +5,14 @@ load and tells the cache what happened. An evicted model keeps its bytes
 (``unloading``) until its unload returns, so the runtime is never asked to hold
 more than the capacity.
 
+Unload buffer (ModelMesh's, same default rule): models may fill the capacity
+less ``unload_buffer`` bytes; the buffer holds the models being unloaded. A
+load evicts down to that line and starts at once while its victims' unloads
+run, unless the bytes still unloading exceed the buffer: then it waits for
+them (``must_wait_for_unloads``). Evictions planned while others are still
+unloading count those as gone, so concurrent loads never evict more than they
+need.
+
 Policies (load_tests/cache_sim.py: 1000 models of lognormal sizes, a Zipf(1.0)
 trace, room for a tenth of all bytes; hit ratio as a fraction of Belady's,
 median of 10 seeds, 20000 / 50000 requests):
@@ -50,6 +58,14 @@ HALF_LIFE_PER_MODEL = 10.0  # lfu-size: uses per model held in which an old use 
 _RESCALE_LOG2 = 64  # lfu-size: past a use weight of 2**64 every frequency is rescaled (the order unchanged)
 
 
+def default_unload_buffer(capacity_bytes: int, loading_concurrency: int, default_model_bytes: int) -> int:
+    """ModelMesh's rule: loads at once x the runtime's default model size, halved (quartered above two
+    loads at once), kept within 1 % and 10 % of the capacity."""
+    concurrency = max(1, loading_concurrency)
+    wanted = concurrency * max(0, default_model_bytes) // (2 if concurrency <= 2 else 4)
+    return max(min(wanted, capacity_bytes // 10), capacity_bytes // 100)
+
+
 @dataclass
 class CacheEntry:
     size: int
@@ -67,13 +83,18 @@ class ModelCache:
         capacity_bytes: int,
         policy: EvictionPolicy = EvictionPolicy.LRU,
         *,
+        unload_buffer_bytes: int = 0,
         history_limit: int = HISTORY_LIMIT,
         half_life_per_model: float = HALF_LIFE_PER_MODEL,
     ) -> None:
         self.capacity = capacity_bytes
+        self.unload_buffer = min(max(0, unload_buffer_bytes), capacity_bytes)
         self.policy = policy
         self._entries: dict[str, CacheEntry] = {}
         self._unloading: dict[str, int] = {}
+        # Running totals of the two maps' bytes: read on every load and instance record, kept O(1).
+        self._occupied = 0
+        self._unloading_bytes = 0
         self._inflation = 0.0  # GDSF: the priority of the last model evicted
         # lfu-size: log2 of the weight of a use (it grows with every use: older uses decay), and the decayed
         # frequencies of models that left, oldest departure first (dicts keep insertion order).
@@ -85,11 +106,37 @@ class ModelCache:
     # -- queries -----------------------------------------------------------
     @property
     def used(self) -> int:
-        return sum(e.size for e in self._entries.values()) + sum(self._unloading.values())
+        """Bytes the runtime holds or will hold: models loaded, loading and still unloading."""
+        return self.occupied + self.unloading
+
+    @property
+    def occupied(self) -> int:
+        """Bytes of the models loaded and loading."""
+        return self._occupied
+
+    @property
+    def unloading(self) -> int:
+        return self._unloading_bytes
 
     @property
     def free(self) -> int:
         return self.capacity - self.used
+
+    @property
+    def model_capacity(self) -> int:
+        """What models may fill: the capacity less the unload buffer."""
+        return self.capacity - self.unload_buffer
+
+    @property
+    def taken(self) -> int:
+        """Bytes a new model cannot have without evicting: the models', and the unload buffer's (or the
+        unloads' under way, when more). What the pod reports as used, as ModelMesh counts its buffer."""
+        return self.occupied + max(self.unload_buffer, self.unloading)
+
+    def must_wait_for_unloads(self) -> bool:
+        """Whether the runtime would hold more than the capacity if a load started now: unloads still
+        running hold more than the buffer."""
+        return self.used > self.capacity
 
     def __contains__(self, model_id: str) -> bool:
         return model_id in self._entries
@@ -122,12 +169,13 @@ class ModelCache:
     ) -> list[str] | None:
         """Loaded models, in the policy's eviction order, whose removal frees ``needed_bytes``.
 
-        Returns [] when the bytes are already free, None when even evicting every
-        candidate would not free enough (the load must not start). Models still
-        loading, ``pinned`` ones and, with ``used_before_ms``, those used at or
-        after that time are never chosen.
+        Returns [] when the bytes are already free (or will be, when the unloads
+        under way return), None when even evicting every candidate would not
+        free enough (the load must not start). Models still loading, ``pinned``
+        ones and, with ``used_before_ms``, those used at or after that time are
+        never chosen.
         """
-        shortfall = needed_bytes - self.free
+        shortfall = needed_bytes - (self.model_capacity - self.occupied)
         if shortfall <= 0:
             return []
         by_priority = self.policy is not EvictionPolicy.LRU
@@ -174,10 +222,13 @@ class ModelCache:
         if self.policy is EvictionPolicy.LFU_SIZE:
             entry.frequency = self._weigh_uses(1) + self._history.pop(model_id, 0.0)
         self._prioritise(entry)
+        replaced = self._entries.get(model_id)
+        self._occupied += predicted_size - (replaced.size if replaced is not None else 0)
         self._entries[model_id] = entry
 
     def finish_load(self, model_id: str, size: int) -> None:
         entry = self._entries[model_id]
+        self._occupied += size - entry.size
         entry.size = size
         entry.loading = False
         self._prioritise(entry)
@@ -200,6 +251,8 @@ class ModelCache:
         """Drop the model from the cache; its bytes stay reserved until finish_unload."""
         entry = self._entries.pop(model_id, None)
         if entry is not None:
+            self._occupied -= entry.size
+            self._unloading_bytes += entry.size
             self._unloading[model_id] = self._unloading.get(model_id, 0) + entry.size
             if self.policy is EvictionPolicy.LFU_SIZE:
                 self._remember(model_id, entry.frequency)
@@ -216,4 +269,4 @@ class ModelCache:
             del self._history[next(iter(self._history))]
 
     def finish_unload(self, model_id: str) -> None:
-        self._unloading.pop(model_id, None)
+        self._unloading_bytes -= self._unloading.pop(model_id, 0)

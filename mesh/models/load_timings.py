@@ -1,11 +1,13 @@
 """Where the time of a load goes: the runtime's part, and the mesh's own (pure).
 
-A miss on a full pod costs: the claim (a CAS in etcd and the view catching up, with the adapter's size
-prediction asked meanwhile), making room (evictions: leaving the registry, then the runtime's unload),
-waiting for one of the runtime's loading slots, the runtime's load, and publishing the copy (another CAS).
-The runtime's part is its load and its unloads; the queue is the wait for a slot; everything else is the
-mesh's. ``LoadTimings`` keeps the last loads' phases and summarises them (``GET /mesh/loads`` on the REST
-port).
+A miss costs the request that waits on it: the adapter's size prediction (the claim, a CAS in etcd naming this
+pod as loading, is written meanwhile and beside the load), waiting for evicted models' unloads when the unload
+buffer cannot hold them (0 otherwise: the victims leave the registry and the runtime in the background), the
+wait for one of the runtime's loading slots, the runtime's load, and the wait for the claim if it is still
+in flight. The requests are served from then on; publishing the copy (another CAS) comes after them. The
+runtime's part is its load and the unloads waited for; the queue is the wait for a slot; everything else on
+the path is the mesh's. ``LoadTimings`` keeps the last loads' phases and summarises them (``GET /mesh/loads``
+on the REST port).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 
-PHASES = ("claim", "evict_registry", "runtime_unload", "queue", "runtime_load", "publish")
+PHASES = ("predict", "runtime_unload", "queue", "runtime_load", "claim")  # on the waiting request's path
 RUNTIME_PHASES = frozenset({"runtime_load", "runtime_unload"})
 
 
@@ -22,20 +24,21 @@ RUNTIME_PHASES = frozenset({"runtime_load", "runtime_unload"})
 class LoadPhases:
     """Seconds each phase of one load took (a phase it did not go through: 0)."""
 
-    claim: float = 0.0  # with the size prediction alongside
-    evict_registry: float = 0.0  # evictions for room: leaving the registry (the mesh's part)
-    runtime_unload: float = 0.0  # evictions for room: the runtime's unloads (concurrent: the longest)
+    predict: float = 0.0  # the adapter's size prediction, the claim's CAS alongside
+    runtime_unload: float = 0.0  # waiting for evicted models' unloads to give back their memory
     queue: float = 0.0  # waiting for a loading slot (maxLoadingConcurrency)
     runtime_load: float = 0.0
-    publish: float = 0.0
+    claim: float = 0.0  # waiting for the claim's CAS once the runtime has loaded
+    publish: float = 0.0  # after the requests were released: naming this pod a holder in etcd
 
     @property
     def total(self) -> float:
+        """What the requests waiting on the load paid (publishing comes after them)."""
         return sum(getattr(self, name) for name in PHASES)
 
     @property
     def mesh(self) -> float:
-        """The mesh's own part: everything but the runtime's work and the queue for its slots."""
+        """The mesh's own part: everything on the path but the runtime's work and the queue for its slots."""
         return self.total - self.runtime_load - self.runtime_unload - self.queue
 
 

@@ -73,8 +73,9 @@ class ModelLoader:
         self._loads: dict[str, asyncio.Future[None]] = {}  # single flight: one load per model
         self._inflight: Counter[str] = Counter()  # requests being served; pins against eviction
         self._unloads: dict[str, asyncio.Event] = {}  # set when the model's unload has returned
+        self._unload_done = asyncio.Event()  # an unload returned: loads waiting for memory look again
         self._loading_slots = asyncio.Semaphore(max(1, max_loading_concurrency))
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.stopping = False  # set at shutdown: no new loads here
         self.runtime_down = False  # the runtime stopped answering: its models are gone, no loads here
         self._request_done = asyncio.Event()  # a model's last request in flight finished
@@ -163,7 +164,7 @@ class ModelLoader:
             self._spawn(self._load(model_id, record, last_used_ms, extra_copy, pending))
         await asyncio.shield(pending)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -177,24 +178,27 @@ class ModelLoader:
         done: asyncio.Future[None],
     ) -> None:
         try:
-            await self._load_steps(model_id, record, last_used_ms, extra_copy)
-            done.set_result(None)
+            await self._load_steps(model_id, record, last_used_ms, extra_copy, done)
         except MeshError as e:
-            done.set_exception(e)
+            _settle(done, e)
         except Exception as e:  # never leave waiters hanging
             log.exception("load of %s failed unexpectedly", model_id)
-            done.set_exception(MeshError(grpc.StatusCode.INTERNAL, f"load of {model_id} failed: {e}"))
+            _settle(done, MeshError(grpc.StatusCode.INTERNAL, f"load of {model_id} failed: {e}"))
         finally:
             del self._loads[model_id]
-            if not done.done():  # cancelled: the pod is stopping
-                done.set_exception(MeshError(grpc.StatusCode.UNAVAILABLE, f"{self.pod_id} is stopping"))
-            done.exception()  # mark retrieved: a load nobody waits for must not log "never retrieved"
+            # cancelled: the pod is stopping
+            _settle(done, MeshError(grpc.StatusCode.UNAVAILABLE, f"{self.pod_id} is stopping"))
             # An unregister that arrived while the load was finishing was skipped by on_model_changed.
             if self._table.model(model_id) is None and model_id in self.cache:
                 self._spawn(self.unload(model_id, reason="unregistered"))
 
     async def _load_steps(
-        self, model_id: str, record: ModelRecord, last_used_ms: int | None, extra_copy: bool
+        self,
+        model_id: str,
+        record: ModelRecord,
+        last_used_ms: int | None,
+        extra_copy: bool,
+        done: asyncio.Future[None],
     ) -> None:
         unloading = self._unloads.get(model_id)
         if unloading is not None:  # an eviction of this model is still running: load after it
@@ -202,33 +206,32 @@ class ModelLoader:
         phases = LoadPhases()
         clock = time.perf_counter()
         start = now_ms()
-        # The claim: a CAS that names this pod as loading, unless a live peer already holds or loads it. The
-        # adapter's size prediction is asked meanwhile (a round trip each, and neither needs the other).
-        predicting = asyncio.ensure_future(self._predict_size(model_id, record))
+        # The claim: a CAS that names this pod as loading, unless a live peer already holds or loads it. It
+        # runs beside the size prediction and the load (neither needs it): pods that miss at once choose the
+        # same target, so a lost claim is rare, and costs unloading what was loaded.
+        claiming = asyncio.ensure_future(
+            self._update_registry(model_id, lambda r: self._claim(model_id, r, start, extra_copy))
+        )
+        reserved = False
         try:
-            claimed = await self._update_registry(
-                model_id, lambda r: self._claim(model_id, r, start, extra_copy)
-            )
-        except BaseException:
-            predicting.cancel()
-            raise
-        predicted = await predicting
-        if claimed is None:
-            raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
-        if predicted > self.cache.capacity:
-            await self._fail(
-                model_id,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"model {model_id} needs {predicted} bytes, more than the capacity of {self.pod_id} "
-                f"({self.cache.capacity} bytes)",
-            )
-        phases.claim, clock = _lap(clock)
-        # Reserve the bytes first, so concurrent loads plan their evictions around each other.
-        self.cache.start_load(model_id, predicted, last_used_ms or now_ms())
-        try:
-            phases.runtime_unload = await self._make_room(model_id, used_before_ms=last_used_ms)
-            made_room, clock = _lap(clock)
-            phases.evict_registry = max(0.0, made_room - phases.runtime_unload)
+            predicted = await self._predict_size(model_id, record)
+            if predicted > self.cache.capacity:
+                await _quietly(claiming)  # the failure must land after the claim
+                await self._fail(
+                    model_id,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"model {model_id} needs {predicted} bytes, more than the capacity of {self.pod_id} "
+                    f"({self.cache.capacity} bytes)",
+                )
+            if claiming.done():  # refused already (a peer holds it, etcd is down): no load for nothing
+                await claiming
+            phases.predict, clock = _lap(clock)
+            # Reserve the bytes first, so concurrent loads plan their evictions around each other.
+            self.cache.start_load(model_id, predicted, last_used_ms or now_ms())
+            reserved = True
+            loaded = asyncio.Event()  # the runtime has answered this load: deferred unloads go ahead
+            phases.runtime_unload = await self._make_room(model_id, last_used_ms, unload_after=loaded)
+            clock = time.perf_counter()
             try:
                 async with self._loading_slots:  # the runtime's maxLoadingConcurrency
                     phases.queue, clock = _lap(clock)
@@ -237,14 +240,24 @@ class ModelLoader:
                     )
                     phases.runtime_load, clock = _lap(clock)
             except grpc.aio.AioRpcError as e:
+                await _quietly(claiming)
                 code = load_failure_code(e.code())
                 await self._fail(model_id, code, f"load of {model_id} failed on {self.pod_id}: {e.details()}")
+            finally:
+                loaded.set()
+            if await claiming is None:
+                raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
+            phases.claim, clock = _lap(clock)
             self.cache.finish_load(model_id, size)
+            if size > predicted:  # the runtime took more than predicted: others make way before it serves
+                phases.runtime_unload += await self._make_room(model_id)
+                clock = time.perf_counter()
             self._last_generation += 1
             self._generations[model_id] = self._last_generation
             self.rates.track(model_id)
             log.info("loaded %s on %s (%d bytes) in %d ms", model_id, self.pod_id, size, now_ms() - start)
-            written = await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
+            _settle(done)  # the copy serves from here: the requests need not wait for etcd to hear of it
+            written = await self._update_registry(model_id, lambda r: with_holder(r, self.pod_id, now_ms()))
             if written is None:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             phases.publish, clock = _lap(clock)
@@ -256,18 +269,15 @@ class ModelLoader:
                 reason="scale_up" if extra_copy else "request",
             )
         except BaseException:
-            # Failed, cancelled or unregistered: give the bytes back, make sure the runtime does not
-            # keep the model (a cancelled load may still complete there), and clear this pod's claim.
-            self._begin_unload(model_id)
-            await self._unload_from_runtime(model_id)
+            # Failed, cancelled or unregistered: give the bytes back, make sure the runtime does not keep
+            # the model (a cancelled load may still complete there), and clear this pod's claim.
+            await _quietly(claiming)
+            if reserved:
+                self._begin_unload(model_id)
+                await self._unload_from_runtime(model_id)
             await self._drop_from_registry(model_id)
             raise
         self.changed.set()
-        if size > predicted:  # the measurement exceeded the prediction: others make way
-            runtime_unload = await self._make_room(model_id)
-            made_room, clock = _lap(clock)
-            phases.runtime_unload += runtime_unload
-            phases.evict_registry += max(0.0, made_room - runtime_unload)
         self.timings.record(phases)
 
     async def _predict_size(self, model_id: str, record: ModelRecord) -> int:
@@ -304,8 +314,11 @@ class ModelLoader:
                 raise Unchanged
             return mutate(current)
 
+        known = self._table.models.get(model_id)
         try:
-            written, revision = await self._store.update_model(model_id, apply)
+            written, revision = await self._store.update_model(
+                model_id, apply, (known.record, known.mod_revision) if known is not None else None
+            )
             written_at = time.perf_counter()
             await self._table.wait_for_revision(revision)
             self.metrics.watch_lagged((time.perf_counter() - written_at) * 1000)
@@ -314,10 +327,16 @@ class ModelLoader:
         return written
 
     # -- eviction and unloading ----------------------------------------------------------
-    async def _make_room(self, for_model: str, used_before_ms: int | None = None) -> float:
-        """Evict least-recently-used models until the reserved bytes fit the capacity; returns the seconds
-        the runtime's unloads took (the longest: they run at once).
+    async def _make_room(
+        self, for_model: str, used_before_ms: int | None = None, unload_after: asyncio.Event | None = None
+    ) -> float:
+        """Evict models, in the policy's order, until the models fit the capacity less the unload buffer;
+        returns the seconds waited for unloads to give memory back.
 
+        The victims leave the registry at once and the runtime in the background: the load waits only
+        while the unloads under way hold more than the buffer (the runtime would hold more than its
+        capacity). When it need not wait, the victims' unloads wait for ``unload_after`` (the load's end):
+        the runtime does one thing at a time, and the load is what a request waits for.
         Models serving requests, loading, or (with ``used_before_ms``) used since then are kept.
         """
         pinned = frozenset(self._inflight) | {for_model}
@@ -337,8 +356,16 @@ class ModelLoader:
                 self.metrics.evicted(victim, self.cache.policy.value, max(0, idle_ms))
                 self.metrics.copy_dropped("evicted")
                 self._begin_unload(victim)  # at once, so no concurrent plan picks it again
-            return max(await asyncio.gather(*(self._evict(v) for v in victims)))
-        return 0.0
+            after = None if self.cache.must_wait_for_unloads() else unload_after
+            for victim in victims:
+                self._spawn(self._evict(victim, after))
+        started = time.perf_counter()
+        # Unloads that fail keep their bytes (the runtime may still hold the model): the load goes ahead
+        # once nothing is left to wait for, as it would have on a runtime that reported its capacity short.
+        while self.cache.must_wait_for_unloads() and self._unloads:
+            self._unload_done.clear()
+            await self._unload_done.wait()
+        return time.perf_counter() - started
 
     async def unload(self, model_id: str, reason: str) -> None:
         """Drop the copy here (``reason``: lost, unregistered, idle, ... for the copy-change counts)."""
@@ -357,10 +384,12 @@ class ModelLoader:
         self._generations.pop(model_id, None)
         self.copy_check.forget(model_id)
 
-    async def _evict(self, model_id: str) -> float:
-        """Stop routing to this copy, then unload it; its bytes stay reserved until the unload returns.
-        Returns the seconds the runtime's unload took."""
+    async def _evict(self, model_id: str, after: asyncio.Event | None = None) -> float:
+        """Stop routing to this copy, then (once ``after`` is set) unload it; its bytes stay reserved until
+        the unload returns. Returns the seconds the runtime's unload took."""
         await self._drop_from_registry(model_id)
+        if after is not None:
+            await after.wait()
         start = time.perf_counter()
         await self._unload_from_runtime(model_id)
         self.changed.set()
@@ -389,10 +418,12 @@ class ModelLoader:
             done = self._unloads.pop(model_id, None)
             if done is not None:
                 done.set()
+            self._unload_done.set()
 
     async def unload_all(self, drain_s: float) -> None:
         """Stop serving here: leave the registry first, let requests in flight finish, then unload."""
         await asyncio.gather(*self._loads.values(), return_exceptions=True)  # loads under way finish first
+        await asyncio.gather(*(e.wait() for e in list(self._unloads.values())))  # and evictions under way
         models = [m for m in self.cache.model_ids() if self.is_loaded(m)]
         for model_id in models:
             self.metrics.copy_dropped("shutdown")
@@ -428,7 +459,7 @@ class ModelLoader:
         copies from the registry: name this pod as a holder again of every model it still holds."""
         for model_id in [m for m in self.cache.model_ids() if self.is_loaded(m)]:
             try:
-                await self._update_registry(model_id, lambda r: _with_holder(r, self.pod_id, now_ms()))
+                await self._update_registry(model_id, lambda r: with_holder(r, self.pod_id, now_ms()))
             except MeshError as e:
                 log.warning("could not re-announce %s: %s", model_id, e.message)
 
@@ -441,6 +472,24 @@ class ModelLoader:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None = None) -> None:
+    """Release the load's waiters (once: later outcomes of the same load are its own)."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+        done.exception()  # mark retrieved: a load nobody waits for must not log "never retrieved"
+
+
+async def _quietly(task: asyncio.Future[Any]) -> None:
+    """Wait for a task whose outcome the caller no longer needs (a cancel of the caller still propagates)."""
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: its error is the caller's to ignore
 
 
 def _lap(since: float) -> tuple[float, float]:
@@ -457,7 +506,7 @@ def _with_loading(record: ModelRecord, pod_id: str, at_ms: int) -> ModelRecord:
     return record
 
 
-def _with_holder(record: ModelRecord, pod_id: str, at_ms: int) -> ModelRecord:
+def with_holder(record: ModelRecord, pod_id: str, at_ms: int) -> ModelRecord:
     record.loading.pop(pod_id, None)
     record.holders[pod_id] = at_ms
     return record

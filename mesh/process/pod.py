@@ -31,7 +31,7 @@ from mesh.fronts.h2.front import H2Front
 from mesh.fronts.metrics_port import MetricsPort
 from mesh.fronts.rest import RestGateway
 from mesh.fronts.server_limits import RestLimits, grpc_server_options
-from mesh.models.cache import EvictionPolicy, ModelCache
+from mesh.models.cache import EvictionPolicy, ModelCache, default_unload_buffer
 from mesh.models.local import ModelLoader
 from mesh.models.rates import RateTracker
 from mesh.models.runtime_client import RuntimeClient
@@ -76,7 +76,7 @@ def instance_record(settings: Settings, loader: ModelLoader, router: Router, sta
         runtime_types=settings.model_types,
         labels=settings.labels,
         capacity_bytes=cache.capacity,
-        used_bytes=cache.used,
+        used_bytes=cache.taken,
         model_count=len(cache),
         oldest_lru_ms=cache.oldest_last_used_ms() or 0,
         requests_per_min=round(loader.rates.total_per_minute()),
@@ -91,7 +91,7 @@ def instance_gauges(cache: ModelCache) -> InstanceGauges:
     """ModelMesh's ``modelmesh_instance_*`` figures, read at scrape time."""
     return InstanceGauges(
         capacity_bytes=cache.capacity,
-        used_bytes=cache.used,
+        used_bytes=cache.taken,
         model_count=len(cache),
         lru_ms=cache.oldest_last_used_ms() or 0,
         now_ms=int(time.time() * 1000),
@@ -175,7 +175,16 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
         await asyncio.wait_for(synced.wait(), timeout=30)
         status = await runtime.wait_ready(settings.runtime_ready_timeout_s)
         await _forget_stale_copies(store, table, settings.pod_id)
-        cache = ModelCache(status.capacityInBytes, EvictionPolicy(settings.eviction_policy))
+        unload_buffer = settings.unload_buffer_bytes
+        if unload_buffer < 0:
+            unload_buffer = default_unload_buffer(
+                status.capacityInBytes, status.maxLoadingConcurrency, status.defaultModelSizeInBytes
+            )
+        cache = ModelCache(
+            status.capacityInBytes,
+            EvictionPolicy(settings.eviction_policy),
+            unload_buffer_bytes=unload_buffer,
+        )
         load_timeout_s = status.modelLoadingTimeoutMs / 1000 or settings.load_timeout_s
         peer_health = PeerHealth(table, suspect_s=settings.lease_ttl_s)
         loader = ModelLoader(
@@ -340,7 +349,11 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             )
         )
         log.info(
-            "mesh pod %s serving on %s (capacity %d bytes)", settings.pod_id, settings.address, cache.capacity
+            "mesh pod %s serving on %s (capacity %d bytes, %d of them kept for unloads)",
+            settings.pod_id,
+            settings.address,
+            cache.capacity,
+            cache.unload_buffer,
         )
         rest = f", REST on {settings.host}:{settings.rest_port}" if settings.rest_port else ""
         print(f"mesh pod {settings.pod_id} serving on {settings.address}{rest}", file=sys.stderr, flush=True)

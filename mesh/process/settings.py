@@ -76,6 +76,13 @@ OPTIONS: tuple[Option, ...] = (
         "lfu-size",
         "which model a full pod unloads: lfu-size, gdsf or lru",
     ),
+    Option(
+        "--unload-buffer-bytes",
+        "MM_UNLOAD_BUFFER_BYTES",
+        "-1",
+        "capacity kept for models being unloaded, so loads need not wait for unloads (-1: loads at once x"
+        " the runtime's default model size / 2, within 1-10 %% of the capacity)",
+    ),
     Option("--max-load-failures", "MM_MAX_LOAD_FAILURES", "3", "stop after this many unexpired failures"),
     Option(
         "--load-failure-expiry-s", "MM_LOAD_FAILURE_EXPIRY_S", "900", "a failed load is retried after this"
@@ -261,6 +268,7 @@ class Settings:
     load_failure_expiry_s: float = 900.0
     max_load_failures: int = 3
     eviction_policy: str = "lfu-size"
+    unload_buffer_bytes: int = -1
     scaleup_rpm_threshold: float = 2000.0
     rate_interval_s: float = 10.0
     runtime_ready_timeout_s: float = 120.0

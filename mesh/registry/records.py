@@ -9,7 +9,7 @@ Keys under ``<root>/<service>/``:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 
@@ -44,6 +44,12 @@ class ModelRecord:
 
     def same_info(self, type_: str, path: str, key: str) -> bool:
         return (self.type, self.path, self.key) == (type_, path, key)
+
+    def copy(self) -> ModelRecord:
+        """A copy whose pod maps can be edited without touching this one (records in the view are shared)."""
+        return replace(
+            self, holders=dict(self.holders), loading=dict(self.loading), failures=dict(self.failures)
+        )
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()

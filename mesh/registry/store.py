@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EtcdStore", "RecordSet", "StoreError", "Unchanged"]
 
+INSTANCE_PUBLISH_INTERVAL_S = 0.1  # the least time between two writes of a pod's instance record
 SNAPSHOT_PAGE = 1000  # keys per read; a page too large for one message is read again in halves
 
 
@@ -189,32 +190,71 @@ class EtcdStore:
             return None, 0
         return ModelRecord.from_json(got.value), got.mod_revision
 
-    async def update_model(self, model_id: str, mutate: Mutation) -> tuple[ModelRecord | None, int]:
+    async def update_model(
+        self, model_id: str, mutate: Mutation, known: tuple[ModelRecord, int] | None = None
+    ) -> tuple[ModelRecord | None, int]:
         """Read-modify-write with CAS, retried on conflict.
+
+        ``known``: the record and mod revision the caller's view holds. The first write is tried on a
+        copy of it, one round trip when the view is current; anything else the mutation decides on it
+        (nothing to write, an error) is decided again on etcd's copy, since the view may lag. A CAS that
+        fails returns etcd's copy, which the next try uses.
 
         Returns the record as written (None if deleted or absent) and the
         revision at which that state holds.
         """
         key = self._key(REGISTRY + model_id)
+        fresh: tuple[ModelRecord | None, int] | None = None
+        if known is not None:
+            try:
+                guessed = mutate(known[0].copy())
+            except Exception:  # decided on a copy that may be stale: decided again below
+                guessed = None
+            if guessed is not None:
+                written, fresh = await self._put_if_unmodified(key, guessed, known[1])
+                if written is not None:
+                    return guessed, written
         while True:
-            current, mod_revision = await self.get_model(model_id)
+            current, mod_revision = fresh if fresh is not None else await self.get_model(model_id)
+            fresh = None
             try:
                 new = mutate(current)
             except Unchanged:
                 return current, mod_revision
             if new is None and current is None:
                 return None, mod_revision
-            op = (
-                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=new.to_json()))
-                if new is not None
-                else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+            if new is None:
+                op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+                try:
+                    response = await self._txn([modified_at(key, mod_revision)], [op], [])
+                except UncertainWrite:
+                    continue  # read again: applied or not, the mutation sees what is there now
+                if response.succeeded:
+                    return None, response.header.revision
+                continue
+            written, fresh = await self._put_if_unmodified(key, new, mod_revision)
+            if written is not None:
+                return new, written
+
+    async def _put_if_unmodified(
+        self, key: bytes, record: ModelRecord, mod_revision: int
+    ) -> tuple[int | None, tuple[ModelRecord | None, int] | None]:
+        """Write ``record`` if the key is still at ``mod_revision``: (the write's revision, None), or
+        (None, etcd's copy now) when it is not, or (None, None) when the outcome is unknown (read again)."""
+        try:
+            response = await self._txn(
+                [modified_at(key, mod_revision)],
+                [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=record.to_json()))],
+                [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
             )
-            try:
-                response = await self._txn([modified_at(key, mod_revision)], [op], [])
-            except UncertainWrite:
-                continue  # read again: applied or not, the mutation sees what is there now
-            if response.succeeded:
-                return new, response.header.revision
+        except UncertainWrite:
+            return None, None  # applied or not, the mutation sees what is there now
+        if response.succeeded:
+            return response.header.revision, None
+        kvs = response.responses[0].response_range.kvs
+        if not kvs:
+            return None, (None, 0)
+        return None, (ModelRecord.from_json(kvs[0].value), kvs[0].mod_revision)
 
     async def update_records(
         self,
@@ -286,8 +326,11 @@ class EtcdStore:
         ttl_s: int,
         changed: asyncio.Event,
         on_new_lease: Callable[[], Awaitable[None]],
+        min_interval_s: float = INSTANCE_PUBLISH_INTERVAL_S,
     ) -> None:
-        """Refresh the lease every third of its TTL, and publish the record when it changes (``changed``).
+        """Refresh the lease every third of its TTL, and publish the record when it changes (``changed``),
+        at most once per ``min_interval_s``: a pod that loads and evicts tens of models a second writes its
+        record (and every pod's watch reads it) a few times a second, not twice per load.
 
         A lost lease (etcd was down longer than the TTL) is granted again.
         """
@@ -309,6 +352,7 @@ class EtcdStore:
                         continue
                 if (latest := record()).to_json() != self._instance_written:
                     await self.put_instance(pod_id, latest)
+                    await asyncio.sleep(min_interval_s)  # changes meanwhile go out together, next round
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import grpc
 
 from mesh.errors import MeshError, Reroute
-from mesh.models.local import LoadClaimed, ModelLoader, now_ms
+from mesh.models.local import LoadClaimed, ModelLoader, now_ms, with_holder
 from mesh.observe.tracing import Tracing
 from mesh.outcomes import LOAD_METHOD, Passthrough, RuntimeNotFound, peer_error
-from mesh.registry.records import InstanceRecord
+from mesh.registry.records import InstanceRecord, ModelRecord
 from mesh.registry.snapshot import ModelCounts, ModelView, list_models, mesh_status, model_counts
 from mesh.registry.status import IndexEntry, PoolStats, live_copies, pool_stats, repository_index
 from mesh.registry.store import StoreError
@@ -286,8 +286,18 @@ class Router:
                 raise outcome from e
 
         await self.route(model_id, None, here, there, last_used_ms)
+        if self._loader.is_loaded(model_id):
+            return  # the copy here serves already; its holder record follows (see local_record)
         # the loading pod has seen its own write; make sure this pod's view has too
         await self._table.wait_until(lambda: self.loaded_somewhere(model_id))
+
+    def local_record(self, model_id: str) -> ModelRecord | None:
+        """The model's record with this pod's own copy as this pod knows it: a copy that serves here is
+        a holder even while the write naming it one is still on its way to etcd."""
+        record = self._table.model(model_id)
+        if record is None or self.pod_id in record.holders or not self._loader.is_loaded(model_id):
+            return record
+        return with_holder(record.copy(), self.pod_id, now_ms())
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every registered model and its state in the mesh (v2 RepositoryIndex)."""

@@ -243,8 +243,8 @@ class RuntimeAdapter(SizeRpcs, model_runtime_pb2_grpc.ModelRuntimeServicer, abc.
     def check_model_id(self, model_id: str) -> None:
         """Raise ModelRejected if the runtime cannot name a model ``model_id`` (by default any id can)."""
 
-    def check_files(self, model: ModelToLoad) -> None:
-        """Raise ModelRejected if the files cannot be this kind of model (in a thread, before any lock)."""
+    async def check_files(self, model: ModelToLoad) -> None:
+        """Raise ModelRejected if the files cannot be this kind of model (before any lock)."""
 
     def check_placement(self, model_id: str) -> None:
         """Raise LoadFailed if the model cannot be placed in the repository now (under the model's lock)."""
@@ -397,7 +397,7 @@ class RuntimeAdapter(SizeRpcs, model_runtime_pb2_grpc.ModelRuntimeServicer, abc.
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         model = ModelToLoad(model_id, kind, path)
         try:
-            await asyncio.to_thread(self.check_files, model)
+            await self.check_files(model)
         except ModelRejected as e:
             if model_id not in self._sizes:  # a loaded copy keeps its files
                 self.store.release(model_id)
@@ -430,7 +430,7 @@ class RuntimeAdapter(SizeRpcs, model_runtime_pb2_grpc.ModelRuntimeServicer, abc.
             started = time.monotonic()
             try:
                 memory = await self.load_in_runtime(model)
-                file_bytes = await asyncio.to_thread(files_size, model.path)
+                file_bytes = files_size(model.path)  # a stat or a walk of the folder: no thread hop
             except ModelRejected as e:
                 await self._cleanup(model_id)
                 raise LoadFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e

@@ -5,7 +5,6 @@ Predictions come from file sizes; answers from what each load measured.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Protocol
 
@@ -46,7 +45,8 @@ class SizeRpcs:
         elif path is None:  # remote files: no lookups here (the SPI wants an answer at once)
             size = self._default_size()
         else:
-            size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
+            # A stat, or a walk of the model's folder: cheaper on the loop than a hop to a thread and back.
+            size = predicted_size(path, self.config.min_model_size_bytes)
         return model_runtime_pb2.PredictModelSizeResponse(sizeInBytes=size)
 
     async def modelSize(
@@ -56,7 +56,7 @@ class SizeRpcs:
         if size is None:
             path = self._paths.get(request.modelId)
             if path is not None and path.exists():
-                size = await asyncio.to_thread(predicted_size, path, self.config.min_model_size_bytes)
+                size = predicted_size(path, self.config.min_model_size_bytes)
             else:
                 size = self._default_size()
         return model_runtime_pb2.ModelSizeResponse(sizeInBytes=size)

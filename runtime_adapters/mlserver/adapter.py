@@ -3,9 +3,9 @@
 MLServer loads a model by name from its repository folder, and each load rescans every ``model-settings.json``
 below the repository root: a load would cost more the more models the folder holds (243 ms with 100 there
 against 7 ms alone). MLServer needs the folder only while it loads (its registry keeps the settings; an
-unload is by name). So the scanned folder holds only the loads in progress: a load moves its
-``model-settings.json`` folder in atomically, and takes it out again when MLServer has answered, loaded or
-not. What the adapter has loaded is remembered in a hidden folder MLServer never scans
+unload is by name). So the scanned folder holds only the loads in progress: a load puts its
+``model-settings.json`` in place atomically (written aside, renamed), and takes it out again when MLServer
+has answered, loaded or not. What the adapter has loaded is remembered in a hidden folder MLServer never scans
 (``.modelmesh-loaded/``, one file per model naming it), which is what a restarted adapter purges. Model files
 stay in the adapter's store; the settings point at them. Work is serialised per model, so loads of different
 models run at once (``--max-loading-concurrency``) and an unload never waits behind another model's load.
@@ -57,7 +57,7 @@ MODEL_TYPE_IMPLEMENTATIONS: dict[str, str] = {
 
 SETTINGS_FILE = "model-settings.json"
 LOADED_DIR = ".modelmesh-loaded"  # hidden: MLServer's scan skips it. One file per model loaded, naming it.
-STAGING_DIR = ".modelmesh-staging"  # hidden: a settings folder is written here, then moved into the root
+STAGING_DIR = ".modelmesh-staging"  # where earlier adapters staged settings folders: purged at start
 PROBE_DIR = ".modelmesh-probe"  # hidden: the file a probe load of each implementation points at
 # MLServer loads on one event loop (parallel workers off): more at once does not give more loads per second
 # (about 240/s at 1, 2, 4 or 8 for tiny sklearn models on 2 cores), but 2 overlaps one load's round trips
@@ -151,14 +151,14 @@ class MLServerAdapter(RuntimeAdapter):
     async def load_in_runtime(self, model: ModelToLoad) -> int:
         model_id = model.model_id
         await self._warm(model.kind)
-        # One thread hop each side of the load (each costs the loop a hand-off): files, weight and RSS.
-        weight, rss = await asyncio.to_thread(self._before_load, model)
+        # Files, weight and RSS each side of the load: small, on the loop (no thread hand-off).
+        weight, rss = self._before_load(model)
         self._ledger.started(model_id, rss, weight)  # overlapping loads share growth by their files' size
         try:
             await self.runtime_load(model_id)
         finally:
             # Out of the scanned root whether it loaded or not: the next load scans only loads in progress.
-            rss = await asyncio.to_thread(self._after_load, model_id)
+            rss = self._after_load(model_id)
             grown = self._ledger.finished(model_id, rss)
         return grown + self.config.model_overhead_bytes
 
@@ -205,33 +205,34 @@ class MLServerAdapter(RuntimeAdapter):
         return path
 
     def _stage(self, model: ModelToLoad) -> None:
-        """Remember the model as ours, then move its settings folder into the root in one rename, so that a
-        concurrent scan by MLServer never sees it half-written."""
+        """Remember the model as ours, then put its settings in the root, written aside and renamed into
+        place, so that a concurrent scan by MLServer never reads them half-written. A few small file
+        operations, done on the loop: a hop to a thread and back costs more than they do."""
         marker = self.loaded_marker(model.model_id)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(model.model_id)
-        staged = self.repository_dir / STAGING_DIR / folder_name(model.model_id)
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-        (staged / MARKER_FILE).write_text(model.model_id)
+        folder = self.model_dir(model.model_id)
+        shutil.rmtree(folder, ignore_errors=True)  # a leftover of an earlier load: replaced
+        folder.mkdir()  # ours by the marker above (each file made here costs about 0.1 ms)
         settings = {
             "name": model.model_id,
             "implementation": model.kind,
             "parameters": {"uri": str(model.path)},
         }
-        (staged / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-        shutil.rmtree(self.model_dir(model.model_id), ignore_errors=True)
-        os.rename(staged, self.model_dir(model.model_id))
+        written = folder / (SETTINGS_FILE + ".writing")  # not a name MLServer's scan looks for
+        written.write_text(json.dumps(settings))
+        os.replace(written, folder / SETTINGS_FILE)
 
     def _unstage(self, model_id: str) -> None:
-        """Take the settings folder out of the root in one rename, then delete it."""
+        """Take the settings out of the root: the file first (atomically), then its folder."""
         folder = self.model_dir(model_id)
-        leaving = self.repository_dir / STAGING_DIR / (folder.name + ".leaving")
+        (folder / SETTINGS_FILE).unlink(missing_ok=True)
         try:
-            os.rename(folder, leaving)
+            folder.rmdir()
         except FileNotFoundError:
             return
-        shutil.rmtree(leaving, ignore_errors=True)
+        except OSError:  # something else in it: whatever it is, the folder was ours
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _runtime_rss(self) -> int | None:
         if self._rss is None:
@@ -256,7 +257,7 @@ class MLServerAdapter(RuntimeAdapter):
 
     async def remove_model(self, model_id: str) -> None:
         # Gone either way: MLServer does not need them to unload later, and a retry is harmless.
-        await asyncio.to_thread(self._forget_files, model_id)
+        self._forget_files(model_id)
 
     def _forget_files(self, model_id: str) -> None:
         self._unstage(model_id)

@@ -298,9 +298,9 @@ class TritonAdapter(RuntimeAdapter):
     def model_kind(self, model_type: str) -> str:
         return normalize_model_type(model_type)
 
-    def check_files(self, model: ModelToLoad) -> None:
+    async def check_files(self, model: ModelToLoad) -> None:
         if model.kind == "python":
-            check_python_model(model.path)
+            await asyncio.to_thread(check_python_model, model.path)  # compiles the model's source
         else:
             find_onnx_file(model.path)
 

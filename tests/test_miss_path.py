@@ -1,0 +1,226 @@
+"""The loader's miss path (mesh/models/local.py) with a fake store and runtime: what a waiting request pays.
+
+The claim runs beside the load, victims unload after it within the unload buffer, and the requests are
+released before the holder record is written. Each test holds one step back with an event and checks what
+has and has not happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from mesh.errors import MeshError
+from mesh.models.cache import ModelCache
+from mesh.models.local import LoadClaimed, ModelLoader
+from mesh.registry.records import ModelRecord
+from mesh.registry.store import Unchanged
+from mesh.registry.view import REGISTRY, RoutingTable
+
+SIZE = 100
+
+
+@dataclass
+class Runtime:
+    """Records every call in order; a load or unload of a model in ``hold`` waits for its event."""
+
+    calls: list[str] = field(default_factory=list)
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    async def predict_size(self, model_id: str, type_: str, path: str, key: str) -> int:
+        return SIZE
+
+    async def load(self, model_id: str, type_: str, path: str, key: str, timeout_s: float) -> int:
+        self.calls.append(f"load {model_id}")
+        if (held := self.hold.get(f"load {model_id}")) is not None:
+            await held.wait()
+        self.calls.append(f"loaded {model_id}")
+        return SIZE
+
+    async def unload(self, model_id: str) -> None:
+        self.calls.append(f"unload {model_id}")
+        if (held := self.hold.get(f"unload {model_id}")) is not None:
+            await held.wait()
+        self.calls.append(f"unloaded {model_id}")
+
+    async def model_ready(self, model_id: str) -> bool:
+        return True
+
+
+class Store:
+    """Registry writes applied to the table as the watch would; a write for a model in ``hold`` waits."""
+
+    def __init__(self, table: RoutingTable) -> None:
+        self.table = table
+        self.revision = 1
+        self.hold: dict[str, asyncio.Event] = {}
+        self.writes: list[str] = []
+        self.hold_publish: asyncio.Event | None = None  # a write naming a holder waits for it
+
+    async def update_model(
+        self,
+        model_id: str,
+        mutate: Callable[[ModelRecord | None], ModelRecord | None],
+        known: tuple[ModelRecord, int] | None = None,
+    ) -> tuple[ModelRecord | None, int]:
+        if (held := self.hold.get(model_id)) is not None:
+            await held.wait()
+        current = self.table.model(model_id)
+        try:
+            new = mutate(current.copy() if current is not None else None)
+        except Unchanged:
+            return current, self.table.revision
+        assert new is not None
+        if new.holders and self.hold_publish is not None:
+            await self.hold_publish.wait()
+        self.writes.append(f"{model_id} holders={sorted(new.holders)} loading={sorted(new.loading)}")
+        self.revision += 1
+        self.table.apply_put(REGISTRY + model_id, new.to_json(), self.revision)
+        await self.table.advance(self.revision)
+        return new, self.revision
+
+
+async def loader_with(
+    models: list[str], capacity: int, unload_buffer: int
+) -> tuple[ModelLoader, Runtime, Store, RoutingTable]:
+    table = RoutingTable()
+    for model_id in models:
+        table.apply_put(REGISTRY + model_id, ModelRecord(type="sklearn", path="/m").to_json(), 1)
+    await table.advance(1)
+    runtime, store = Runtime(), Store(table)
+    loader = ModelLoader(
+        "pod-a",
+        store,  # type: ignore[arg-type]
+        table,
+        runtime,  # type: ignore[arg-type]
+        ModelCache(capacity, unload_buffer_bytes=unload_buffer),
+        load_timeout_s=10,
+        failure_expiry_s=60,
+    )
+    return loader, runtime, store, table
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0)
+
+
+async def test_a_full_pods_miss_loads_first_and_unloads_its_victim_after() -> None:
+    loader, runtime, _, table = await loader_with(["old", "new"], capacity=2 * SIZE, unload_buffer=SIZE)
+    await loader.ensure_loaded("old")  # fills the room models may take (capacity less the buffer)
+    runtime.calls.clear()
+    runtime.hold["load new"] = asyncio.Event()
+    miss = asyncio.create_task(loader.ensure_loaded("new"))
+    # the victim leaves the registry at once, but stays in the runtime while the load runs
+    await until(lambda: "load new" in runtime.calls and not (table.model("old") or ModelRecord("")).holders)
+    await asyncio.sleep(0.01)
+    assert runtime.calls == ["load new"]
+    runtime.hold["load new"].set()
+    await miss
+    await until(lambda: "unloaded old" in runtime.calls)
+    assert runtime.calls == ["load new", "loaded new", "unload old", "unloaded old"]
+    assert loader.cache.used == SIZE and loader.cache.used <= loader.cache.capacity
+
+
+async def test_without_a_buffer_the_victim_unloads_before_the_load() -> None:
+    loader, runtime, _, _ = await loader_with(["old", "new"], capacity=SIZE, unload_buffer=0)
+    await loader.ensure_loaded("old")
+    runtime.calls.clear()
+    runtime.hold["unload old"] = asyncio.Event()
+    miss = asyncio.create_task(loader.ensure_loaded("new"))
+    await until(lambda: "unload old" in runtime.calls)
+    await asyncio.sleep(0.01)
+    assert runtime.calls == ["unload old"]  # the load waits: the runtime would hold twice its capacity
+    runtime.hold["unload old"].set()
+    await miss
+    assert runtime.calls == ["unload old", "unloaded old", "load new", "loaded new"]
+
+
+async def test_the_runtime_never_holds_more_than_its_capacity_under_concurrent_misses() -> None:
+    models = [f"m{i}" for i in range(12)]
+    loader, runtime, _, _ = await loader_with(models, capacity=4 * SIZE, unload_buffer=SIZE)
+    held: set[str] = set()
+    peak = 0
+    loads, unloads = runtime.load, runtime.unload
+
+    async def counted_load(model_id: str, *args: object, **kwargs: object) -> int:
+        nonlocal peak
+        held.add(model_id)
+        peak = max(peak, len(held))
+        return await loads(model_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def counted_unload(model_id: str) -> None:
+        await asyncio.sleep(0.001 * (hash(model_id) % 3))  # unloads of different lengths
+        await unloads(model_id)
+        held.discard(model_id)
+
+    runtime.load, runtime.unload = counted_load, counted_unload  # type: ignore[method-assign]
+    for start in range(0, len(models), 3):
+        await asyncio.gather(*(loader.ensure_loaded(m) for m in models[start : start + 3]))
+    await until(lambda: not loader._unloads)
+    assert peak * SIZE <= loader.cache.capacity
+    assert len(held) == 3  # the models fill the capacity less the buffer
+
+
+async def test_requests_are_released_before_the_holder_record_is_written() -> None:
+    loader, _, store, table = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
+    store.hold_publish = asyncio.Event()
+    await asyncio.wait_for(loader.ensure_loaded("m"), 5)  # returns although the holder write is held
+    record = table.model("m")
+    assert loader.is_loaded("m") and record is not None
+    assert set(record.loading) == {"pod-a"} and record.holders == {}
+    assert store.writes == ["m holders=[] loading=['pod-a']"]
+    store.hold_publish.set()
+    await until(lambda: "pod-a" in (table.model("m") or ModelRecord("")).holders)
+    assert store.writes == ["m holders=[] loading=['pod-a']", "m holders=['pod-a'] loading=[]"]
+
+
+async def test_the_claim_is_in_flight_while_the_runtime_loads() -> None:
+    loader, runtime, store, table = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
+    store.hold["m"] = asyncio.Event()  # etcd slow to answer the claim
+    miss = asyncio.create_task(loader.ensure_loaded("m"))
+    await until(lambda: "loaded m" in runtime.calls)
+    assert not miss.done()  # served only once the claim has landed
+    store.hold.pop("m").set()
+    await miss
+    assert loader.is_loaded("m")
+
+
+async def test_a_lost_claim_unloads_what_was_loaded_and_names_the_holder() -> None:
+    loader, runtime, store, table = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
+    store.hold["m"] = asyncio.Event()
+    miss = asyncio.create_task(loader.ensure_loaded("m"))
+    await until(lambda: "loaded m" in runtime.calls)
+    # meanwhile a live peer claimed the model
+    table.apply_put("instances/pod-b", b'{"address": "127.0.0.1:1"}', store.revision + 1)
+    rival = ModelRecord(type="sklearn", path="/m", loading={"pod-b": 1})
+    table.apply_put(REGISTRY + "m", rival.to_json(), store.revision + 1)
+    store.hold.pop("m").set()
+    with pytest.raises(LoadClaimed) as claimed:
+        await miss
+    assert claimed.value.holder == "pod-b"
+    assert runtime.calls[-2:] == ["unload m", "unloaded m"]
+    assert not loader.is_loaded("m") and loader.cache.used == 0
+    record = table.model("m")
+    assert record is not None and set(record.loading) == {"pod-b"} and not record.holders
+
+
+async def test_a_model_unregistered_during_its_load_is_unloaded_and_not_found() -> None:
+    loader, runtime, store, table = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
+    store.hold["m"] = asyncio.Event()
+    runtime.hold["load m"] = asyncio.Event()
+    miss = asyncio.create_task(loader.ensure_loaded("m"))
+    await until(lambda: "load m" in runtime.calls)
+    table.apply_delete(REGISTRY + "m")
+    store.hold.pop("m").set()
+    runtime.hold["load m"].set()
+    with pytest.raises(MeshError) as failed:
+        await miss
+    assert failed.value.code == grpc.StatusCode.NOT_FOUND
+    await until(lambda: "unloaded m" in runtime.calls)
+    assert loader.cache.used == 0
