@@ -105,8 +105,9 @@ async def loader_with(
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """A poll with a deadline: the fakes' state has no event of its own to wait on."""
     async with asyncio.timeout(timeout_s):
-        while not condition():
+        while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0)
 
 
@@ -181,7 +182,7 @@ async def test_requests_are_released_before_the_holder_record_is_written() -> No
 
 
 async def test_the_claim_is_in_flight_while_the_runtime_loads() -> None:
-    loader, runtime, store, table = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
+    loader, runtime, store, _ = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
     store.hold["m"] = asyncio.Event()  # etcd slow to answer the claim
     miss = asyncio.create_task(loader.ensure_loaded("m"))
     await until(lambda: "loaded m" in runtime.calls)
