@@ -17,7 +17,6 @@ from collections import deque
 from dataclasses import asdict, dataclass, fields
 
 PHASES = ("predict", "runtime_unload", "queue", "runtime_load", "claim")  # on the waiting request's path
-RUNTIME_PHASES = frozenset({"runtime_load", "runtime_unload"})
 
 
 @dataclass(slots=True)

@@ -1,9 +1,11 @@
-"""The models this pod holds: single-flight loads, LRU eviction by bytes, registry bookkeeping.
+"""The models this pod holds: single-flight loads, eviction by bytes, registry bookkeeping.
 
-Flow of a load: make room (evict least-recently-used models, waiting for their
-unloads), mark the pod as loading in the registry, call the adapter's
-loadModel, record the measured size, mark the pod as a holder. A failure is
-recorded per pod with its message; requests get that failure until it expires.
+Flow of a load: claim it in the registry (beside the next steps), ask the
+adapter's size prediction, reserve the bytes and evict down to the capacity
+less the unload buffer (victims unload after the load unless the buffer is
+full), call the adapter's loadModel, release the waiting requests, then name
+the pod a holder. A failure is recorded per pod with its message; requests get
+that failure until it expires.
 """
 
 from __future__ import annotations
