@@ -31,6 +31,7 @@ from load_tests import (
     cache_sim,
     churn,
     cold_start,
+    front_cost,
     metrics_cost,
     perf_analyzer,
     scale,
@@ -52,6 +53,7 @@ HOP_TITLES = {
 PERF_ANALYZER_TITLE = "perf_analyzer: Triton's own load generator through the mesh, next to direct"
 SCENARIOS = (
     "hop",
+    "front_cost",
     "metrics_cost",
     "tls_cost",
     "stalls",
@@ -81,6 +83,8 @@ def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
     if name == "hop":
         backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2", "echo-h2lib")
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
+    if name == "front_cost":
+        return front_cost.run_front_cost(rounds=9 if full else 5)
     if name == "metrics_cost":
         rounds = 25 if full else 15
         return asyncio.run(metrics_cost.run_metrics_cost(directory, hop_settings(full), rounds))
@@ -350,6 +354,10 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
         out += [f"- {line}" for line in perf_analyzer.report_notes(pa)]
         out.append("")
     for name, title in (
+        (
+            "front_cost",
+            "Front cost: the HTTP/2 front's own work per request, hot, and this machine's wake-up",
+        ),
         ("metrics_cost", "Metrics cost: the hot path with every series counted, next to metrics off"),
         ("tls_cost", "TLS cost per call: the mesh's HTTP/2 front beside nginx, each with and without TLS"),
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
@@ -382,6 +390,8 @@ def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
         return churn.summary_lines(result)
     if name == "stalls":
         return stalls.summary_lines(result)
+    if name == "front_cost":
+        return front_cost.summary_lines(result)
     if name == "metrics_cost":
         return metrics_cost.summary_lines(result)
     if name == "tls_cost":

@@ -193,6 +193,27 @@ async def test_writes_inside_a_batch_go_out_as_one() -> None:
     assert [f[0] for f in frames_written(transport)] == [FrameType.HEADERS, FrameType.DATA]
 
 
+async def test_work_after_a_batch_runs_once_its_writes_are_out() -> None:
+    batch = WriteBatch()
+    endpoint, transport, _ = await client_endpoint(batch)
+    stream = endpoint.new_stream()
+    seen: list[int] = []
+
+    def bookkeeping() -> None:
+        seen.append(len(transport.writes))  # the answer went out before this ran
+        batch.after(lambda: seen.append(-1))  # work queued by work runs in the same batch
+        endpoint.send_data(stream, b"late", end_stream=True)  # and what it writes goes out too
+
+    with batch:
+        endpoint.send_headers(stream, HEADERS)
+        batch.after(bookkeeping)
+        assert seen == [] and transport.writes == []
+    assert seen == [1, -1]
+    assert [f[0] for f in frames_written(transport)] == [FrameType.HEADERS, FrameType.DATA]
+    batch.after(lambda: seen.append(0))  # no batch open: at once
+    assert seen == [1, -1, 0]
+
+
 @pytest.mark.parametrize("after", [0, 5])
 async def test_no_stream_ids_are_reused(after: int) -> None:
     endpoint, _, _ = await client_endpoint()

@@ -228,3 +228,28 @@ async def test_a_long_error_message_reaches_its_client_and_nothing_else_fails(se
         assert await slow == ANSWER  # the same runtime connection carried both
         assert await infer(request("m"), timeout=10) == ANSWER
     assert served.front.upstreams.open_connections() == 1
+
+
+async def test_a_request_reset_in_the_read_that_brought_it_holds_no_pin(served: Front) -> None:
+    """The pin is taken once the request has gone to the runtime, after the rest of the read: a reset
+    that came with the request leaves nothing pinned (and is counted nowhere as served)."""
+    served.runtime.hold.clear()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    body = request("slow")
+    for stream_id in (1, 3):
+        client.send_headers(stream_id, REQUEST_HEADERS)
+        client.send_data(stream_id, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
+    client.reset_stream(1)  # stream 1 is reset within the same bytes; stream 3 stays
+    _, writer = await asyncio.open_connection(*served.address.split(":"))
+    try:
+        writer.write(client.data_to_send())
+        await until(lambda: served.routing.pins["slow"] == 1 and served.runtime.calls >= 1)
+        assert served.routing.pins["slow"] == 1  # stream 3's only
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    await until(lambda: served.routing.pins["slow"] == 0 and not served.front.connections)
+    served.runtime.hold.set()
+    assert await call(served.address) == ANSWER
+    assert all(count == 0 for count in served.routing.pins.values())

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from mesh.fronts.h2.wire import (
@@ -88,20 +89,23 @@ class WriteBatch:
 
     A response's HEADERS, DATA and trailers, produced while handling one read from the runtime, become
     one write to the client instead of three. Upstream endpoints hand their bytes over (``add``); client
-    connections, whose bytes ``h2`` holds, ask to be flushed at the end (``defer``).
+    connections, whose bytes ``h2`` holds, ask to be flushed at the end (``defer``). Bookkeeping that no
+    answer waits for (metrics, the request log, pins) runs after the writes (``after``): on one request
+    in flight it is off the request's path.
     """
 
     def __init__(self) -> None:
         self._depth = 0
         self._pending: dict[H2Endpoint, list[bytes]] = {}
         self._deferred: dict[Flushable, None] = {}
+        self._after: list[Callable[[], None]] = []
 
     def __enter__(self) -> None:
         self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
-        if self._depth == 0 and (self._pending or self._deferred):
+        if self._depth == 0 and (self._pending or self._deferred or self._after):
             self.flush()
 
     def add(self, endpoint: H2Endpoint, data: bytes) -> bool:
@@ -118,6 +122,13 @@ class WriteBatch:
         self._deferred[connection] = None
         return True
 
+    def after(self, work: Callable[[], None]) -> None:
+        """Run ``work`` once the batch's writes have gone out; no batch open: now."""
+        if self._depth:
+            self._after.append(work)
+        else:
+            work()
+
     def flush(self, only: H2Endpoint | None = None) -> None:
         for endpoint in [only] if only is not None else list(self._pending):
             chunks = self._pending.pop(endpoint, None)
@@ -128,6 +139,17 @@ class WriteBatch:
                 deferred, self._deferred = self._deferred, {}
                 for connection in deferred:
                     connection.flush()
+            if self._after:
+                self._depth += 1  # what the work writes goes out with the next batch's turn, below
+                try:
+                    while self._after:
+                        work, self._after = self._after, []
+                        for each in work:
+                            each()
+                finally:
+                    self._depth -= 1
+                if self._pending or self._deferred:
+                    self.flush()
 
 
 class _Outgoing:

@@ -100,6 +100,7 @@ class ClientStream:
     response_bytes: int = 0
     status: int = UNKNOWN  # until trailers say otherwise; a reset is CANCELLED
     sent_at: float = 0.0  # when the fast path sent it to the runtime (invoke_model)
+    ms: float = 0.0  # how long it took, HEADERS to the end
     span: Span | None = None  # the fast path's span, when tracing is on
 
 
@@ -358,9 +359,8 @@ class FrontStreams:
             stream.response_headers = headers
             return
         if stream.sent_at:  # this pod's runtime answered the fast path
-            self._front.metrics.invoked(
-                stream.path, stream.status, (time.monotonic() - stream.sent_at) * 1000, stream.model_id or ""
-            )
+            invoked = (stream.path, stream.status, (time.monotonic() - stream.sent_at) * 1000)
+            self._front.batch.after(lambda: self._front.metrics.invoked(*invoked, stream.model_id or ""))
             stream.sent_at = 0.0
         if from_http2_trailers(headers, stream.via_peer).route_decides:
             self._replay(stream)
@@ -431,19 +431,25 @@ class FrontStreams:
             self._relay_stream(stream, self._take_body(stream), True)
             return
         headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_UPSTREAM))
-        stream.model_id, stream.served_by = route.model_id, route.pod
-        self._front.serving(route.model_id, route.pod)
         if self._front.tracing.enabled:
             headers = self._trace(stream, route, headers)
         if route.peer_address is not None:
-            self._front.count("fast_to_peer")
             stream.via_peer = True
             headers = (*headers, (INTERNAL_MODEL, route.model_id.encode()))
             self._front.upstreams.send(stream, route.peer_address, headers, route.body, True)
-            return
-        self._front.count("fast")
-        stream.sent_at = time.monotonic()
-        self._front.upstreams.send(stream, RUNTIME, headers, route.body, True)
+        else:
+            stream.sent_at = time.monotonic()
+            self._front.upstreams.send(stream, RUNTIME, headers, route.body, True)
+        self._front.batch.after(lambda: self._serving(stream, route))
+
+    def _serving(self, stream: ClientStream, route: FastRoute) -> None:
+        """The in-flight pin and counts of a stream sent on the fast path, taken once the request has gone
+        out (before any answer can come: both run in the same turn of the loop)."""
+        if not self.alive(stream) or stream.model_id is not None:
+            return  # finished (reset, or replayed) within the same read: nothing to pin
+        stream.model_id, stream.served_by = route.model_id, route.pod
+        self._front.serving(route.model_id, route.pod)
+        self._front.count("fast" if route.peer_address is None else "fast_to_peer")
 
     def _trace(self, stream: ClientStream, route: FastRoute, headers: Headers) -> Headers:
         """The fast path's span; what goes on carries its traceparent (the runtime's, the peer's parent)."""
@@ -499,29 +505,39 @@ class FrontStreams:
             stream.model_id = None
 
     def _finish(self, stream: ClientStream) -> None:
-        if stream.counted and self.streams.get(stream.id) is stream:
-            ms = (time.monotonic() - stream.started) * 1000
+        """The stream is over: it lets go of the connection now, and is counted once its answer is out."""
+        if self.streams.get(stream.id) is not stream:  # finished before
+            self.client.stream_closed(stream.id)
+            self._finished(stream, False)
+            return
+        del self.streams[stream.id]
+        stream.ms = (time.monotonic() - stream.started) * 1000
+        self._front.upstreams.detach(stream)
+        if stream.body:
+            self._take_body(stream)
+        self.client.stream_closed(stream.id)
+        self._front.batch.after(lambda: self._finished(stream, stream.counted))
+
+    def _finished(self, stream: ClientStream, counted: bool) -> None:
+        if counted:
             self._front.metrics.request(
                 stream.path,
                 stream.status,
-                ms,
+                stream.ms,
                 max(0, stream.request_bytes - 5),
                 max(0, stream.response_bytes - 5) if stream.response_bytes else None,
                 stream.model_id or "",
             )
             if stream.model_id is not None:  # served on the fast path (a relayed stream: the relay logs it)
                 self._front.requests.served(
-                    stream.path, stream.model_id, stream.served_by, stream.status, ms, stream.headers
+                    stream.path, stream.model_id, stream.served_by, stream.status, stream.ms, stream.headers
                 )
         if stream.span is not None:
             self._end_span(stream)
         self._front.upstreams.detach(stream)
-        if self.streams.get(stream.id) is stream:
-            del self.streams[stream.id]
         if stream.body:
             self._take_body(stream)
         self._release_model(stream)
-        self.client.stream_closed(stream.id)
         self._front.stream_done()
 
 

@@ -136,10 +136,14 @@ class Upstreams:
                     _, opened = await loop.create_connection(
                         endpoint, host, int(port), ssl=self._peer_ssl, server_hostname=host
                     )
-        self._pools.setdefault(to, []).append(opened)
-        self._target[opened] = to
-        self._streams[opened] = {}
+        self.add_connection(to, opened)
         return opened
+
+    def add_connection(self, to: str, endpoint: H2Endpoint) -> None:
+        """An opened connection to ``to`` joins its pool."""
+        self._pools.setdefault(to, []).append(endpoint)
+        self._target[endpoint] = to
+        self._streams[endpoint] = {}
 
     def _start(
         self, stream: ClientStream, endpoint: H2Endpoint, headers: Headers, body: bytes, end_stream: bool
