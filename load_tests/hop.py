@@ -122,6 +122,11 @@ def summarize_rounds(rounds: list[dict[str, dict[str, LoadResult]]]) -> dict[str
         cpu = [x.extra["proxy_cpu_us_per_request"] for x in load if "proxy_cpu_us_per_request" in x.extra]
         if cpu:
             entry["proxy_cpu_us_per_request"] = _median(cpu)
+        cpu_at_one = [
+            x.extra["proxy_cpu_us_per_request"] for x in latency if "proxy_cpu_us_per_request" in x.extra
+        ]
+        if cpu_at_one:
+            entry["proxy_cpu_us_at_one_in_flight"] = _median(cpu_at_one)
         if path != "direct":
             direct_latency = [r["direct"]["latency"] for r in rounds]
             direct_load = [r["direct"]["throughput"] for r in rounds]
@@ -169,6 +174,17 @@ async def measured_throughput(
     return result
 
 
+async def measured_latency(
+    call: Call, body: bytes, settings: HopSettings, pids: tuple[int, ...]
+) -> LoadResult:
+    """One request in flight; with the proxies' CPU per request (they sleep between reads here)."""
+    before = cpu_seconds(pids)
+    result = await closed_loop(call, [body], 1, settings.latency_requests, settings.max_seconds)
+    if pids and result.ok:
+        result.extra["proxy_cpu_us_per_request"] = round((cpu_seconds(pids) - before) / result.ok * 1e6, 1)
+    return result
+
+
 async def compare_paths(
     routes: dict[str, Route], body: bytes, settings: HopSettings
 ) -> tuple[dict[str, Any], list[dict[str, dict[str, LoadResult]]]]:
@@ -197,9 +213,7 @@ async def compare_paths(
             for path in order[shift:] + order[:shift]:
                 call = calls[path]
                 this_round[path] = {
-                    "latency": await closed_loop(
-                        call, [body], 1, settings.latency_requests, settings.max_seconds
-                    ),
+                    "latency": await measured_latency(call, body, settings, routes[path].proxy_pids),
                     "throughput": await measured_throughput(call, body, settings, routes[path].proxy_pids),
                 }
             rounds.append({path: this_round[path] for path in order})

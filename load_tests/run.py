@@ -136,8 +136,8 @@ def _fmt(value: Any, unit: str = "") -> str:
 def hop_table(summary: dict[str, Any]) -> list[str]:
     lines = [
         "| path | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s at 16 in flight | of direct "
-        "| proxy CPU µs/req |",
-        "|---|---|---|---|---|---|---|---|",
+        "| proxy CPU µs/req | at 1 in flight |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for path, e in summary.items():
         if not isinstance(e, dict):
@@ -145,7 +145,8 @@ def hop_table(summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {path} | {_fmt(e['p50_ms'])} | {_fmt(e['p99_ms'])} | {_fmt(e.get('added_p50_ms'))} "
             f"| {_fmt(e.get('added_p99_ms'))} | {_fmt(e['throughput_per_s'])} "
-            f"| {_fmt(e.get('throughput_ratio'))} | {_fmt(e.get('proxy_cpu_us_per_request'))} |"
+            f"| {_fmt(e.get('throughput_ratio'))} | {_fmt(e.get('proxy_cpu_us_per_request'))} "
+            f"| {_fmt(e.get('proxy_cpu_us_at_one_in_flight'))} |"
         )
     return lines
 
@@ -275,6 +276,19 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
             f"{local['throughput_ratio']:.0%} of direct's throughput "
             f"(nginx {h2_nginx['throughput_ratio']:.0%})."
         )
+        if "proxy_cpu_us_at_one_in_flight" in local:
+            lines[0] += (
+                f" At one request in flight (the latency figures) the pod spends "
+                f"{local['proxy_cpu_us_at_one_in_flight']} µs of CPU per request, nginx "
+                f"{h2_nginx.get('proxy_cpu_us_at_one_in_flight')} µs: the added p50 there is mostly that CPU."
+            )
+    cost = results.get("front_cost")
+    if cost and "front_us" in cost:
+        lines[0] += (
+            f" Of it, the front's own work is {cost['front_us']} µs hot and {cost['after_sleep_us']} µs "
+            "after a sleep (front_cost); the rest is the event loop, four socket calls, the routing table and "
+            "caches the other processes on these 2 cores left cold."
+        )
     profile = results.get("profile")
     if profile and "mesh_code_pct" in profile:
         top = ", ".join(f"{frame} {pct} %" for frame, pct in list(profile["top_self_pct"].items())[:2])
@@ -326,7 +340,8 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
                 out += [f"### {title}", "", *table, ""]
         out += [
             "added = the path's figure minus direct's in the same round; proxy CPU = CPU time of the proxy "
-            "processes (nginx's workers, the pod(s) on the way) per request at 16 in flight. python-proxy is "
+            "processes (nginx's workers, the pod(s) on the way) per request at 16 in flight, and at one in "
+            "flight (the latency figures' run: the proxy sleeps between reads). python-proxy is "
             "load_tests/naive_proxy.py, the least a grpc.aio proxy does: the mesh's own logic is what it "
             "costs beyond that.",
             "",
