@@ -286,8 +286,8 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
     if cost and "front_us" in cost:
         lines[0] += (
             f" Of it, the front's own work is {cost['front_us']} µs hot and {cost['after_sleep_us']} µs "
-            "after a sleep (front_cost); the rest is the event loop, four socket calls, the routing table and "
-            "caches the other processes on these 2 cores left cold."
+            "after a sleep (front_cost); the rest is the event loop, four socket calls, the routing "
+            "table and caches the other processes on these 2 cores left cold."
         )
     profile = results.get("profile")
     if profile and "mesh_code_pct" in profile:
