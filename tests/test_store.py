@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -201,3 +202,42 @@ async def test_watch_resumes_after_etcd_restart_without_missing_events(
         await table.wait_for_revision(revision, timeout_s=15)
         assert table.model("two") is not None
         assert table.model("one") is None
+
+
+async def test_a_burst_of_instance_changes_is_written_a_few_times_and_the_last_one_lands(
+    store: EtcdStore,
+) -> None:
+    """Keep-alive publishes the instance record at most once per interval: 60 changes within about half a
+    second are a handful of etcd writes, and the record etcd ends with is the latest."""
+    current = InstanceRecord(address="127.0.0.1:1")
+    await store.register_instance("pod-1", current, ttl_s=30)
+    changed = asyncio.Event()
+
+    async def no_new_lease() -> None:
+        raise AssertionError("the lease is not lost here")
+
+    keeping = asyncio.create_task(
+        store.keep_alive("pod-1", lambda: current, 30, changed, no_new_lease, min_interval_s=0.2)
+    )
+    key = store._key("instances/pod-1")
+    try:
+        first = await store._etcd.get(key)
+        assert first is not None and first.version == 1
+        for used in range(1, 61):
+            current = InstanceRecord(address="127.0.0.1:1", used_bytes=used)
+            changed.set()
+            await asyncio.sleep(0.008)
+
+        async def written() -> Any:
+            kv = await store._etcd.get(key)
+            assert kv is not None
+            return kv
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while InstanceRecord.from_json((kv := await written()).value).used_bytes != 60:
+            assert asyncio.get_running_loop().time() < deadline, "the latest record never reached etcd"
+            await asyncio.sleep(0.05)
+        assert 2 <= kv.version <= 1 + 6, f"{kv.version - 1} writes for 60 changes"
+    finally:
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)
