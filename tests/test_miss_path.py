@@ -225,3 +225,33 @@ async def test_a_model_unregistered_during_its_load_is_unloaded_and_not_found() 
     assert failed.value.code == grpc.StatusCode.NOT_FOUND
     await until(lambda: "unloaded m" in runtime.calls)
     assert loader.cache.used == 0
+
+
+async def test_a_model_loaded_here_before_comes_back_without_a_size_prediction() -> None:
+    loader, runtime, _, table = await loader_with(["a", "b"], capacity=SIZE, unload_buffer=0)
+    predicted: list[str] = []
+    ask = runtime.predict_size
+
+    async def counted(model_id: str, type_: str, path: str, key: str) -> int:
+        predicted.append(model_id)
+        return await ask(model_id, type_, path, key)
+
+    runtime.predict_size = counted  # type: ignore[method-assign]
+    measured = {"a": SIZE - 10, "b": SIZE - 20}
+    load = runtime.load
+
+    async def measuring(model_id: str, type_: str, path: str, key: str, timeout_s: float) -> int:
+        await load(model_id, type_, path, key, timeout_s)
+        return measured[model_id]
+
+    runtime.load = measuring  # type: ignore[method-assign]
+    await loader.ensure_loaded("a")
+    await loader.ensure_loaded("b")  # evicts a (room for one)
+    await until(lambda: "a" not in loader.cache)
+    await loader.ensure_loaded("a")  # loaded here before: its measured size, no prediction
+    assert predicted == ["a", "b"]
+    assert loader.cache.entry("a") is not None and loader.cache.entry("a").size == SIZE - 10
+    # other files under the same id: asked again
+    table.apply_put(REGISTRY + "b", ModelRecord(type="sklearn", path="/other").to_json(), 99)
+    await loader.ensure_loaded("b")
+    assert predicted == ["a", "b", "b"]

@@ -24,6 +24,7 @@ from mesh.errors import MeshError, load_failure_code
 from mesh.models.cache import ModelCache
 from mesh.models.copies import CopyCheck
 from mesh.models.load_timings import LoadPhases, LoadTimings
+from mesh.models.measured import MeasuredSizes
 from mesh.models.rates import RateTracker
 from mesh.models.runtime_client import RuntimeClient
 from mesh.observe.metrics import MeshMetrics, UncountedMetrics
@@ -83,6 +84,7 @@ class ModelLoader:
         self._request_done = asyncio.Event()  # a model's last request in flight finished
         self.changed = asyncio.Event()  # set when the models held change: the instance record is republished
         self.timings = LoadTimings()  # where the time of each load went (GET /mesh/loads)
+        self.sizes = MeasuredSizes()  # what earlier loads here measured: a reload asks for no prediction
         # Every load here gets the next number: a runtime's "not found" is judged for the copy it came from.
         self._generations: dict[str, int] = {}
         self._last_generation = 0
@@ -251,6 +253,7 @@ class ModelLoader:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             phases.claim, clock = _lap(clock)
             self.cache.finish_load(model_id, size)
+            self.sizes.record(model_id, record.path, record.key, size)
             if size > predicted:  # the runtime took more than predicted: others make way before it serves
                 phases.runtime_unload += await self._make_room(model_id)
                 clock = time.perf_counter()
@@ -283,6 +286,9 @@ class ModelLoader:
         self.timings.record(phases)
 
     async def _predict_size(self, model_id: str, record: ModelRecord) -> int:
+        measured = self.sizes.get(model_id, record.path, record.key)
+        if measured is not None:  # loaded here before: no need to ask
+            return measured
         try:
             return await self._runtime.predict_size(model_id, record.type, record.path, record.key)
         except grpc.aio.AioRpcError:
@@ -466,7 +472,9 @@ class ModelLoader:
                 log.warning("could not re-announce %s: %s", model_id, e.message)
 
     def on_model_changed(self, model_id: str, record: ModelRecord | None) -> None:
-        """Routing-table listener: an unregistered model is unloaded here."""
+        """Routing-table listener: an unregistered model is unloaded here, its measured size forgotten."""
+        if record is None:
+            self.sizes.forget(model_id)
         if record is None and model_id in self.cache and model_id not in self._loads:
             self._spawn(self.unload(model_id, reason="unregistered"))
 
