@@ -255,3 +255,33 @@ async def test_a_model_loaded_here_before_comes_back_without_a_size_prediction()
     table.apply_put(REGISTRY + "b", ModelRecord(type="sklearn", path="/other").to_json(), 99)
     await loader.ensure_loaded("b")
     assert predicted == ["a", "b", "b"]
+
+
+async def test_a_copy_etcd_did_not_hear_of_keeps_serving_and_is_published_when_etcd_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mesh.errors import StoreError
+    from mesh.models import local
+
+    monkeypatch.setattr(local, "PUBLISH_RETRY_FIRST_S", 0.01)
+    loader, runtime, store, table = await loader_with(["m"], capacity=2 * SIZE, unload_buffer=0)
+    failures = {"left": 2}
+    write = store.update_model
+
+    async def flaky(model_id: str, mutate: Callable[..., ModelRecord | None], known: object = None) -> object:
+        current = table.model(model_id)
+        probe = mutate(current.copy()) if current is not None else None
+        if probe is not None and probe.holders and failures["left"]:
+            failures["left"] -= 1
+            raise StoreError("etcd down")
+        return await write(model_id, mutate)
+
+    store.update_model = flaky  # type: ignore[method-assign]
+    await loader.ensure_loaded("m")  # served although its holder record could not be written
+    assert loader.is_loaded("m")
+    record = table.model("m")
+    assert record is not None and "pod-a" not in record.holders
+    await until(lambda: (r := table.model("m")) is not None and "pod-a" in r.holders)
+    assert failures["left"] == 0
+    assert not [c for c in runtime.calls if c.startswith("unload")]  # the copy was never dropped
+    assert loader.is_loaded("m")

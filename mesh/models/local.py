@@ -34,6 +34,9 @@ from mesh.registry.view import RoutingTable
 
 log = logging.getLogger(__name__)
 
+PUBLISH_RETRY_FIRST_S = 0.2  # a holder record etcd did not take is written again after this, then backing off
+PUBLISH_RETRY_MAX_S = 5.0
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -262,9 +265,18 @@ class ModelLoader:
             self.rates.track(model_id)
             log.info("loaded %s on %s (%d bytes) in %d ms", model_id, self.pod_id, size, now_ms() - start)
             _settle(done)  # the copy serves from here: the requests need not wait for etcd to hear of it
-            written = await self._update_registry(model_id, lambda r: with_holder(r, self.pod_id, now_ms()))
-            if written is None:
-                raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
+            try:
+                written = await self._publish_holder(model_id)
+            except MeshError as e:
+                if e.code is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                # etcd did not answer: the copy keeps serving (its requests were answered already), and the
+                # record follows once etcd answers again
+                log.warning("%s serves on %s, not yet in the registry: %s", model_id, self.pod_id, e.message)
+                self._spawn(self._publish_later(model_id, self._generations.get(model_id, -1)))
+            else:
+                if written is None:
+                    raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             phases.publish, clock = _lap(clock)
             self.metrics.loaded(
                 model_id,
@@ -284,6 +296,30 @@ class ModelLoader:
             raise
         self.changed.set()
         self.timings.record(phases)
+
+    async def _publish_holder(self, model_id: str) -> ModelRecord | None:
+        return await self._update_registry(model_id, lambda r: with_holder(r, self.pod_id, now_ms()))
+
+    async def _publish_later(self, model_id: str, generation: int) -> None:
+        """Name this pod as a holder of copy ``generation`` once etcd answers (retried with backoff while
+        the copy is here); a model unregistered meanwhile is unloaded."""
+        delay = PUBLISH_RETRY_FIRST_S
+        while self._generations.get(model_id) == generation and not self.stopping:
+            await asyncio.sleep(delay)
+            if self._generations.get(model_id) != generation:
+                return
+            try:
+                written = await self._publish_holder(model_id)
+            except MeshError as e:
+                if e.code is not grpc.StatusCode.UNAVAILABLE:
+                    log.warning("could not publish %s on %s: %s", model_id, self.pod_id, e.message)
+                    return
+                delay = min(2 * delay, PUBLISH_RETRY_MAX_S)
+                continue
+            if written is None and self._generations.get(model_id) == generation:
+                await self.unload(model_id, reason="unregistered")
+            self.changed.set()
+            return
 
     async def _predict_size(self, model_id: str, record: ModelRecord) -> int:
         measured = self.sizes.get(model_id, record.path, record.key)
