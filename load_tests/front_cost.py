@@ -131,8 +131,14 @@ class _InMemoryFront:
         runtime's read until it is done (the answer written to the client)."""
         stream_id = self._next_stream
         self._next_stream += 2
-        request = frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, self._request_block) + frame(
-            FrameType.DATA, Flag.END_STREAM, stream_id, self._message
+        # as a grpc client writes it: credit for the last answer (connection and stream), then the request
+        credit = b""
+        if stream_id > 2:
+            credit = window_update(0, len(self._answer)) + window_update(stream_id - 2, len(self._answer))
+        request = (
+            credit
+            + frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, self._request_block)
+            + frame(FrameType.DATA, Flag.END_STREAM, stream_id, self._message)
         )
         reply = (
             window_update(0, len(self._message))

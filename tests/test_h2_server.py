@@ -7,6 +7,7 @@ agree. Then the cases only the lean codec has (header-list checks, the table-les
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -446,3 +447,74 @@ def test_a_malformed_request_is_a_stream_error_and_the_connection_serves_on(
         (1, ErrorCode.PROTOCOL_ERROR)
     ]
     assert not [f for f in frames if isinstance(f, GoAwayFrame)]
+
+
+# -- the guard's limits, checked by the lean codec on the frames it reads --------------------------------
+def limited(
+    max_block: int = 1024, max_continuations: int = 3, control_per_s: float = 0.0
+) -> LeanServerConnection:
+    from mesh.fronts.h2.guard import FrameBudget
+
+    budget = FrameBudget(control_per_s, 4) if control_per_s else None
+    codec = LeanServerConnection(MAX_STREAMS, 4096, STREAM_WINDOW, max_block, max_continuations, budget)
+    codec.initiate_connection()
+    codec.receive_data(hello(), now=1.0)
+    codec.data_to_send()
+    return codec
+
+
+def goaway_of(codec: LeanServerConnection, script: bytes, now: float = 1.0) -> int | None:
+    with contextlib.suppress(ProtocolError):
+        codec.receive_data(script, now)
+    answers = [f for f in sent_frames(codec) if isinstance(f, GoAwayFrame)]
+    return answers[-1].error_code if answers else None
+
+
+def test_a_header_block_over_its_limit_ends_the_connection_before_it_is_decoded() -> None:
+    codec = limited(max_block=1024)
+    big = raw(0x1, 0x0, 1, b"\x00" * 800) + raw(0x9, 0x0, 1, b"\x00" * 800)  # HEADERS, CONTINUATION
+    assert goaway_of(codec, big) == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_a_header_block_in_too_many_continuation_frames_ends_the_connection() -> None:
+    codec = limited(max_continuations=3)
+    script = raw(0x1, 0x0, 1, b"") + b"".join(raw(0x9, 0x0, 1, b"") for _ in range(4))
+    assert goaway_of(codec, script) == ErrorCode.ENHANCE_YOUR_CALM
+    within = limited(max_continuations=3)
+    block = Encoder().encode(REQUEST)
+    pieces = [block[:4], block[4:8], block[8:12], block[12:]]
+    script = raw(0x1, 0x0, 1, pieces[0]) + raw(0x9, 0, 1, pieces[1]) + raw(0x9, 0, 1, pieces[2])
+    events = within.receive_data(script + raw(0x9, 0x4, 1, pieces[3]))  # END_HEADERS on the third
+    assert [type(e) for e in events] == [h2.events.RequestReceived]
+
+
+def test_more_than_two_table_size_updates_at_a_blocks_start_are_refused() -> None:
+    assert goaway_of(limited(), raw(0x1, 0x4, 1, b"\x20" * 3 + Encoder().encode(REQUEST))) == (
+        ErrorCode.COMPRESSION_ERROR
+    )
+    two = limited().receive_data(raw(0x1, 0x4, 1, b"\x20" * 2 + Encoder().encode(REQUEST)))
+    assert [type(e) for e in two] == [h2.events.RequestReceived]
+
+
+def test_pings_past_their_budget_end_the_connection_and_acks_cost_nothing() -> None:
+    codec = limited(control_per_s=10)
+    acks = b"".join(PingFrame(0, b"12345678", flags={"ACK"}).serialize() for _ in range(20))
+    assert goaway_of(codec, acks) is None
+    pings = b"".join(PingFrame(0, b"12345678").serialize() for _ in range(4))
+    assert goaway_of(codec, pings, now=2.0) is None  # the burst allowed
+    assert goaway_of(codec, PingFrame(0, b"12345678").serialize(), now=2.0) == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_the_counts_and_partial_frames_the_connection_weighs() -> None:
+    codec = limited()
+    assert (codec.window_updates, codec.header_blocks, codec.partial) == (0, 0, False)
+    codec.receive_data(serialize(WindowUpdateFrame(0, 100), WindowUpdateFrame(0, 100)))
+    codec.receive_data(raw(0x1, 0x4, 1, Encoder().encode(REQUEST)))
+    assert (codec.window_updates, codec.header_blocks) == (2, 1)
+    half = raw(0x0, 0x1, 1, b"x" * 10)[:12]  # half a DATA frame
+    codec.receive_data(half)
+    assert codec.partial
+    codec.receive_data(raw(0x0, 0x1, 1, b"x" * 10)[12:])
+    assert not codec.partial
+    codec.receive_data(raw(0x1, 0x0, 3, Encoder().encode(REQUEST)[:5]))  # a block without END_HEADERS
+    assert codec.partial

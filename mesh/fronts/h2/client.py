@@ -6,7 +6,8 @@ says), MAX_CONCURRENT_STREAMS and header-list limits. It is ``h2`` (python-hyper
 or by default the front's lean codec with the same API and answers at a fraction of the CPU
 (mesh/fronts/h2/server.py). This class adds what bounds a hostile client:
 
-- header blocks are looked at before ``h2`` buffers or decodes them (mesh/fronts/h2/guard.py);
+- header blocks are looked at before ``h2`` buffers or decodes them (mesh/fronts/h2/guard.py; the lean
+  codec checks the same limits itself, as it reads each frame);
 - stream resets are budgeted (rapid reset: GOAWAY ENHANCE_YOUR_CALM);
 - a client that does not read is not read: past ``write_buffer_bytes`` unread, reading pauses until it
   drains, so PING and SETTINGS floods cannot make the pod queue replies;
@@ -113,11 +114,16 @@ class Codec(Protocol):
     def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None: ...
 
 
-def new_codec(limits: FrontLimits) -> Codec:
+def new_codec(limits: FrontLimits, control_budget: FrameBudget | None = None) -> Codec:
     """The protocol state of one client connection, by ``limits.front_codec``."""
     if limits.front_codec == "lean":
         return LeanServerConnection(
-            limits.max_concurrent_streams, limits.max_header_list_bytes, STREAM_WINDOW
+            limits.max_concurrent_streams,
+            limits.max_header_list_bytes,
+            STREAM_WINDOW,
+            limits.max_header_block_bytes,
+            limits.max_continuation_frames,
+            control_budget,
         )
     connection = h2.connection.H2Connection(config=_CONFIG)
     connection.local_settings = h2.settings.Settings(
@@ -131,6 +137,16 @@ def new_codec(limits: FrontLimits) -> Codec:
     # Replacing local_settings is not a settings change h2 applies to its own decoder: set it here.
     connection.decoder.max_header_list_size = limits.max_header_list_bytes
     return connection
+
+
+class FrameCounts(Protocol):
+    """What the connection weighs of the frames read so far (the guard's, or the lean codec's own)."""
+
+    window_updates: int
+    header_blocks: int
+
+    @property
+    def partial(self) -> bool: ...
 
 
 class _Trailers:
@@ -149,12 +165,17 @@ class ClientConnection(asyncio.Protocol):
         self._limits = limits
         self._registry = registry
         self._batch = batch
-        self._h2 = new_codec(limits)
-        self._guard = HeaderBlockGuard(
-            limits.max_header_block_bytes,
-            limits.max_continuation_frames,
-            FrameBudget(limits.max_control_frames_per_s, 2 * limits.max_control_frames_per_s),
-        )
+        control = FrameBudget(limits.max_control_frames_per_s, 2 * limits.max_control_frames_per_s)
+        self._h2 = new_codec(limits, control)
+        # The lean codec checks the guard's limits on the frames it reads; h2 needs the guard ahead of it.
+        self._lean: LeanServerConnection | None = None
+        self._guard: HeaderBlockGuard | None = None
+        self._frames: FrameCounts
+        if isinstance(self._h2, LeanServerConnection):
+            self._lean = self._frames = self._h2
+        else:
+            guard = HeaderBlockGuard(limits.max_header_block_bytes, limits.max_continuation_frames, control)
+            self._guard = self._frames = guard
         self._resets = FrameBudget(limits.max_resets_per_s, 2 * limits.max_concurrent_streams)
         self._data_sent = 0
         self._transport: asyncio.Transport | None = None
@@ -200,15 +221,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> None:
         try:
-            self._guard.feed(data, time.monotonic())
-            guard = self._guard
-            allowed = WINDOW_UPDATES_FREE + WINDOW_UPDATES_PER_FRAME * (self._data_sent + guard.header_blocks)
-            if guard.window_updates > allowed:
-                raise GuardViolation(
-                    ErrorCode.ENHANCE_YOUR_CALM,
-                    f"{guard.window_updates} WINDOW_UPDATE frames for {self._data_sent} DATA frames sent",
-                )
-            events = self._h2.receive_data(data)
+            if self._lean is not None:
+                events = self._lean.receive_data(data, time.monotonic())
+                self._check_window_updates()  # before any event is acted on
+            else:
+                assert self._guard is not None
+                self._guard.feed(data, time.monotonic())
+                self._check_window_updates()
+                events = self._h2.receive_data(data)
         except GuardViolation as e:
             log.info("front: closing a client connection: %s", e)
             self.close(e.code, str(e))
@@ -219,13 +239,22 @@ class ClientConnection(asyncio.Protocol):
             self.flush()
             self._close_transport()
             return
-        self._partial_since = (self._partial_since or time.monotonic()) if self._guard.partial else None
+        self._partial_since = (self._partial_since or time.monotonic()) if self._frames.partial else None
         with self._batch:
             for event in events:
                 if self._closed:
                     break
                 self._on_event(event)
             self._mark()
+
+    def _check_window_updates(self) -> None:
+        frames = self._frames
+        allowed = WINDOW_UPDATES_FREE + WINDOW_UPDATES_PER_FRAME * (self._data_sent + frames.header_blocks)
+        if frames.window_updates > allowed:
+            raise GuardViolation(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"{frames.window_updates} WINDOW_UPDATE frames for {self._data_sent} DATA frames sent",
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

@@ -25,7 +25,9 @@ from mesh.fronts.h2.wire import PREFACE, ErrorCode, Flag, FrameType
 
 _FRAME_HEADER = struct.Struct(">HBBBL")
 _COUNTED = (FrameType.PING, FrameType.SETTINGS, FrameType.WINDOW_UPDATE)
-_PREFIX = 18  # block bytes that hold three table-size updates of any 32-bit value (1 + 5 bytes each)
+BLOCK_PREFIX_BYTES = (
+    18  # block bytes that hold three table-size updates of any 32-bit value (1 + 5 bytes each)
+)
 
 
 class GuardViolation(Exception):
@@ -119,7 +121,7 @@ class HeaderBlockGuard:
             chunk = memoryview(data)[position : position + taken]
             if self._kind == FrameType.HEADERS:
                 self._take_headers_payload(chunk)
-            elif self._kind == FrameType.CONTINUATION and len(self._prefix) < _PREFIX:
+            elif self._kind == FrameType.CONTINUATION and len(self._prefix) < BLOCK_PREFIX_BYTES:
                 self._add_prefix(chunk)
             self._skip -= taken
             if not self._skip:
@@ -171,7 +173,7 @@ class HeaderBlockGuard:
 
     def _take_headers_payload(self, chunk: memoryview) -> None:
         """Keep a HEADERS frame's first bytes: padding length and priority come before the block."""
-        wanted = 6 + _PREFIX - len(self._headers_start)
+        wanted = 6 + BLOCK_PREFIX_BYTES - len(self._headers_start)
         if wanted > 0:
             self._headers_start += chunk[:wanted]
 
@@ -187,13 +189,13 @@ class HeaderBlockGuard:
             block_length = max(0, self._headers_length - offset - padding)
             self._add_prefix(memoryview(start[offset : offset + block_length]))
         if self._kind in (FrameType.HEADERS, FrameType.CONTINUATION) and (
-            len(self._prefix) >= _PREFIX or not self.block_open
+            len(self._prefix) >= BLOCK_PREFIX_BYTES or not self.block_open
         ):
             self._check_prefix()
         self._kind = -1
 
     def _add_prefix(self, chunk: memoryview) -> None:
-        self._prefix += chunk[: _PREFIX - len(self._prefix)]
+        self._prefix += chunk[: BLOCK_PREFIX_BYTES - len(self._prefix)]
 
     def _check_prefix(self) -> None:
         if leading_table_updates(bytes(self._prefix)) > 2:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import h2.events
 
+from mesh.fronts.h2.guard import BLOCK_PREFIX_BYTES, FrameBudget, leading_table_updates
 from mesh.fronts.h2.wire import (
     DEFAULT_MAX_FRAME,
     DEFAULT_WINDOW,
@@ -112,7 +113,28 @@ class _Stream:
 
 
 class LeanServerConnection:
-    def __init__(self, max_concurrent_streams: int, max_header_list_bytes: int, stream_window: int) -> None:
+    """Beside the protocol, the limits mesh/fronts/h2/guard.py sets ahead of ``h2``, checked on the frames as
+    they are read (no second pass over the bytes): a header block's bytes and CONTINUATION frames, the
+    table-size updates at its start, PING and SETTINGS frames against ``control_budget``; and the counts the
+    connection weighs (``window_updates``, ``header_blocks``, ``partial``)."""
+
+    def __init__(
+        self,
+        max_concurrent_streams: int,
+        max_header_list_bytes: int,
+        stream_window: int,
+        max_block_bytes: int = 1 << 30,
+        max_continuations: int = 1 << 30,
+        control_budget: FrameBudget | None = None,
+    ) -> None:
+        self._max_block = max_block_bytes
+        self._max_continuations = max_continuations
+        self._control = control_budget
+        self._now = 0.0
+        self._block_bytes = 0
+        self._continuations = 0
+        self.window_updates = 0
+        self.header_blocks = 0  # HEADERS frames: each stream opened (or its trailers)
         self._max_streams = max_concurrent_streams
         self._max_header_list = max_header_list_bytes
         self._stream_window = stream_window
@@ -172,9 +194,16 @@ class LeanServerConnection:
         self._out.clear()
         return out
 
-    def receive_data(self, data: bytes) -> list[h2.events.Event]:
+    @property
+    def partial(self) -> bool:
+        """A frame or a header block has started and not yet finished."""
+        return self._block is not None or self._reader.buffered > 0
+
+    def receive_data(self, data: bytes, now: float = 0.0) -> list[h2.events.Event]:
+        """The events of ``data``; ``now`` (monotonic seconds) prices PING and SETTINGS frames."""
         if self._ended:
             return []
+        self._now = now
         events: list[h2.events.Event] = []
         self._events = events
         try:
@@ -255,6 +284,15 @@ class LeanServerConnection:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "a header block interrupted by another frame")
         if not self._got_settings and (kind != FrameType.SETTINGS or flags & Flag.ACK):
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+        if kind == FrameType.WINDOW_UPDATE:
+            self.window_updates += 1
+        elif (
+            (kind == FrameType.PING or kind == FrameType.SETTINGS)
+            and not flags & Flag.ACK
+            and self._control is not None
+            and not self._control.spend(self._now)
+        ):
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "too many PING or SETTINGS frames")
         try:
             if kind == FrameType.DATA:
                 self._on_data(flags, stream_id, payload)
@@ -314,6 +352,9 @@ class LeanServerConnection:
             start = 1 if flags & Flag.PADDED else 0
             if WINDOW_INCREMENT.unpack_from(payload, start)[0] & MAX_WINDOW == stream_id:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"stream {stream_id} depends on itself")
+        self.header_blocks += 1
+        self._block_bytes, self._continuations = len(payload), 0
+        self._check_block_size()
         block = strip_padding(flags, payload, FrameType.HEADERS)
         if flags & Flag.END_HEADERS:
             self._on_block(stream_id, flags, block)
@@ -323,12 +364,28 @@ class LeanServerConnection:
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._block is None or stream_id != self._block_stream:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without a header block to continue")
+        self._continuations += 1
+        if self._continuations > self._max_continuations:
+            raise ProtocolError(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"a header block in more than {self._max_continuations} CONTINUATION frames",
+            )
+        self._block_bytes += len(payload)
+        self._check_block_size()
         self._block += payload
         if flags & Flag.END_HEADERS:
             block, self._block = bytes(self._block), None
             self._on_block(stream_id, self._block_flags, block)
 
+    def _check_block_size(self) -> None:
+        if self._block_bytes > self._max_block:
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, f"a header block over {self._max_block} bytes")
+
     def _on_block(self, stream_id: int, flags: int, block: bytes) -> None:
+        if leading_table_updates(block[:BLOCK_PREFIX_BYTES]) > 2:  # hpack would apply each: refused first
+            raise ProtocolError(
+                ErrorCode.COMPRESSION_ERROR, "more than two table size updates at the start of a header block"
+            )
         headers = self._decoder.decode(block)  # even for a stream refused below: HPACK state moves on
         end_stream = bool(flags & Flag.END_STREAM)
         stream = self._streams.get(stream_id)

@@ -154,6 +154,11 @@ class FrameReader:
         self._max_frame = max_frame
         self._preface = expect_preface
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame (or the preface) that has not arrived whole."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
