@@ -154,6 +154,13 @@ async def test_a_backlog_beyond_the_limit_asks_the_other_side_to_pause() -> None
     endpoint.send_headers(stream, HEADERS)
     endpoint.send_data(stream, b"e" * (9 << 20))  # the peer never opens its window
     assert ("backlog", True) in recorder.events
+    recorder.events.clear()
+    endpoint.data_received(  # the peer takes it all: the end of the backlog is told once
+        frame(FrameType.WINDOW_UPDATE, 0, 0, struct.pack(">L", 16 << 20))
+        + frame(FrameType.WINDOW_UPDATE, 0, stream, struct.pack(">L", 16 << 20))
+        + frame(FrameType.WINDOW_UPDATE, 0, 0, struct.pack(">L", 1000))
+    )
+    assert recorder.events == [("backlog", False)]
 
 
 async def test_frames_are_delivered_and_ping_is_answered() -> None:

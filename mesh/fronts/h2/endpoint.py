@@ -175,6 +175,7 @@ class H2Endpoint(asyncio.Protocol):
         self._peer_max_frame = DEFAULT_MAX_FRAME
         self._outgoing: dict[int, _Outgoing] = {}
         self._backlog = 0
+        self._backlogged = False  # the handler was told of a backlog and not yet of its end
         self._consumed = 0
         # per stream the peer may still send on: bytes passed on and not yet given back
         self._stream_consumed: dict[int, int] = {}
@@ -270,6 +271,7 @@ class H2Endpoint(asyncio.Protocol):
         outgoing.end_queued = end_stream
         self._backlog += size
         if self._backlog > BACKLOG_HIGH:
+            self._backlogged = True
             self._handler.on_backlog(self, True)
         self._flush()
 
@@ -346,7 +348,8 @@ class H2Endpoint(asyncio.Protocol):
                         break
         if writes:
             self._write(b"".join(writes))
-        if self._backlog <= BACKLOG_HIGH // 2:
+        if self._backlogged and self._backlog <= BACKLOG_HIGH // 2:  # once, not at every window update
+            self._backlogged = False
             self._handler.on_backlog(self, False)
 
     # -- receiving ----------------------------------------------------------------------------

@@ -59,6 +59,7 @@ AVOID = AVOID_HEADER.encode()
 V2_PATH = V2_SERVICE.encode()
 FRONT_PATHS = ("fast", "fast_to_peer", "relayed", "replayed")
 SWEEP_S = 0.5  # how often connections are checked against their timeouts
+REQUEST_VIEWS_KEPT = 256  # distinct request header lists remembered (then forgotten all at once)
 LISTEN_BACKLOG = 4096  # connections the kernel queues before accept: a connect burst waits, not fails
 
 
@@ -105,6 +106,12 @@ class ClientStream:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestView:
+    upstream: Headers  # what goes on to the runtime or a peer: no mm-* headers, no content-length
+    named: tuple[tuple[str, str], ...] | None  # the mm-* headers, decoded; None: a binary one (the relay's)
+
+
+@dataclass(frozen=True, slots=True)
 class FastRoute:
     model_id: str
     pod: str  # the pod that serves it: this one, or a peer that holds the model
@@ -146,6 +153,7 @@ class H2Front:
         self._port = "internal" if internal else "external"
         self.refused_connections = 0
         self._idle = asyncio.Event()  # set when no stream is in flight (waited for on stop)
+        self._views: dict[Headers, RequestView] = {}
 
     async def start(
         self, host: str, port: int, reuse_port: bool = False, tls: ssl.SSLContext | None = None
@@ -196,10 +204,8 @@ class H2Front:
         if self._internal:
             return self._internal_route(headers, body)
         message = body[5:]
-        named = [
-            (k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in headers if k.startswith(b"mm-")
-        ]
-        if any(key.endswith("-bin") for key, _ in named):
+        named = self.request_view(headers).named
+        if named is None:
             return None
         try:
             target = request_target(named, message)
@@ -215,6 +221,25 @@ class H2Front:
             return None  # a load, or an error: the general route's
         except (TargetError, MeshError, Reroute, WireFormatError):
             return None  # the relay words the error
+
+    def request_view(self, headers: Headers) -> RequestView:
+        """What the fast path reads of a request's headers. Remembered per header list: a client's repeated
+        header blocks decode to the same list (mesh/fronts/h2/wire.py, BlockDecoder)."""
+        view = self._views.get(headers)
+        if view is None:
+            named = tuple(
+                (k.decode("latin-1"), v.decode("utf-8", "replace"))
+                for k, v in headers
+                if k.startswith(b"mm-")
+            )
+            view = RequestView(
+                tuple((k, v) for k, v in headers if not k.startswith(_DROPPED_UPSTREAM)),
+                None if any(key.endswith("-bin") for key, _ in named) else named,
+            )
+            if len(self._views) >= REQUEST_VIEWS_KEPT:
+                self._views.clear()
+            self._views[headers] = view
+        return view
 
     def _internal_route(self, headers: Headers, body: bytes) -> FastRoute | None:
         """A peer's forwarded request: straight to the runtime when the model is loaded here.
@@ -430,7 +455,7 @@ class FrontStreams:
             self._unbuffer(stream)
             self._relay_stream(stream, self._take_body(stream), True)
             return
-        headers = tuple((k, v) for k, v in stream.headers if not k.startswith(_DROPPED_UPSTREAM))
+        headers = self._front.request_view(stream.headers).upstream
         if self._front.tracing.enabled:
             headers = self._trace(stream, route, headers)
         if route.peer_address is not None:
