@@ -297,7 +297,7 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
             f"samples are in mesh/ code, {profile['grpc_poller_thread_pct']} % in grpc's poller thread; "
             f"most self time: {top} (py-spy samples wall time: a socket write that wakes the process at the "
             "other end stays in the write while that process takes the core, so write and select are where "
-            "the pod waits, not what it spends; perf puts three quarters of the pod's CPU in the "
+            "the pod waits, not what it spends; perf puts about 70 % of the pod's CPU in the "
             "interpreter)."
         )
     return [*lines, ""]
