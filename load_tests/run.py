@@ -71,7 +71,7 @@ SCENARIOS = (
 def hop_settings(full: bool) -> HopSettings:
     if full:
         return HopSettings(rounds=5, latency_requests=3000, throughput_requests=10000, max_seconds=30.0)
-    return HopSettings(rounds=5, latency_requests=600, throughput_requests=2000)
+    return HopSettings(rounds=5, latency_requests=1500, throughput_requests=2000)
 
 
 def stall_settings(full: bool) -> stalls.StallSettings:
