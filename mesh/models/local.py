@@ -503,7 +503,7 @@ class ModelLoader:
         copies from the registry: name this pod as a holder again of every model it still holds."""
         for model_id in [m for m in self.cache.model_ids() if self.is_loaded(m)]:
             try:
-                await self._update_registry(model_id, lambda r: with_holder(r, self.pod_id, now_ms()))
+                await self._publish_holder(model_id)
             except MeshError as e:
                 log.warning("could not re-announce %s: %s", model_id, e.message)
 

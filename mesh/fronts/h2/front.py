@@ -470,8 +470,8 @@ class FrontStreams:
     def _serving(self, stream: ClientStream, route: FastRoute) -> None:
         """The in-flight pin and counts of a stream sent on the fast path, taken once the request has gone
         out (before any answer can come: both run in the same turn of the loop)."""
-        if not self.alive(stream) or stream.model_id is not None:
-            return  # finished (reset, or replayed) within the same read: nothing to pin
+        if not self.alive(stream):
+            return  # finished (reset) within the same read: nothing to pin
         stream.model_id, stream.served_by = route.model_id, route.pod
         self._front.serving(route.model_id, route.pod)
         self._front.count("fast" if route.peer_address is None else "fast_to_peer")
@@ -531,17 +531,15 @@ class FrontStreams:
 
     def _finish(self, stream: ClientStream) -> None:
         """The stream is over: it lets go of the connection now, and is counted once its answer is out."""
-        if self.streams.get(stream.id) is not stream:  # finished before
-            self.client.stream_closed(stream.id)
-            self._finished(stream, False)
-            return
-        del self.streams[stream.id]
-        stream.ms = (time.monotonic() - stream.started) * 1000
+        current = self.streams.get(stream.id) is stream  # else finished before: counted then
+        if current:
+            del self.streams[stream.id]
+            stream.ms = (time.monotonic() - stream.started) * 1000
         self._front.upstreams.detach(stream)
         if stream.body:
             self._take_body(stream)
         self.client.stream_closed(stream.id)
-        self._front.batch.after(lambda: self._finished(stream, stream.counted))
+        self._front.batch.after(lambda: self._finished(stream, current and stream.counted))
 
     def _finished(self, stream: ClientStream, counted: bool) -> None:
         if counted:
@@ -559,9 +557,6 @@ class FrontStreams:
                 )
         if stream.span is not None:
             self._end_span(stream)
-        self._front.upstreams.detach(stream)
-        if stream.body:
-            self._take_body(stream)
         self._release_model(stream)
         self._front.stream_done()
 

@@ -25,9 +25,8 @@ from mesh.fronts.h2.wire import PREFACE, ErrorCode, Flag, FrameType
 
 _FRAME_HEADER = struct.Struct(">HBBBL")
 _COUNTED = (FrameType.PING, FrameType.SETTINGS, FrameType.WINDOW_UPDATE)
-BLOCK_PREFIX_BYTES = (
-    18  # block bytes that hold three table-size updates of any 32-bit value (1 + 5 bytes each)
-)
+# block bytes that hold three table-size updates of any 32-bit value (1 + 5 bytes each)
+BLOCK_PREFIX_BYTES = 18
 
 
 class GuardViolation(Exception):
