@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import ssl
 import subprocess
+import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -584,6 +587,7 @@ class PodStack:
     adapter: AdapterLike
     model_types: str = MLSERVER_MODEL_TYPES
     pod: PodProcess | None = None
+    scratch: Path | None = None  # a folder of the pod's outside the work dir (in memory), removed at stop
 
     @property
     def mlserver(self) -> MLServerProcess:
@@ -596,6 +600,21 @@ class PodStack:
             self.pod.process.stop()
         self.adapter.process.stop()
         self.runtime.stop()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def memory_folder(pod_id: str, fallback: Path) -> tuple[Path, Path | None]:
+    """A folder in memory (tmpfs) for small files made and removed at a high rate, as an ``emptyDir`` with
+    ``medium: Memory`` gives a Kubernetes pod: (the folder, the temporary folder to remove at stop), or
+    ``fallback`` on disk (None to remove) where no tmpfs is writable. MLServer's scanned repository is such a
+    folder: a load creates a settings file and a folder there and removes them, which cost about 0.5 ms per
+    load on this machine's ext4 and 0.1 ms on tmpfs (journaled metadata)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        scratch = Path(tempfile.mkdtemp(prefix=f"modelmesh-{pod_id}-", dir=shm))
+        return scratch / "repository", scratch
+    return fallback, None
 
 
 class MeshTls(Protocol):
@@ -664,21 +683,26 @@ class LocalMesh:
         """Scale up: a new pod stack joins the mesh."""
         assert self.etcd is not None
         directory = self.work_dir / pod_id
-        repository = directory / "mlserver-repo"
-        mlserver = MLServerProcess.start(repository, work_dir=directory)
+        repository, scratch = memory_folder(pod_id, directory / "mlserver-repo")
         try:
-            adapter = AdapterProcess.start(
-                directory,
-                mlserver,
-                repository,
-                self.capacity_bytes,
-                self.min_model_size_bytes,
-                self.adapter_args,
-            )
+            mlserver = MLServerProcess.start(repository, work_dir=directory)
+            try:
+                adapter = AdapterProcess.start(
+                    directory,
+                    mlserver,
+                    repository,
+                    self.capacity_bytes,
+                    self.min_model_size_bytes,
+                    self.adapter_args,
+                )
+            except BaseException:
+                mlserver.stop()
+                raise
         except BaseException:
-            mlserver.stop()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             raise
-        stack = PodStack(pod_id, mlserver, adapter)
+        stack = PodStack(pod_id, mlserver, adapter, scratch=scratch)
         self.stacks.append(stack)  # from here on, stop() takes care of it
         self.start_pod(pod_id)
         return stack

@@ -7,6 +7,8 @@ each path alike), and each figure is the median over rounds with its spread:
 - direct:      client -> runtime
 - nginx:       client -> nginx ``grpc_pass`` -> runtime
 - python-proxy: client -> load_tests/naive_proxy.py (the floor of a grpc.aio proxy) -> runtime (echo only)
+- asyncio-pump: client -> load_tests/byte_pump.py (bytes through asyncio, no HTTP/2: the floor of any
+  asyncio proxy) -> runtime (echo only)
 - mesh-local:  client -> the pod that holds the model -> its runtime
 - mesh-remote: client -> a pod without the model -> the holder's internal port -> runtime
 
@@ -251,6 +253,8 @@ def echo_paths(
         stack.callback(nginx.stop)
         naive = NaiveProxyProcess.start(work_dir / "naive-proxy", echo_a.address)
         stack.callback(naive.stop)
+        pump = NaiveProxyProcess.start(work_dir / "byte-pump", echo_a.address, module="byte_pump")
+        stack.callback(pump.stop)
         register(pod_a.address, model_id, MODEL_TYPE, "size=1000000")
         wait_for_serving_processes(pod_a, serving_processes)
         wait_for_serving_processes(pod_b, serving_processes)
@@ -258,6 +262,7 @@ def echo_paths(
             "direct": Route(echo_a.address),
             "nginx": Route(nginx.address, (nginx.process.pid,)),
             "python-proxy": Route(naive.address, (naive.process.pid,)),
+            "asyncio-pump": Route(pump.address, (pump.process.pid,)),
             "mesh-local": Route(pod_a.address, (pod_a.process.pid,)),
             "mesh-remote": Route(pod_b.address, (pod_b.process.pid, pod_a.process.pid)),
         }

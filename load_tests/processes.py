@@ -84,21 +84,23 @@ class EchoProcess:
 
 @dataclass
 class NaiveProxyProcess:
-    """load_tests/naive_proxy.py: the floor of a Python grpc.aio proxy."""
+    """A floor to measure a proxy against: load_tests/naive_proxy.py (the least a grpc.aio proxy does) or
+    load_tests/byte_pump.py (the least any asyncio proxy does)."""
 
     process: ChildProcess
     address: str
 
     @classmethod
-    def start(cls, work_dir: Path, backend: str) -> NaiveProxyProcess:
+    def start(cls, work_dir: Path, backend: str, module: str = "naive_proxy") -> NaiveProxyProcess:
         address = f"127.0.0.1:{free_port()}"
+        name = module.replace("_", "-")
         process = ChildProcess(
-            "naive-proxy",
-            [sys.executable, "-m", "load_tests.naive_proxy", f"--listen={address}", f"--backend={backend}"],
-            work_dir / "naive-proxy.log",
+            name,
+            [sys.executable, "-m", f"load_tests.{module}", f"--listen={address}", f"--backend={backend}"],
+            work_dir / f"{name}.log",
             env={"PYTHONPATH": str(REPO_ROOT)},
         )
-        process.wait_until(lambda: grpc_connectable(address), 30, "naive proxy port open")
+        process.wait_until(lambda: grpc_connectable(address), 30, f"{name} port open")
         return cls(process, address)
 
     def stop(self) -> None:

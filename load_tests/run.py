@@ -282,6 +282,14 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
                 f"{local['proxy_cpu_us_at_one_in_flight']} µs of CPU per request, nginx "
                 f"{h2_nginx.get('proxy_cpu_us_at_one_in_flight')} µs: the added p50 there is mostly that CPU."
             )
+        pump = h2.get("asyncio-pump")
+        if pump and "proxy_cpu_us_at_one_in_flight" in pump:
+            lines[0] += (
+                " The least any asyncio proxy does (load_tests/byte_pump.py: bytes through, no HTTP/2) adds "
+                f"p50 {pump['added_p50_ms']} ms and spends {pump['proxy_cpu_us_at_one_in_flight']} µs per "
+                "request at one in flight: the floor of this event loop on these 2 cores, against which the "
+                "1.5x-nginx goal leaves the mesh's own work little room."
+            )
     cost = results.get("front_cost")
     if cost and "front_us" in cost:
         lines[0] += (
@@ -346,7 +354,8 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "processes (nginx's workers, the pod(s) on the way) per request at 16 in flight, and at one in "
             "flight (the latency figures' run: the proxy sleeps between reads). python-proxy is "
             "load_tests/naive_proxy.py, the least a grpc.aio proxy does: the mesh's own logic is what it "
-            "costs beyond that.",
+            "costs beyond that; asyncio-pump is load_tests/byte_pump.py, bytes through asyncio without "
+            "HTTP/2, the least any asyncio proxy does.",
             "",
         ]
     stall = results.get("stalls")

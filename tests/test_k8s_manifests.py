@@ -101,6 +101,29 @@ def test_adapters_take_the_arguments_they_are_given() -> None:
         assert limit["resource"] == "limits.memory" and runtime["resources"]["limits"]["memory"]
 
 
+def test_mlservers_scanned_repository_is_shared_and_in_memory() -> None:
+    """The adapter makes and removes a settings file in MLServer's scanned folder at every load: in memory."""
+    pools = [
+        d
+        for _, d in deployments()
+        if "mlserver" in {c["name"] for c in d["spec"]["template"]["spec"]["containers"]}
+    ]
+    assert pools
+    for deployment in pools:
+        pod = deployment["spec"]["template"]
+        adapter, mlserver = container(pod, "adapter"), container(pod, "mlserver")
+        repository = str(mlserver_parser().parse_args(adapter["args"]).repository_dir)
+        assert mlserver["command"] == ["mlserver", "start", repository]
+        mounts = {
+            name: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            for name, c in (("adapter", adapter), ("mlserver", mlserver))
+        }
+        volume = mounts["adapter"][repository]
+        assert mounts["mlserver"][repository] == volume
+        (spec,) = [v for v in pod["spec"]["volumes"] if v["name"] == volume]
+        assert spec["emptyDir"]["medium"] == "Memory"
+
+
 def test_a_pool_pod_is_built_to_drain_and_be_probed() -> None:
     for overlay, deployment in deployments():
         spec = deployment["spec"]

@@ -24,11 +24,12 @@ async def test_every_path_serves_and_is_measured(tmp_path: Path, front: str) -> 
         summary, rounds = await compare_paths(routes, infer_request("hop-test"), settings)
         with grpc.insecure_channel(routes["mesh-local"].address) as channel:
             status = mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId="hop-test"))
-    assert set(summary) >= {"direct", "nginx", "python-proxy", "mesh-local", "mesh-remote"}
-    for path in ("direct", "nginx", "python-proxy", "mesh-local", "mesh-remote"):
+    paths = ("direct", "nginx", "python-proxy", "asyncio-pump", "mesh-local", "mesh-remote")
+    assert set(summary) >= set(paths)
+    for path in paths:
         assert summary[path]["errors"] == 0, path
         assert rounds[0][path]["latency"].ok == 50 and rounds[0][path]["throughput"].ok == 200
-    for path in ("nginx", "python-proxy", "mesh-local", "mesh-remote"):
+    for path in paths[1:]:
         assert summary[path]["proxy_cpu_us_per_request"] > 0, path
     # pod-b cannot hold the model (another type): every mesh-remote request was forwarded to pod-a's copy
     assert status.status == mm.ModelStatusInfo.LOADED

@@ -10,4 +10,4 @@ RUN pip install --no-cache-dir -c /tmp/constraints-mlserver.txt \
     && pip install --no-cache-dir --no-deps -c /tmp/constraints-mlserver.txt mlserver-xgboost mlserver-lightgbm
 USER 1000
 # the adapter keeps only loads in progress in this folder (a volume shared with the adapter)
-CMD ["mlserver", "start", "/models/repository"]
+CMD ["mlserver", "start", "/repository"]
