@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -37,6 +38,7 @@ from typing import Any
 import grpc
 import joblib
 import numpy as np
+import psutil
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
@@ -189,6 +191,21 @@ async def _ensure_loaded(stub: mm_grpc.ModelMeshStub, model_id: str) -> float:
     return time.perf_counter() - start
 
 
+def cpu_ms_by_process(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time so far (user + system, children included: MLServer's workers) of each named process, in ms."""
+    spent = {}
+    for name, pid in pids.items():
+        total = 0.0
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    total += times.user + times.system
+        spent[name] = 1000 * total
+    return spent
+
+
 async def miss_cost(
     work_dir: Path, loaded: int, settings: ChurnSettings, adapter_args: list[str]
 ) -> dict[str, Any]:
@@ -220,7 +237,18 @@ async def miss_cost(
                 await _ensure_loaded(stub, ids[loaded + topped_up])  # full: every miss below evicts
                 topped_up += 1
             fill_s = time.perf_counter() - fill_start
+            assert mesh.etcd is not None
+            stack = mesh.stacks[0]
+            pids = {
+                "pod": pod.process.pid,
+                "adapter": stack.adapter.process.pid,
+                "mlserver": stack.runtime.process.pid,
+                "etcd": mesh.etcd.process.pid,
+                "client": os.getpid(),
+            }
+            before = cpu_ms_by_process(pids)
             misses = [await _ensure_loaded(stub, m) for m in ids[loaded + spare :]]
+            after = cpu_ms_by_process(pids)
         phases = load_timings(pod.rest_address, last=settings.misses)
     return {
         "loaded": loaded,
@@ -229,6 +257,9 @@ async def miss_cost(
         "miss_p50_ms": round(1000 * statistics.median(misses), 1),
         "miss_max_ms": round(1000 * max(misses), 1),
         "phases_p50_ms": _phase_p50s(phases),
+        # every process a miss keeps busy (on 2 cores they wait for each other): where the time beyond the
+        # runtime's own load goes
+        "cpu_ms_per_miss": {name: round((after[name] - before[name]) / len(misses), 2) for name in pids},
     }
 
 
@@ -387,6 +418,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"filling took {row['fill_s']} s "
             f"({row['fill_loads_per_s']} loads/s)"
         )
+        cpu = row.get("cpu_ms_per_miss")
+        if cpu:
+            lines[-1] += (
+                "; CPU per miss (ms): "
+                + ", ".join(f"{name} {ms}" for name, ms in cpu.items())
+                + f" ({sum(cpu.values()):.1f} in all, on 2 cores)"
+            )
     return lines
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from load_tests.churn import goal_checks, median_round, summary_lines, zipf_trace
+import pytest
+
+from load_tests.churn import ChurnSettings, goal_checks, median_round, miss_cost, summary_lines, zipf_trace
 
 
 def churn_round(throughput: float, p99: float) -> dict[str, Any]:
@@ -75,3 +78,15 @@ def test_the_trace_prefers_the_first_ranks() -> None:
     trace = zipf_trace(100, 5000, seed=0)
     assert trace.count(0) > trace.count(50) > 0
     assert trace == zipf_trace(100, 5000, seed=0)  # seeded: every run replays the same trace
+
+
+@pytest.mark.integration
+async def test_a_miss_is_measured_with_the_cpu_of_every_process_it_keeps_busy(tmp_path: Path) -> None:
+    settings = ChurnSettings(in_flight=2, misses=3)
+    row = await miss_cost(tmp_path, 4, settings, [])
+    assert row["loaded"] == 4 and row["miss_p50_ms"] > 0
+    assert row["phases_p50_ms"]["runtime_load"] > 0
+    cpu = row["cpu_ms_per_miss"]
+    assert set(cpu) == {"pod", "adapter", "mlserver", "etcd", "client"}
+    for name in ("pod", "adapter", "mlserver"):  # each miss is a load and an unload through all three
+        assert cpu[name] > 0, name
