@@ -7,11 +7,11 @@ any asyncio proxy pays on this machine is visible apart from the mesh's own work
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import socket
 from collections.abc import Sequence
+
+from load_tests.naive_proxy import run_proxy, until_signalled
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -87,20 +87,13 @@ async def serve(listen: str, backend: str) -> None:
     backend_host, backend_port = backend.rsplit(":", 1)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Client((backend_host, int(backend_port))), host, int(port))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     server.close()
     await server.wait_closed()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True, help="host:port")
-    parser.add_argument("--backend", required=True, help="host:port")
-    args = parser.parse_args(argv)
-    asyncio.run(serve(args.listen, args.backend))
+    run_proxy(serve, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 
@@ -40,21 +41,33 @@ async def serve(listen: str, backend: str) -> None:
     server.add_generic_rpc_handlers((Forward(channel),))
     server.add_insecure_port(listen)
     await server.start()
+    await until_signalled()
+    await server.stop(grace=1)
+    await channel.close()
+
+
+async def until_signalled() -> None:
+    """Return at SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop(grace=1)
-    await channel.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_proxy(
+    serve: Callable[[str, str], Coroutine[Any, Any, None]], description: str, argv: Sequence[str] | None
+) -> None:
+    """The command line of a floor proxy: --listen and --backend, then ``serve`` until signalled."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--listen", required=True, help="host:port")
     parser.add_argument("--backend", required=True, help="host:port")
     args = parser.parse_args(argv)
     asyncio.run(serve(args.listen, args.backend))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_proxy(serve, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
