@@ -53,8 +53,12 @@ def test_least_recently_used_model_is_unloaded_and_comes_back(
     assert mesh.status("m-c").status == S.LOADED
 
     loads = mesh.loads()
+    predictions = mesh.mesh.adapter.metric("modelmesh_adapter_size_predictions_total")
+    assert predictions >= 3  # each model's first load asked for one
     assert list(predict(mesh.infer, "m-b")) == list(examples.logistic.expected)  # reloaded and served
     assert mesh.loads() == loads + 1
+    # its first load's measured size is in its registry record: the reload asked for no prediction
+    assert mesh.mesh.adapter.metric("modelmesh_adapter_size_predictions_total") == predictions
     assert held(mesh) == {"m-b", "m-c"}  # a was least recently used this time
     assert mesh.status("m-a").status == S.NOT_LOADED
 

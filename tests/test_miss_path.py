@@ -257,6 +257,33 @@ async def test_a_model_loaded_here_before_comes_back_without_a_size_prediction()
     assert predicted == ["a", "b", "b"]
 
 
+async def test_the_holder_record_carries_the_measured_size_and_a_peers_measure_spares_the_prediction() -> (
+    None
+):
+    loader, runtime, _, table = await loader_with(["a"], capacity=SIZE, unload_buffer=0)
+    predicted: list[str] = []
+    ask = runtime.predict_size
+
+    async def counted(model_id: str, type_: str, path: str, key: str) -> int:
+        predicted.append(model_id)
+        return await ask(model_id, type_, path, key)
+
+    runtime.predict_size = counted  # type: ignore[method-assign]
+    # pod-x loaded "b" before and measured it: the record says so
+    measured_elsewhere = ModelRecord(type="sklearn", path="/m", size_bytes=SIZE - 30)
+    table.apply_put(REGISTRY + "b", measured_elsewhere.to_json(), 2)
+    await table.advance(2)
+    await loader.ensure_loaded("b")
+    assert predicted == []
+    await until(lambda: "pod-a" in (table.model("b") or ModelRecord("")).holders)
+    # the runtime's answer is what the holder record carries now (the fake runtime answers SIZE)
+    record = table.model("b")
+    assert record is not None and record.size_bytes == SIZE
+    await loader.ensure_loaded("a")  # never measured anywhere: the runtime predicts it
+    assert predicted == ["a"]
+    await until(lambda: (table.model("a") or ModelRecord("")).size_bytes == SIZE)
+
+
 async def test_a_copy_etcd_did_not_hear_of_keeps_serving_and_is_published_when_etcd_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

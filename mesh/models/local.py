@@ -24,7 +24,6 @@ from mesh.errors import MeshError, load_failure_code
 from mesh.models.cache import ModelCache
 from mesh.models.copies import CopyCheck
 from mesh.models.load_timings import LoadPhases, LoadTimings
-from mesh.models.measured import MeasuredSizes
 from mesh.models.rates import RateTracker
 from mesh.models.runtime_client import RuntimeClient
 from mesh.observe.metrics import MeshMetrics, UncountedMetrics
@@ -87,7 +86,6 @@ class ModelLoader:
         self._request_done = asyncio.Event()  # a model's last request in flight finished
         self.changed = asyncio.Event()  # set when the models held change: the instance record is republished
         self.timings = LoadTimings()  # where the time of each load went (GET /mesh/loads)
-        self.sizes = MeasuredSizes()  # what earlier loads here measured: a reload asks for no prediction
         # Every load here gets the next number: a runtime's "not found" is judged for the copy it came from.
         self._generations: dict[str, int] = {}
         self._last_generation = 0
@@ -256,7 +254,6 @@ class ModelLoader:
                 raise MeshError(grpc.StatusCode.NOT_FOUND, f"model not found: {model_id} (unregistered)")
             phases.claim, clock = _lap(clock)
             self.cache.finish_load(model_id, size)
-            self.sizes.record(model_id, record.path, record.key, size)
             if size > predicted:  # the runtime took more than predicted: others make way before it serves
                 phases.runtime_unload += await self._make_room(model_id)
                 clock = time.perf_counter()
@@ -298,7 +295,9 @@ class ModelLoader:
         self.timings.record(phases)
 
     async def _publish_holder(self, model_id: str) -> ModelRecord | None:
-        return await self._update_registry(model_id, lambda r: with_holder(r, self.pod_id, now_ms()))
+        entry = self.cache.entry(model_id)
+        size = entry.size if entry is not None and not entry.loading else 0
+        return await self._update_registry(model_id, lambda r: with_holder(r, self.pod_id, now_ms(), size))
 
     async def _publish_later(self, model_id: str, generation: int) -> None:
         """Name this pod as a holder of copy ``generation`` once etcd answers (retried with backoff while
@@ -322,9 +321,8 @@ class ModelLoader:
             return
 
     async def _predict_size(self, model_id: str, record: ModelRecord) -> int:
-        measured = self.sizes.get(model_id, record.path, record.key)
-        if measured is not None:  # loaded here before: no need to ask
-            return measured
+        if record.size_bytes:  # a load of these files measured it (here or on a peer): no need to ask
+            return record.size_bytes
         try:
             return await self._runtime.predict_size(model_id, record.type, record.path, record.key)
         except grpc.aio.AioRpcError:
@@ -508,9 +506,7 @@ class ModelLoader:
                 log.warning("could not re-announce %s: %s", model_id, e.message)
 
     def on_model_changed(self, model_id: str, record: ModelRecord | None) -> None:
-        """Routing-table listener: an unregistered model is unloaded here, its measured size forgotten."""
-        if record is None:
-            self.sizes.forget(model_id)
+        """Routing-table listener: an unregistered model is unloaded here."""
         if record is None and model_id in self.cache and model_id not in self._loads:
             self._spawn(self.unload(model_id, reason="unregistered"))
 
@@ -552,9 +548,12 @@ def _with_loading(record: ModelRecord, pod_id: str, at_ms: int) -> ModelRecord:
     return record
 
 
-def with_holder(record: ModelRecord, pod_id: str, at_ms: int) -> ModelRecord:
+def with_holder(record: ModelRecord, pod_id: str, at_ms: int, size_bytes: int = 0) -> ModelRecord:
+    """The record naming ``pod_id`` a holder; with ``size_bytes``, the size that pod's load measured."""
     record.loading.pop(pod_id, None)
     record.holders[pod_id] = at_ms
+    if size_bytes:
+        record.size_bytes = size_bytes
     return record
 
 

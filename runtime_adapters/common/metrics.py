@@ -18,6 +18,11 @@ class AdapterMetrics:
             "unloadModel requests handled by the adapter",
             registry=registry,
         )
+        self.size_predictions = Counter(
+            "modelmesh_adapter_size_predictions",
+            "predictModelSize requests (the mesh asks only for files no load has measured yet)",
+            registry=registry,
+        )
         self.downloads = Counter(
             "modelmesh_adapter_downloads",
             "model downloads from object storage (a reload from the cache does not count)",

@@ -11,6 +11,7 @@ from typing import Protocol
 import grpc
 
 from protos import model_runtime_pb2
+from runtime_adapters.common.metrics import AdapterMetrics
 from runtime_adapters.common.model_files import SIZE_FACTOR, ModelFilesError, predicted_size
 from runtime_adapters.common.model_key import parse_model_key
 from runtime_adapters.common.storage import ModelStore
@@ -22,10 +23,12 @@ class SizeFloors(Protocol):
 
 
 class SizeRpcs:
-    """Mixin for an adapter servicer, which sets ``store``, ``config``, ``_sizes`` and ``_paths``."""
+    """Mixin for an adapter servicer, which sets what it reads: ``store``, ``config``, ``metrics``,
+    ``_sizes`` and ``_paths``."""
 
     store: ModelStore
     config: SizeFloors
+    metrics: AdapterMetrics
     _sizes: dict[str, int]
     _paths: dict[str, Path]
 
@@ -35,6 +38,7 @@ class SizeRpcs:
     async def predictModelSize(
         self, request: model_runtime_pb2.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> model_runtime_pb2.PredictModelSizeResponse:
+        self.metrics.size_predictions.inc()
         try:
             path = self.store.local_path(request.modelPath, request.modelKey)
             disk_size = parse_model_key(request.modelKey).disk_size_bytes
