@@ -227,8 +227,8 @@ async def test_a_model_unregistered_during_its_load_is_unloaded_and_not_found() 
     assert loader.cache.used == 0
 
 
-async def test_a_model_loaded_here_before_comes_back_without_a_size_prediction() -> None:
-    loader, runtime, _, table = await loader_with(["a", "b"], capacity=SIZE, unload_buffer=0)
+def predictions_asked(runtime: Runtime) -> list[str]:
+    """The models the runtime is asked to predict a size for, from now on."""
     predicted: list[str] = []
     ask = runtime.predict_size
 
@@ -237,6 +237,12 @@ async def test_a_model_loaded_here_before_comes_back_without_a_size_prediction()
         return await ask(model_id, type_, path, key)
 
     runtime.predict_size = counted  # type: ignore[method-assign]
+    return predicted
+
+
+async def test_a_model_loaded_here_before_comes_back_without_a_size_prediction() -> None:
+    loader, runtime, _, table = await loader_with(["a", "b"], capacity=SIZE, unload_buffer=0)
+    predicted = predictions_asked(runtime)
     measured = {"a": SIZE - 10, "b": SIZE - 20}
     load = runtime.load
 
@@ -261,14 +267,7 @@ async def test_the_holder_record_carries_the_measured_size_and_a_peers_measure_s
     None
 ):
     loader, runtime, _, table = await loader_with(["a"], capacity=SIZE, unload_buffer=0)
-    predicted: list[str] = []
-    ask = runtime.predict_size
-
-    async def counted(model_id: str, type_: str, path: str, key: str) -> int:
-        predicted.append(model_id)
-        return await ask(model_id, type_, path, key)
-
-    runtime.predict_size = counted  # type: ignore[method-assign]
+    predicted = predictions_asked(runtime)
     # pod-x loaded "b" before and measured it: the record says so
     measured_elsewhere = ModelRecord(type="sklearn", path="/m", size_bytes=SIZE - 30)
     table.apply_put(REGISTRY + "b", measured_elsewhere.to_json(), 2)
