@@ -38,7 +38,6 @@ from typing import Any
 import grpc
 import joblib
 import numpy as np
-import psutil
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
@@ -48,6 +47,7 @@ from tritonclient.grpc import service_pb2_grpc as v2_grpc
 from harness.cluster import LocalMesh, MLServerProcess
 from harness.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
 from harness.triton import TritonProcess, triton_installed
+from load_tests.cpu import cpu_seconds
 from load_tests.loadgen import LoadResult, closed_loop, raw_call
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
@@ -191,23 +191,10 @@ async def _ensure_loaded(stub: mm_grpc.ModelMeshStub, model_id: str) -> float:
     return time.perf_counter() - start
 
 
-def cpu_ms_by_process(pids: dict[str, int], alone: frozenset[str] = frozenset()) -> dict[str, float]:
-    """Time on CPU so far of each named process and its children (MLServer's workers, a pod's serving
-    processes; not for those in ``alone``), in ms: the scheduler's nanosecond count of every thread
-    (/proc/<pid>/task/*/schedstat), as clock-tick counts (10 ms) are too coarse for a few misses."""
-    spent = {}
-    for name, pid in pids.items():
-        processes = [pid]
-        if name not in alone:
-            with contextlib.suppress(psutil.Error):
-                processes += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-        total_ns = 0
-        for process in processes:
-            for stat in Path(f"/proc/{process}/task").glob("*/schedstat"):
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    total_ns += int(stat.read_text().split()[0])
-        spent[name] = total_ns / 1e6
-    return spent
+def cpu_ms_by_process(pids: dict[str, int]) -> dict[str, float]:
+    """Each named process's time on CPU so far, in ms, its children included (MLServer's workers, a pod's
+    serving processes) but for the client, whose children are all the others."""
+    return {name: 1000 * cpu_seconds([pid], children=name != "client") for name, pid in pids.items()}
 
 
 async def miss_cost(
@@ -250,9 +237,9 @@ async def miss_cost(
                 "etcd": mesh.etcd.process.pid,
                 "client": os.getpid(),
             }
-            before = cpu_ms_by_process(pids, alone=frozenset({"client"}))
+            before = cpu_ms_by_process(pids)
             misses = [await _ensure_loaded(stub, m) for m in ids[loaded + spare :]]
-            after = cpu_ms_by_process(pids, alone=frozenset({"client"}))
+            after = cpu_ms_by_process(pids)
         phases = load_timings(pod.rest_address, last=settings.misses)
     return {
         "loaded": loaded,

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 from tritonclient.grpc import service_pb2 as v2
 
 from harness.cluster import EtcdServer, LocalMesh
 from harness.demo import ADD_ONE_CONFIG, ADD_ONE_MODEL
+from load_tests.cpu import cpu_seconds
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.loadgen import Call, LoadResult, closed_loop, raw_call, round_robin, warm_up
 from load_tests.processes import (
@@ -150,18 +150,6 @@ def summarize_rounds(rounds: list[dict[str, dict[str, LoadResult]]]) -> dict[str
             mesh["proxy_cpu_us_per_request"] / floor["proxy_cpu_us_per_request"], 2
         )
     return summary
-
-
-def cpu_seconds(pids: tuple[int, ...]) -> float:
-    """User + system CPU of these processes and their children so far."""
-    total = 0.0
-    for pid in pids:
-        root = psutil.Process(pid)
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
-    return total
 
 
 async def measured_throughput(
