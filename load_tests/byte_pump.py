@@ -78,6 +78,10 @@ class _Client(_Side):
             assert self.transport is not None
             self.transport.close()
             return
+        assert self.transport is not None and upstream.transport is not None
+        if self.transport.is_closing():  # the client left while the backend connection opened
+            upstream.transport.close()
+            return
         upstream.joined(self)
         self.joined(upstream)
 

@@ -38,7 +38,7 @@ from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.loadgen import Call, LoadResult, closed_loop, raw_call, round_robin, warm_up
 from load_tests.processes import (
     EchoProcess,
-    NaiveProxyProcess,
+    FloorProxyProcess,
     NginxProcess,
     start_echo_pod,
     wait_for_serving_processes,
@@ -152,27 +152,30 @@ def summarize_rounds(rounds: list[dict[str, dict[str, LoadResult]]]) -> dict[str
     return summary
 
 
-async def measured_throughput(
-    call: Call, body: bytes, settings: HopSettings, pids: tuple[int, ...]
+async def measured_load(
+    call: Call, body: bytes, in_flight: int, requests: int, max_seconds: float, pids: tuple[int, ...]
 ) -> LoadResult:
+    """A closed loop of ``in_flight`` requests, with the CPU the proxy processes spent per request."""
     before = cpu_seconds(pids)
-    result = await closed_loop(
-        call, [body], settings.concurrency, settings.throughput_requests, settings.max_seconds
-    )
+    result = await closed_loop(call, [body], in_flight, requests, max_seconds)
     if pids and result.ok:
         result.extra["proxy_cpu_us_per_request"] = round((cpu_seconds(pids) - before) / result.ok * 1e6, 1)
     return result
+
+
+async def measured_throughput(
+    call: Call, body: bytes, settings: HopSettings, pids: tuple[int, ...]
+) -> LoadResult:
+    return await measured_load(
+        call, body, settings.concurrency, settings.throughput_requests, settings.max_seconds, pids
+    )
 
 
 async def measured_latency(
     call: Call, body: bytes, settings: HopSettings, pids: tuple[int, ...]
 ) -> LoadResult:
-    """One request in flight; with the proxies' CPU per request (they sleep between reads here)."""
-    before = cpu_seconds(pids)
-    result = await closed_loop(call, [body], 1, settings.latency_requests, settings.max_seconds)
-    if pids and result.ok:
-        result.extra["proxy_cpu_us_per_request"] = round((cpu_seconds(pids) - before) / result.ok * 1e6, 1)
-    return result
+    """One request in flight (the proxies sleep between reads here)."""
+    return await measured_load(call, body, 1, settings.latency_requests, settings.max_seconds, pids)
 
 
 async def compare_paths(
@@ -239,9 +242,9 @@ def echo_paths(
         stack.callback(pod_b.process.stop)
         nginx = NginxProcess.start(work_dir / "nginx", echo_a.address, workers=nginx_workers)
         stack.callback(nginx.stop)
-        naive = NaiveProxyProcess.start(work_dir / "naive-proxy", echo_a.address)
+        naive = FloorProxyProcess.start(work_dir / "naive-proxy", echo_a.address)
         stack.callback(naive.stop)
-        pump = NaiveProxyProcess.start(work_dir / "byte-pump", echo_a.address, module="byte_pump")
+        pump = FloorProxyProcess.start(work_dir / "byte-pump", echo_a.address, module="byte_pump")
         stack.callback(pump.stop)
         register(pod_a.address, model_id, MODEL_TYPE, "size=1000000")
         wait_for_serving_processes(pod_a, serving_processes)

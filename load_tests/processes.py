@@ -83,7 +83,7 @@ class EchoProcess:
 
 
 @dataclass
-class NaiveProxyProcess:
+class FloorProxyProcess:
     """A floor to measure a proxy against: load_tests/naive_proxy.py (the least a grpc.aio proxy does) or
     load_tests/byte_pump.py (the least any asyncio proxy does)."""
 
@@ -91,7 +91,7 @@ class NaiveProxyProcess:
     address: str
 
     @classmethod
-    def start(cls, work_dir: Path, backend: str, module: str = "naive_proxy") -> NaiveProxyProcess:
+    def start(cls, work_dir: Path, backend: str, module: str = "naive_proxy") -> FloorProxyProcess:
         address = f"127.0.0.1:{free_port()}"
         name = module.replace("_", "-")
         process = ChildProcess(
