@@ -8,9 +8,10 @@ Two parts, each on a fresh local mesh (etcd, one MLServer pod stack: MLServer, i
   second, and where the loads' time went (the pod's ``/mesh/loads``: runtime load, runtime unload, the queue
   for a loading slot, the mesh's own part).
 - **miss cost by models loaded**: the pod is filled with L small models (L = 20, 100, 500), then misses
-  one at a time (``ensureLoaded`` sync of a model not loaded: each evicts one): the miss's p50 through the
-  mesh and its phases, next to MLServer's bare load of the same model with an empty repository and an
-  in-process ``joblib.load``. A miss should not grow with L.
+  one at a time (``ensureLoaded`` sync of a model not loaded, from a blocking stub as the bare loads are: each
+  evicts one): the miss's p50 through the mesh and its phases, next to MLServer's bare load of the same model
+  with an empty repository (warmed by one load, as a pod's adapter warms MLServer) and an in-process
+  ``joblib.load``. A miss should not grow with L.
 
 Every small model counts as ``SMALL_SIZE`` bytes (the adapter's ``--min-model-size-bytes``) so that "a fifth
 fits" means the same whatever the adapter measures for a tiny model.
@@ -191,6 +192,14 @@ async def _ensure_loaded(stub: mm_grpc.ModelMeshStub, model_id: str) -> float:
     return time.perf_counter() - start
 
 
+def timed_ensure_loaded(stub: mm_grpc.ModelMeshStub, model_id: str) -> float:
+    """Seconds of one ensureLoaded(sync) through a blocking stub: the client the bare loads are timed
+    with, so that the two sides of the ratio pay the same client."""
+    start = time.perf_counter()
+    stub.ensureLoaded(mm.EnsureLoadedRequest(modelId=model_id, sync=True), timeout=300)
+    return time.perf_counter() - start
+
+
 def cpu_ms_by_process(pids: dict[str, int]) -> dict[str, float]:
     """Each named process's time on CPU so far, in ms, its children included (MLServer's workers, a pod's
     serving processes) but for the client, whose children are all the others."""
@@ -237,9 +246,12 @@ async def miss_cost(
                 "etcd": mesh.etcd.process.pid,
                 "client": os.getpid(),
             }
-            before = cpu_ms_by_process(pids)
-            misses = [await _ensure_loaded(stub, m) for m in ids[loaded + spare :]]
-            after = cpu_ms_by_process(pids)
+            with grpc.insecure_channel(pod.address) as timed_channel:
+                timed = mm_grpc.ModelMeshStub(timed_channel)
+                timed.getModelStatus(mm.GetStatusRequest(modelId=ids[0]), timeout=30)  # connected
+                before = cpu_ms_by_process(pids)
+                misses = [timed_ensure_loaded(timed, m) for m in ids[loaded + spare :]]
+                after = cpu_ms_by_process(pids)
         phases = load_timings(pod.rest_address, last=settings.misses)
     return {
         "loaded": loaded,
@@ -271,15 +283,19 @@ def bare_triton_load(work_dir: Path, rounds: int = 5) -> float:
     return round(1000 * statistics.median(times), 1)
 
 
-def timed_repository_loads(address: str, model: str, rounds: int, timeout_s: float) -> list[float]:
-    """Seconds of each of ``rounds`` RepositoryModelLoad calls to a runtime, the model unloaded in between."""
+def timed_repository_loads(
+    address: str, model: str, rounds: int, timeout_s: float, warm_up: int = 0
+) -> list[float]:
+    """Seconds of each of ``rounds`` RepositoryModelLoad calls to a runtime, the model unloaded in between,
+    after ``warm_up`` loads that are not timed."""
     times = []
     with grpc.insecure_channel(address) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        for _ in range(rounds):
+        for round_ in range(warm_up + rounds):
             start = time.perf_counter()
             stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name=model), timeout=timeout_s)
-            times.append(time.perf_counter() - start)
+            if round_ >= warm_up:
+                times.append(time.perf_counter() - start)
             stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=model), timeout=timeout_s)
     return times
 
@@ -310,8 +326,10 @@ async def triton_miss_cost(work_dir: Path, misses: int = 6) -> dict[str, Any]:
     }
 
 
-def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 8) -> float:
-    """MLServer's own load of the small model, its repository holding only that model: median ms."""
+def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 16) -> float:
+    """MLServer's own load of the small model, its repository holding only that model: median ms. The first
+    load imports the implementation (near a second), as a pod's adapter does with a probe load before its
+    first model: not timed."""
     repository = work_dir / "repository"
     folder = repository / "bare-model"
     folder.mkdir(parents=True, exist_ok=True)
@@ -319,7 +337,7 @@ def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 8) -> floa
     settings = {"name": "bare-model", "implementation": "mlserver_sklearn.SKLearnModel"}
     (folder / "model-settings.json").write_text(json.dumps(settings))
     with MLServerProcess.start(repository, work_dir=work_dir) as server:
-        times = timed_repository_loads(server.grpc_address, "bare-model", rounds, timeout_s=60)
+        times = timed_repository_loads(server.grpc_address, "bare-model", rounds, timeout_s=60, warm_up=1)
     return round(1000 * statistics.median(times), 2)
 
 

@@ -40,7 +40,9 @@ class FakeRuntime:
             raise RuntimeError("Unexpected <class 'mlserver.errors.ModelNotFound'>")
         return self.ready
 
-    async def predict_size(self, model_id: str, type_: str, path: str, key: str) -> int:
+    async def predict_size(
+        self, model_id: str, type_: str, path: str, key: str, timeout_s: float = 5.0
+    ) -> int:
         return 1000
 
     async def load(self, model_id: str, type_: str, path: str, key: str, timeout_s: float) -> int:

@@ -31,7 +31,9 @@ class Runtime:
     calls: list[str] = field(default_factory=list)
     hold: dict[str, asyncio.Event] = field(default_factory=dict)
 
-    async def predict_size(self, model_id: str, type_: str, path: str, key: str) -> int:
+    async def predict_size(
+        self, model_id: str, type_: str, path: str, key: str, timeout_s: float = 5.0
+    ) -> int:
         return SIZE
 
     async def load(self, model_id: str, type_: str, path: str, key: str, timeout_s: float) -> int:
@@ -232,7 +234,7 @@ def predictions_asked(runtime: Runtime) -> list[str]:
     predicted: list[str] = []
     ask = runtime.predict_size
 
-    async def counted(model_id: str, type_: str, path: str, key: str) -> int:
+    async def counted(model_id: str, type_: str, path: str, key: str, timeout_s: float = 5.0) -> int:
         predicted.append(model_id)
         return await ask(model_id, type_, path, key)
 

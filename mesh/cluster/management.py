@@ -29,6 +29,7 @@ from mesh.registry.records import ModelRecord
 from mesh.registry.status import model_status
 from mesh.registry.store import EtcdStore, Unchanged
 from mesh.registry.view import RoutingTable
+from mesh.routing.placement import serves_type
 from mesh.routing.router import Router
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
@@ -42,6 +43,9 @@ HOUR_MS = 3600 * 1000
 # A new model must not push out models in recent use: ModelMesh backdates its last use.
 BACKDATE_LOAD_NOW_MS = HOUR_MS
 BACKDATE_NOT_LOADED_MS = 6 * HOUR_MS
+# A registration asks this pod's runtime for the model's size (a stat); a runtime that does not answer in
+# time leaves it to the model's first miss.
+REGISTRATION_PREDICT_TIMEOUT_S = 1.0
 
 R = TypeVar("R")
 SERVICE = mm.DESCRIPTOR.services_by_name["ModelMesh"]
@@ -102,8 +106,10 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         router: Router,
         transitions: Transitions,
         failure_expiry_s: float,
+        predict_size: Callable[[str, ModelRecord, float], Awaitable[int]] | None = None,
     ) -> None:
         self._store = store
+        self._predict_size = predict_size
         self._table = table
         self._router = router
         self._transitions = transitions
@@ -151,6 +157,22 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             status.status = Status.LOADING
         return status
 
+    async def _size_at_registration(self, model_id: str, record: ModelRecord) -> int:
+        """The size this pod's runtime predicts for a model being registered, to write in its new record:
+        the model's first miss, on any pod, then reserves it without a round trip to its adapter. 0 (the
+        loading pod asks at the miss) when this pod's runtime does not serve the type, the model is
+        registered already with these files, or the runtime does not answer in time."""
+        own = self._table.instance(self._router.pod_id)
+        known = self._table.model(model_id)
+        if (
+            self._predict_size is None
+            or own is None
+            or not serves_type(own, record.type)
+            or (known is not None and known.same_info(record.type, record.path, record.key))
+        ):
+            return 0
+        return await self._predict_size(model_id, record, REGISTRATION_PREDICT_TIMEOUT_S)
+
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         if not task.cancelled():
@@ -166,6 +188,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         backdate = BACKDATE_LOAD_NOW_MS if request.loadNow else BACKDATE_NOT_LOADED_MS
         last_used = request.lastUsedTime or now_ms() - backdate
         record = ModelRecord(type=info.type, path=info.path, key=info.key, last_used_ms=last_used)
+        record.size_bytes = await self._size_at_registration(model_id, record)
         existing, revision = await self._store.create_model(model_id, record)
         if existing is not None and not existing.same_info(info.type, info.path, info.key):
             raise MeshError(
@@ -256,6 +279,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
                 last_used_ms=now_ms() - backdate,
                 auto_delete=request.autoDeleteTargetModel,
             )
+            new_target.size_bytes = await self._size_at_registration(target, new_target)
         change = SetVModel(
             vmodel_id,
             target,

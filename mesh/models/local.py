@@ -321,12 +321,18 @@ class ModelLoader:
             return
 
     async def _predict_size(self, model_id: str, record: ModelRecord) -> int:
-        if record.size_bytes:  # a load of these files measured it (here or on a peer): no need to ask
+        if record.size_bytes:  # predicted at registration, or measured by a load (here or on a peer)
             return record.size_bytes
+        return await self.predict_size(model_id, record)  # 0: the adapter will measure it
+
+    async def predict_size(self, model_id: str, record: ModelRecord, timeout_s: float = 5.0) -> int:
+        """The runtime's prediction of the model's size, 0 when it does not answer."""
         try:
-            return await self._runtime.predict_size(model_id, record.type, record.path, record.key)
+            return await self._runtime.predict_size(
+                model_id, record.type, record.path, record.key, timeout_s=timeout_s
+            )
         except grpc.aio.AioRpcError:
-            return 0  # the adapter will measure it
+            return 0
 
     def _claim(self, model_id: str, record: ModelRecord, at_ms: int, extra_copy: bool) -> ModelRecord:
         for pod in () if extra_copy else (*record.holders, *record.loading):

@@ -76,9 +76,11 @@ class RuntimeClient:
     async def unload(self, model_id: str) -> None:
         await self._spi.unloadModel(spi.UnloadModelRequest(modelId=model_id), timeout=60)
 
-    async def predict_size(self, model_id: str, type_: str, path: str, key: str) -> int:
+    async def predict_size(
+        self, model_id: str, type_: str, path: str, key: str, timeout_s: float = 5.0
+    ) -> int:
         request = spi.PredictModelSizeRequest(modelId=model_id, modelType=type_, modelPath=path, modelKey=key)
-        response = await self._spi.predictModelSize(request, timeout=5)
+        response = await self._spi.predictModelSize(request, timeout=timeout_s)
         return int(response.sizeInBytes)
 
     # -- inference ---------------------------------------------------------------------

@@ -273,7 +273,8 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
             relay.add_insecure_port(delegate_address(settings))
             servers.append(relay)
         transitions = Transitions(store, table, router)
-        servicer = ModelMeshServicer(store, table, router, transitions, settings.load_failure_expiry_s)
+        expiry_s = settings.load_failure_expiry_s
+        servicer = ModelMeshServicer(store, table, router, transitions, expiry_s, loader.predict_size)
         health_servicer = health.aio.HealthServicer()
         proxy = InferenceProxy(
             router, peers, runtime, methods, SERVER_NAME, VERSION, settings.request_log(), tracing

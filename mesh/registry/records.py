@@ -41,8 +41,8 @@ class ModelRecord:
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     vmodel_refcount: int = 0
     auto_delete: bool = False
-    # bytes the latest load of these files measured, on any pod (0: never loaded): a miss on another pod
-    # reserves that much without asking its runtime for a prediction
+    # the model's size: predicted at registration, then what the latest load measured on any pod (0: not
+    # known): a miss reserves that much without asking its runtime for a prediction
     size_bytes: int = 0
 
     def same_info(self, type_: str, path: str, key: str) -> bool:
