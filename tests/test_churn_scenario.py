@@ -92,3 +92,11 @@ async def test_a_miss_is_measured_with_the_cpu_of_every_process_it_keeps_busy(tm
         assert cpu[name] > 0, name
     # the client is counted alone: the processes it started are not its own CPU
     assert cpu["client"] < sum(ms for name, ms in cpu.items() if name != "client")
+
+
+def test_a_levels_ratio_is_reported_against_the_bare_load_timed_beside_it() -> None:
+    figures = result(7.0, 120.0, 200.0)
+    figures["miss_cost"][0] |= {"bare_load_ms": 3.0, "miss_vs_bare_load": round(7.0 / 3.0, 2)}
+    (row,) = [r for r in goal_checks(figures) if r[0].startswith("miss p50")]
+    assert row[1] == "7.0 ms, 2.33x the bare 3.0 ms" and row[2] is False
+    assert any("2.33x the bare load timed just after, 3.0 ms" in line for line in summary_lines(figures))
