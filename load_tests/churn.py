@@ -10,8 +10,9 @@ Two parts, each on a fresh local mesh (etcd, one MLServer pod stack: MLServer, i
 - **miss cost by models loaded**: the pod is filled with L small models (L = 20, 100, 500), then misses
   one at a time (``ensureLoaded`` sync of a model not loaded, from a blocking stub as the bare loads are: each
   evicts one): the miss's p50 through the mesh and its phases, next to MLServer's bare load of the same model
-  with an empty repository (warmed by one load, as a pod's adapter warms MLServer) and an in-process
-  ``joblib.load``. A miss should not grow with L.
+  with an empty repository (warmed by one load, as a pod's adapter warms MLServer; on an MLServer running
+  beside the mesh, timed in blocks alternating with the misses) and an in-process ``joblib.load``. A miss
+  should not grow with L.
 
 Every small model counts as ``SMALL_SIZE`` bytes (the adapter's ``--min-model-size-bytes``) so that "a fifth
 fits" means the same whatever the adapter measures for a tiny model.
@@ -31,7 +32,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 SMALL_SIZE = 1 << 20  # what a small model counts for (min model size)
 ALPHA = 1.0
 FIT = 0.2  # the pod's room as a fraction of all models' bytes
+MISS_BLOCK = 5  # misses timed in a row before as many bare loads
 IRIS_X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 
@@ -70,7 +72,7 @@ class ChurnSettings:
     requests: int = 1500
     max_seconds: float = 180.0
     loaded_levels: tuple[int, ...] = (20, 100, 500)
-    misses: int = 10
+    misses: int = 20  # in blocks of MISS_BLOCK, each followed by as many bare loads
     seed: int = 0
     rounds: int = 3  # the churn trace, each on a fresh mesh: medians over them
 
@@ -213,12 +215,15 @@ async def miss_cost(
     spare = loaded // 2 + 8  # to top the pod up if loads at once evicted more than they had to
     models = {f"m-{i:05d}": small for i in range(loaded + spare + settings.misses)}
     ids = list(models)
-    with LocalMesh(
-        work_dir / "mesh",
-        capacity_bytes=loaded * SMALL_SIZE,
-        min_model_size_bytes=SMALL_SIZE,
-        adapter_args=adapter_args,
-    ) as mesh:
+    with (
+        LocalMesh(
+            work_dir / "mesh",
+            capacity_bytes=loaded * SMALL_SIZE,
+            min_model_size_bytes=SMALL_SIZE,
+            adapter_args=adapter_args,
+        ) as mesh,
+        bare_mlserver(work_dir / "bare", small) as bare_address,
+    ):
         pod = mesh.pod
         assert pod is not None
         register(pod.address, models)
@@ -246,23 +251,36 @@ async def miss_cost(
                 "etcd": mesh.etcd.process.pid,
                 "client": os.getpid(),
             }
+            misses: list[float] = []
+            bare_loads: list[float] = []
+            cpu_ms = dict.fromkeys(pids, 0.0)
             with grpc.insecure_channel(pod.address) as timed_channel:
                 timed = mm_grpc.ModelMeshStub(timed_channel)
                 timed.getModelStatus(mm.GetStatusRequest(modelId=ids[0]), timeout=30)  # connected
-                before = cpu_ms_by_process(pids)
-                misses = [timed_ensure_loaded(timed, m) for m in ids[loaded + spare :]]
-                after = cpu_ms_by_process(pids)
+                # The machine's speed drifts by tens of percent within a minute: blocks of misses alternate
+                # with blocks of bare loads, so that the ratio compares loads timed at the same moments.
+                timed_ids = ids[loaded + spare :]
+                for block in (timed_ids[i : i + MISS_BLOCK] for i in range(0, len(timed_ids), MISS_BLOCK)):
+                    before = cpu_ms_by_process(pids)
+                    misses += [timed_ensure_loaded(timed, m) for m in block]
+                    after = cpu_ms_by_process(pids)
+                    cpu_ms = {name: cpu_ms[name] + after[name] - before[name] for name in pids}
+                    # the first bare load is not timed: the last miss's holder record and unload run beside it
+                    loads = timed_repository_loads(bare_address, BARE_MODEL, len(block) + 1, timeout_s=60)
+                    bare_loads += loads[1:]
         phases = load_timings(pod.rest_address, last=settings.misses)
     return {
         "loaded": loaded,
         "fill_s": round(fill_s, 1),
         "fill_loads_per_s": round(loaded / fill_s, 1),
         "miss_p50_ms": round(1000 * statistics.median(misses), 1),
+        "bare_load_ms": round(1000 * statistics.median(bare_loads), 2),
+        "miss_vs_bare_load": round(statistics.median(misses) / statistics.median(bare_loads), 2),
         "miss_max_ms": round(1000 * max(misses), 1),
         "phases_p50_ms": _phase_p50s(phases),
         # every process a miss keeps busy (on 2 cores they wait for each other): where the time beyond the
         # runtime's own load goes
-        "cpu_ms_per_miss": {name: round((after[name] - before[name]) / len(misses), 2) for name in pids},
+        "cpu_ms_per_miss": {name: round(cpu_ms[name] / len(misses), 2) for name in pids},
     }
 
 
@@ -283,19 +301,15 @@ def bare_triton_load(work_dir: Path, rounds: int = 5) -> float:
     return round(1000 * statistics.median(times), 1)
 
 
-def timed_repository_loads(
-    address: str, model: str, rounds: int, timeout_s: float, warm_up: int = 0
-) -> list[float]:
-    """Seconds of each of ``rounds`` RepositoryModelLoad calls to a runtime, the model unloaded in between,
-    after ``warm_up`` loads that are not timed."""
+def timed_repository_loads(address: str, model: str, rounds: int, timeout_s: float) -> list[float]:
+    """Seconds of each of ``rounds`` RepositoryModelLoad calls to a runtime, the model unloaded in between."""
     times = []
     with grpc.insecure_channel(address) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        for round_ in range(warm_up + rounds):
+        for _ in range(rounds):
             start = time.perf_counter()
             stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name=model), timeout=timeout_s)
-            if round_ >= warm_up:
-                times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
             stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=model), timeout=timeout_s)
     return times
 
@@ -326,18 +340,28 @@ async def triton_miss_cost(work_dir: Path, misses: int = 6) -> dict[str, Any]:
     }
 
 
-def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 16) -> float:
-    """MLServer's own load of the small model, its repository holding only that model: median ms. The first
-    load imports the implementation (near a second), as a pod's adapter does with a probe load before its
-    first model: not timed."""
-    repository = work_dir / "repository"
-    folder = repository / "bare-model"
+BARE_MODEL = "bare-model"
+
+
+@contextlib.contextmanager
+def bare_mlserver(work_dir: Path, model_dir: Path) -> Iterator[str]:
+    """An MLServer whose repository holds only the small model, loaded once (its first load imports the
+    implementation, near a second, as a pod's adapter does with a probe load before its first model) and
+    unloaded: its gRPC address, for timed loads."""
+    folder = work_dir / "repository" / BARE_MODEL
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.joblib").write_bytes((model_dir / "model.joblib").read_bytes())
-    settings = {"name": "bare-model", "implementation": "mlserver_sklearn.SKLearnModel"}
+    settings = {"name": BARE_MODEL, "implementation": "mlserver_sklearn.SKLearnModel"}
     (folder / "model-settings.json").write_text(json.dumps(settings))
-    with MLServerProcess.start(repository, work_dir=work_dir) as server:
-        times = timed_repository_loads(server.grpc_address, "bare-model", rounds, timeout_s=60, warm_up=1)
+    with MLServerProcess.start(folder.parent, work_dir=work_dir) as server:
+        timed_repository_loads(server.grpc_address, BARE_MODEL, 1, timeout_s=60)
+        yield server.grpc_address
+
+
+def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 16) -> float:
+    """MLServer's own load of the small model, its repository holding only that model: median ms."""
+    with bare_mlserver(work_dir, model_dir) as address:
+        times = timed_repository_loads(address, BARE_MODEL, rounds, timeout_s=60)
     return round(1000 * statistics.median(times), 2)
 
 
@@ -356,7 +380,7 @@ async def run_churn(
     adapter_args: Sequence[str] = (),
     settings: ChurnSettings | None = None,
 ) -> dict[str, Any]:
-    settings = settings or (ChurnSettings(requests=3000, misses=20) if full else ChurnSettings())
+    settings = settings or (ChurnSettings(requests=3000, misses=40) if full else ChurnSettings())
     args = list(adapter_args)
     small, _ = write_models(work_dir / "reference-models", 1)
     results: dict[str, Any] = {
@@ -367,14 +391,10 @@ async def run_churn(
     }
     rounds = [await run_churn_trace(work_dir / f"churn-{i}", settings, args) for i in range(settings.rounds)]
     results["churn"] = median_round(rounds)
-    results["miss_cost"] = []
-    for loaded in settings.loaded_levels:
-        row = await miss_cost(work_dir / f"miss-{loaded}", loaded, settings, args)
-        # The machine's speed drifts by tens of percent over minutes: each level's ratio is to a bare load
-        # timed right after its misses.
-        row["bare_load_ms"] = bare = bare_mlserver_load(work_dir / f"bare-{loaded}", small)
-        row["miss_vs_bare_load"] = round(row["miss_p50_ms"] / bare, 2) if bare else None
-        results["miss_cost"].append(row)
+    results["miss_cost"] = [
+        await miss_cost(work_dir / f"miss-{loaded}", loaded, settings, args)
+        for loaded in settings.loaded_levels
+    ]
     if triton_installed():
         results["triton"] = await triton_miss_cost(work_dir / "triton")
     return results
@@ -423,7 +443,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         bare = row.get("bare_load_ms", result["mlserver_bare_load_ms"])
         lines.append(
             f"{row['loaded']} models loaded: a miss p50 {row['miss_p50_ms']} ms "
-            f"({row['miss_vs_bare_load']}x the bare load timed just after, {bare} ms; "
+            f"({row['miss_vs_bare_load']}x the bare load timed beside it, {bare} ms; "
             f"runtime load {phases['runtime_load']}, "
             f"waiting for unloads {phases['runtime_unload']}, mesh {phases['mesh']} ms of which the size "
             f"prediction {phases['predict']}; the holder record after the reply {phases['publish']} ms), "
