@@ -32,6 +32,7 @@ from load_tests import (
     churn,
     cold_start,
     front_cost,
+    grpc_cost,
     metrics_cost,
     perf_analyzer,
     scale,
@@ -54,6 +55,7 @@ PERF_ANALYZER_TITLE = "perf_analyzer: Triton's own load generator through the me
 SCENARIOS = (
     "hop",
     "front_cost",
+    "grpc_cost",
     "metrics_cost",
     "tls_cost",
     "stalls",
@@ -85,6 +87,8 @@ def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
     if name == "front_cost":
         return front_cost.run_front_cost(rounds=9 if full else 5)
+    if name == "grpc_cost":
+        return grpc_cost.run_grpc_cost(rounds=9 if full else 5)
     if name == "metrics_cost":
         rounds = 25 if full else 15
         return asyncio.run(metrics_cost.run_metrics_cost(directory, hop_settings(full), rounds))
@@ -385,6 +389,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "front_cost",
             "Front cost: the HTTP/2 front's own work per request, hot, and this machine's wake-up",
         ),
+        ("grpc_cost", "gRPC cost: one grpc.aio unary call, and without the event-engine poller for Python"),
         ("metrics_cost", "Metrics cost: the hot path with every series counted, next to metrics off"),
         ("tls_cost", "TLS cost per call: the mesh's HTTP/2 front beside nginx, each with and without TLS"),
         ("multicore", "Multi-core: 1 vs 2 serving processes"),
@@ -419,6 +424,8 @@ def scenario_lines(name: str, result: dict[str, Any]) -> list[str]:
         return stalls.summary_lines(result)
     if name == "front_cost":
         return front_cost.summary_lines(result)
+    if name == "grpc_cost":
+        return grpc_cost.summary_lines(result)
     if name == "metrics_cost":
         return metrics_cost.summary_lines(result)
     if name == "tls_cost":
