@@ -222,7 +222,7 @@ async def miss_cost(
             min_model_size_bytes=SMALL_SIZE,
             adapter_args=adapter_args,
         ) as mesh,
-        bare_mlserver(work_dir / "bare", small) as bare_address,
+        bare_mlserver(work_dir / "bare", small) as bare,
     ):
         pod = mesh.pod
         assert pod is not None
@@ -242,32 +242,35 @@ async def miss_cost(
                 await _ensure_loaded(stub, ids[loaded + topped_up])  # full: every miss below evicts
                 topped_up += 1
             fill_s = time.perf_counter() - fill_start
-            assert mesh.etcd is not None
-            stack = mesh.stacks[0]
-            pids = {
-                "pod": pod.process.pid,
-                "adapter": stack.adapter.process.pid,
-                "mlserver": stack.runtime.process.pid,
-                "etcd": mesh.etcd.process.pid,
-                "client": os.getpid(),
-            }
-            misses: list[float] = []
-            bare_loads: list[float] = []
-            cpu_ms = dict.fromkeys(pids, 0.0)
-            with grpc.insecure_channel(pod.address) as timed_channel:
-                timed = mm_grpc.ModelMeshStub(timed_channel)
-                timed.getModelStatus(mm.GetStatusRequest(modelId=ids[0]), timeout=30)  # connected
-                # The machine's speed drifts by tens of percent within a minute: blocks of misses alternate
-                # with blocks of bare loads, so that the ratio compares loads timed at the same moments.
-                timed_ids = ids[loaded + spare :]
-                for block in (timed_ids[i : i + MISS_BLOCK] for i in range(0, len(timed_ids), MISS_BLOCK)):
-                    before = cpu_ms_by_process(pids)
-                    misses += [timed_ensure_loaded(timed, m) for m in block]
-                    after = cpu_ms_by_process(pids)
-                    cpu_ms = {name: cpu_ms[name] + after[name] - before[name] for name in pids}
-                    # the first bare load is not timed: the last miss's holder record and unload run beside it
-                    loads = timed_repository_loads(bare_address, BARE_MODEL, len(block) + 1, timeout_s=60)
-                    bare_loads += loads[1:]
+        # the filling's channel is closed first: the timed calls are the only client work
+        assert mesh.etcd is not None
+        stack = mesh.stacks[0]
+        pids = {
+            "pod": pod.process.pid,
+            "adapter": stack.adapter.process.pid,
+            "mlserver": stack.runtime.process.pid,
+            "etcd": mesh.etcd.process.pid,
+            "client": os.getpid(),
+        }
+        misses: list[float] = []
+        bare_loads: list[float] = []
+        cpu_ms = dict.fromkeys(pids, 0.0)
+        with grpc.insecure_channel(pod.address) as timed_channel:
+            timed = mm_grpc.ModelMeshStub(timed_channel)
+            timed.getModelStatus(mm.GetStatusRequest(modelId=ids[0]), timeout=30)  # connected
+            # The machine's speed drifts by tens of percent within a minute: blocks of misses alternate with
+            # blocks of bare loads, so that the ratio compares loads timed at the same moments.
+            timed_ids = ids[loaded + spare :]
+            for block in (timed_ids[i : i + MISS_BLOCK] for i in range(0, len(timed_ids), MISS_BLOCK)):
+                # the client is read last before and first after: reading the others (a walk of /proc for
+                # their children) is not its misses' work
+                before = cpu_ms_by_process(pids)
+                misses += [timed_ensure_loaded(timed, m) for m in block]
+                after = cpu_ms_by_process(dict(reversed(pids.items())))
+                cpu_ms = {name: cpu_ms[name] + after[name] - before[name] for name in pids}
+                # the first bare load is not timed: the last miss's holder record and unload run beside it
+                loads = timed_repository_loads(bare, BARE_MODEL, len(block) + 1, timeout_s=60)
+                bare_loads += loads[1:]
         phases = load_timings(pod.rest_address, last=settings.misses)
     return {
         "loaded": loaded,
@@ -296,21 +299,26 @@ def bare_triton_load(work_dir: Path, rounds: int = 5) -> float:
     """Triton's own load of a python-backend model (it starts the model's stub process): median ms."""
     repository = work_dir / "repository"
     triton_python_model(repository, "bare-add-one")
-    with TritonProcess.start(repository, work_dir) as server:
-        times = timed_repository_loads(server.grpc_address, "bare-add-one", rounds, timeout_s=120)
+    with (
+        TritonProcess.start(repository, work_dir) as server,
+        grpc.insecure_channel(server.grpc_address) as channel,
+    ):
+        times = timed_repository_loads(
+            v2_grpc.GRPCInferenceServiceStub(channel), "bare-add-one", rounds, timeout_s=120
+        )
     return round(1000 * statistics.median(times), 1)
 
 
-def timed_repository_loads(address: str, model: str, rounds: int, timeout_s: float) -> list[float]:
+def timed_repository_loads(
+    stub: v2_grpc.GRPCInferenceServiceStub, model: str, rounds: int, timeout_s: float
+) -> list[float]:
     """Seconds of each of ``rounds`` RepositoryModelLoad calls to a runtime, the model unloaded in between."""
     times = []
-    with grpc.insecure_channel(address) as channel:
-        stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        for _ in range(rounds):
-            start = time.perf_counter()
-            stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name=model), timeout=timeout_s)
-            times.append(time.perf_counter() - start)
-            stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=model), timeout=timeout_s)
+    for _ in range(rounds):
+        start = time.perf_counter()
+        stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name=model), timeout=timeout_s)
+        times.append(time.perf_counter() - start)
+        stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=model), timeout=timeout_s)
     return times
 
 
@@ -344,24 +352,30 @@ BARE_MODEL = "bare-model"
 
 
 @contextlib.contextmanager
-def bare_mlserver(work_dir: Path, model_dir: Path) -> Iterator[str]:
+def bare_mlserver(work_dir: Path, model_dir: Path) -> Iterator[v2_grpc.GRPCInferenceServiceStub]:
     """An MLServer whose repository holds only the small model, loaded once (its first load imports the
     implementation, near a second, as a pod's adapter does with a probe load before its first model) and
-    unloaded: its gRPC address, for timed loads."""
+    unloaded: a stub to it, for timed loads."""
     folder = work_dir / "repository" / BARE_MODEL
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.joblib").write_bytes((model_dir / "model.joblib").read_bytes())
     settings = {"name": BARE_MODEL, "implementation": "mlserver_sklearn.SKLearnModel"}
     (folder / "model-settings.json").write_text(json.dumps(settings))
-    with MLServerProcess.start(folder.parent, work_dir=work_dir) as server:
-        timed_repository_loads(server.grpc_address, BARE_MODEL, 1, timeout_s=60)
-        yield server.grpc_address
+    # one channel for every load: a channel closed between two blocks of misses would run its teardown
+    # (threads) during the next block, on the client's CPU
+    with (
+        MLServerProcess.start(folder.parent, work_dir=work_dir) as server,
+        grpc.insecure_channel(server.grpc_address) as channel,
+    ):
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        timed_repository_loads(stub, BARE_MODEL, 1, timeout_s=60)
+        yield stub
 
 
 def bare_mlserver_load(work_dir: Path, model_dir: Path, rounds: int = 16) -> float:
     """MLServer's own load of the small model, its repository holding only that model: median ms."""
-    with bare_mlserver(work_dir, model_dir) as address:
-        times = timed_repository_loads(address, BARE_MODEL, rounds, timeout_s=60)
+    with bare_mlserver(work_dir, model_dir) as stub:
+        times = timed_repository_loads(stub, BARE_MODEL, rounds, timeout_s=60)
     return round(1000 * statistics.median(times), 2)
 
 
