@@ -68,7 +68,7 @@ async def call(port: int, calls: int) -> None:
             start = time.perf_counter()
             await stub.unloadModel(request, timeout=10)
             times.append(time.perf_counter() - start)
-    print(json.dumps(times), flush=True)
+        print(json.dumps(times), flush=True)  # before the channel closes: its teardown is not counted
 
 
 def _child(experiments: str, *args: str) -> subprocess.Popen[str]:
@@ -98,7 +98,6 @@ def measure_arm(experiments: str, calls: int) -> dict[str, float]:
         client.stdin.write("go\n")
         client.stdin.flush()
         times = json.loads(client.stdout.readline())
-        # the client's last line comes after its last call: what it spent since is its exit
         server_cpu = cpu_seconds([server.pid], False) - server_cpu
         client_cpu = cpu_seconds([client.pid], False) - client_cpu
         return {

@@ -106,7 +106,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         router: Router,
         transitions: Transitions,
         failure_expiry_s: float,
-        predict_size: Callable[[str, ModelRecord, float], Awaitable[int]] | None = None,
+        predict_size: Callable[[str, ModelRecord, float], Awaitable[int]],
     ) -> None:
         self._store = store
         self._predict_size = predict_size
@@ -165,8 +165,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         own = self._table.instance(self._router.pod_id)
         known = self._table.model(model_id)
         if (
-            self._predict_size is None
-            or own is None
+            own is None
             or not serves_type(own, record.type)
             or (known is not None and known.same_info(record.type, record.path, record.key))
         ):
