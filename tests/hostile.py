@@ -9,7 +9,9 @@
   process (``python -m tests.hostile ADDRESS MODEL_ID``) so the attacker's Python, in the test process,
   shares no interpreter lock with it and cannot skew its latencies; a thread here reads its samples;
 - ``AttackWatch``: around one attack, checks that the pod's fds and memory come back and that the normal
-  client was served throughout.
+  client was served throughout;
+- ``RawH2`` and ``Beside``: a frame-by-frame client and a normal client in a thread, for the grpc.aio
+  listeners (the pod's under --front=grpc, the adapter's SPI port).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import IO
 
 import psutil
@@ -46,10 +49,13 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
+from tests.support import poll_until
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 MIB = 1 << 20
+SLOWEST_S = 5.0  # no answer to a normal client (Beside) may take longer than this during an attack
 _HEADER = struct.Struct(">HBBBL")
 
 # frame types and flags, for raw_frame
@@ -708,3 +714,164 @@ class AttackWatch:
 
 if __name__ == "__main__":
     _normal_client_main(sys.argv[1], sys.argv[2], float(sys.argv[3]))
+
+
+# -- a raw client for the grpc.aio listeners, and a normal client beside it --------------------------
+class RawH2:
+    """One client connection written frame by frame (hyperframe, hpack): it does what clients must not."""
+
+    def __init__(self, address: str, answers: bool = True) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self._answers = answers  # acknowledge the server's SETTINGS and PINGs (else: send nothing at all)
+        self._encoder = Encoder()
+        self._buffer = b""
+        self.closed = False
+        self.remote_settings = False  # the server's SETTINGS arrived (and were acknowledged)
+        self.settings_acked = False  # the server acknowledged ours
+        self.pings_acked: set[bytes] = set()
+        self.resets: dict[int, int] = {}  # stream -> error code of the server's RST_STREAM
+        self.answered: set[int] = set()  # streams the server sent HEADERS on
+        self.goaway: GoAwayFrame | None = None
+
+    def send(self, *frames: Frame) -> None:
+        self.sock.sendall(b"".join(frame.serialize() for frame in frames))
+
+    def preface(self) -> None:
+        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+
+    def handshake(self) -> None:
+        """Preface and SETTINGS both ways, then a PING round trip: the server has applied our ACK."""
+        self.preface()
+        self.until(lambda: self.remote_settings and self.settings_acked, 10, "SETTINGS exchanged")
+        self.ping(b"hello-ok")
+        self.until(lambda: b"hello-ok" in self.pings_acked, 10, "PING acknowledged")
+
+    def ping(self, data: bytes) -> None:
+        self.send(PingFrame(0, data))
+
+    def open_stream(self, stream_id: int, path: str, extra: list[tuple[str, str]] | None = None) -> None:
+        """A request's HEADERS without END_STREAM: the stream stays open, waiting for a message."""
+        block = self._encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "limits-test"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *(extra or []),
+            ]
+        )
+        self.send(HeadersFrame(stream_id, data=block, flags=["END_HEADERS"]))
+
+    def read(self, timeout_s: float) -> None:
+        """Take what arrives within ``timeout_s`` (at most one recv) and act on its frames."""
+        if self.closed:
+            return
+        self.sock.settimeout(max(0.01, timeout_s))
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        except OSError:  # reset
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        self._buffer += data
+        while len(self._buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self._buffer[:9]))
+            if len(self._buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(self._buffer[9 : 9 + length]))
+            self._buffer = self._buffer[9 + length :]
+            self._on_frame(frame)
+
+    def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, SettingsFrame):
+            if "ACK" in frame.flags:
+                self.settings_acked = True
+            else:
+                self.remote_settings = True
+                if self._answers:
+                    self.send(SettingsFrame(0, flags=["ACK"]))
+        elif isinstance(frame, PingFrame):
+            if "ACK" in frame.flags:
+                self.pings_acked.add(bytes(frame.opaque_data))
+            elif self._answers:
+                self.send(PingFrame(0, frame.opaque_data, flags=["ACK"]))
+        elif isinstance(frame, RstStreamFrame):
+            self.resets[frame.stream_id] = frame.error_code
+        elif isinstance(frame, HeadersFrame):
+            self.answered.add(frame.stream_id)
+        elif isinstance(frame, GoAwayFrame):
+            self.goaway = frame
+
+    def until(self, check: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed:
+                if check():
+                    return
+                raise AssertionError(f"{what}: not within {timeout_s}s (closed={self.closed})")
+            self.read(min(remaining, 0.2))
+
+    def settle(self, seconds: float) -> None:
+        """Read whatever the server sends for ``seconds`` (to see that something does NOT happen)."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0 and not self.closed:
+            self.read(min(remaining, 0.2))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Beside:
+    """A normal client calling in a loop on its own connection while an attack runs."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._call = call
+        self._stop = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._call()
+                self.latencies.append(time.monotonic() - started)
+            except Exception as e:
+                self.failures.append(repr(e))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Beside:
+        self._thread.start()
+        poll_until(lambda: len(self.latencies) >= 3 or bool(self.failures), 30, "normal client served")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        done = len(self.latencies)
+        if kind is None:  # the attack is over: the client is still served after it
+            poll_until(lambda: len(self.latencies) >= done + 3 or bool(self.failures), 30, "served after")
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if kind is None:
+            assert not self.failures, self.failures[:5]
+            assert max(self.latencies) < SLOWEST_S, f"slowest answer {max(self.latencies):.2f}s"
+
+
+def open_streams(client: RawH2, count: int, path: str) -> list[int]:
+    ids = [1 + 2 * n for n in range(count)]
+    for stream_id in ids:
+        client.open_stream(stream_id, path)
+    return ids
+
+
+def said_hello(client: RawH2) -> bool:
+    return client.closed or (client.remote_settings and client.settings_acked)

@@ -8,6 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from runtime_adapters.common.cli import adapter_parser
+from runtime_adapters.common.listener import ListenerLimits, spi_server_options
 from runtime_adapters.common.memory import default_capacity_bytes, memory_limit_bytes
 from runtime_adapters.common.model_files import (
     ModelFilesError,
@@ -93,3 +95,56 @@ def test_capacity_from_the_runtime_containers_limit(tmp_path: Path) -> None:
     (tmp_path / "memory.max").write_text(str(256 << 20))  # the adapter's own small container
     assert default_capacity_bytes(tmp_path, runtime_limit_bytes=4 << 30) == (4 << 30) - int((4 << 30) * 0.2)
     assert default_capacity_bytes(tmp_path) == 0  # without it, the adapter's own limit leaves nothing
+
+
+# -- the listeners' limits (runtime_adapters/common/listener.py) --------------------------------------------
+
+
+def test_listener_flags_default_to_the_documented_limits() -> None:
+    args = adapter_parser("adapter", "test").parse_args([])
+    assert ListenerLimits.from_args(args) == ListenerLimits()
+
+
+def test_listener_flags_and_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAPTER_MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("ADAPTER_IDLE_TIMEOUT_S", "2.5")
+    args = adapter_parser("adapter", "test").parse_args(["--max-concurrent-streams=3"])
+    limits = ListenerLimits.from_args(args)
+    assert (limits.max_connections, limits.idle_timeout_s, limits.max_concurrent_streams) == (7, 2.5, 3)
+    # a flag wins over its environment
+    args = adapter_parser("adapter", "test").parse_args(["--max-connections=9"])
+    assert ListenerLimits.from_args(args).max_connections == 9
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        (
+            ListenerLimits(),
+            {
+                "grpc.max_concurrent_streams": 100,
+                "grpc.max_allowed_incoming_connections": 64,
+                "grpc.max_metadata_size": 16384,
+                "grpc.absolute_max_metadata_size": 16384,
+                "grpc.max_receive_message_length": 4 << 20,
+                "grpc.max_send_message_length": 4 << 20,
+                "grpc.server_handshake_timeout_ms": 10_000,
+                "grpc.max_connection_idle_ms": 300_000,
+                "grpc.keepalive_time_ms": 300_000,
+                "grpc.keepalive_timeout_ms": 10_000,
+                "grpc.http2.max_ping_strikes": 2,
+            },
+        ),
+        (  # past a C int: capped, never an overflow in grpc core
+            ListenerLimits(max_connections=2**40, idle_timeout_s=1e12, handshake_timeout_s=0.0001),
+            {
+                "grpc.max_allowed_incoming_connections": 2**31 - 2,
+                "grpc.max_connection_idle_ms": 2**31 - 1,
+                "grpc.server_handshake_timeout_ms": 1,
+            },
+        ),
+    ],
+)
+def test_spi_server_options(limits: ListenerLimits, expected: dict[str, int]) -> None:
+    options = dict(spi_server_options(limits))
+    assert {key: options[key] for key in expected} == expected

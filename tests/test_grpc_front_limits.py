@@ -12,36 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import grpc
-import hpack
 import pytest
-from hyperframe.frame import (
-    Frame,
-    GoAwayFrame,
-    HeadersFrame,
-    PingFrame,
-    RstStreamFrame,
-    SettingsFrame,
-)
 from tritonclient.grpc import service_pb2 as v2
 
 from harness.cluster import EtcdServer, PodProcess
 from load_tests.echo_runtime import INFER_METHOD, MODEL_TYPE
 from load_tests.hop import infer_request, register
 from load_tests.processes import EchoProcess, start_echo_pod
-from mesh.fronts.h2.wire import PREFACE, ErrorCode
+from mesh.fronts.h2.wire import ErrorCode
 from mesh.fronts.server_limits import grpc_server_options
 from mesh.process.settings import Settings
+from tests.hostile import Beside, RawH2, fd_count, open_streams, said_hello
 from tests.support import poll_until
 
 STREAMS = 8  # --max-concurrent-streams
@@ -64,160 +52,6 @@ LIMITS = Settings(
     idle_timeout_s=IDLE_S,
 )
 ECHO_METHOD = "/test.Echo/Call"
-SLOWEST_S = 5.0  # no answer to the normal client may take longer than this during an attack
-
-
-class RawH2:
-    """One client connection written frame by frame (hyperframe, hpack): it does what clients must not."""
-
-    def __init__(self, address: str, answers: bool = True) -> None:
-        host, port = address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self._answers = answers  # acknowledge the server's SETTINGS and PINGs (else: send nothing at all)
-        self._encoder = hpack.Encoder()
-        self._buffer = b""
-        self.closed = False
-        self.remote_settings = False  # the server's SETTINGS arrived (and were acknowledged)
-        self.settings_acked = False  # the server acknowledged ours
-        self.pings_acked: set[bytes] = set()
-        self.resets: dict[int, int] = {}  # stream -> error code of the server's RST_STREAM
-        self.answered: set[int] = set()  # streams the server sent HEADERS on
-        self.goaway: GoAwayFrame | None = None
-
-    def send(self, *frames: Frame) -> None:
-        self.sock.sendall(b"".join(frame.serialize() for frame in frames))
-
-    def preface(self) -> None:
-        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
-
-    def handshake(self) -> None:
-        """Preface and SETTINGS both ways, then a PING round trip: the server has applied our ACK."""
-        self.preface()
-        self.until(lambda: self.remote_settings and self.settings_acked, 10, "SETTINGS exchanged")
-        self.ping(b"hello-ok")
-        self.until(lambda: b"hello-ok" in self.pings_acked, 10, "PING acknowledged")
-
-    def ping(self, data: bytes) -> None:
-        self.send(PingFrame(0, data))
-
-    def open_stream(self, stream_id: int, path: str, extra: list[tuple[str, str]] | None = None) -> None:
-        """A request's HEADERS without END_STREAM: the stream stays open, waiting for a message."""
-        block = self._encoder.encode(
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", "limits-test"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                *(extra or []),
-            ]
-        )
-        self.send(HeadersFrame(stream_id, data=block, flags=["END_HEADERS"]))
-
-    def read(self, timeout_s: float) -> None:
-        """Take what arrives within ``timeout_s`` (at most one recv) and act on its frames."""
-        if self.closed:
-            return
-        self.sock.settimeout(max(0.01, timeout_s))
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return
-        except OSError:  # reset
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        self._buffer += data
-        while len(self._buffer) >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(self._buffer[:9]))
-            if len(self._buffer) < 9 + length:
-                break
-            frame.parse_body(memoryview(self._buffer[9 : 9 + length]))
-            self._buffer = self._buffer[9 + length :]
-            self._on_frame(frame)
-
-    def _on_frame(self, frame: Frame) -> None:
-        if isinstance(frame, SettingsFrame):
-            if "ACK" in frame.flags:
-                self.settings_acked = True
-            else:
-                self.remote_settings = True
-                if self._answers:
-                    self.send(SettingsFrame(0, flags=["ACK"]))
-        elif isinstance(frame, PingFrame):
-            if "ACK" in frame.flags:
-                self.pings_acked.add(bytes(frame.opaque_data))
-            elif self._answers:
-                self.send(PingFrame(0, frame.opaque_data, flags=["ACK"]))
-        elif isinstance(frame, RstStreamFrame):
-            self.resets[frame.stream_id] = frame.error_code
-        elif isinstance(frame, HeadersFrame):
-            self.answered.add(frame.stream_id)
-        elif isinstance(frame, GoAwayFrame):
-            self.goaway = frame
-
-    def until(self, check: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not check():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed:
-                if check():
-                    return
-                raise AssertionError(f"{what}: not within {timeout_s}s (closed={self.closed})")
-            self.read(min(remaining, 0.2))
-
-    def settle(self, seconds: float) -> None:
-        """Read whatever the server sends for ``seconds`` (to see that something does NOT happen)."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0 and not self.closed:
-            self.read(min(remaining, 0.2))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Beside:
-    """A normal client calling in a loop on its own connection while an attack runs."""
-
-    def __init__(self, call: Callable[[], None]) -> None:
-        self._call = call
-        self._stop = threading.Event()
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self._call()
-                self.latencies.append(time.monotonic() - started)
-            except Exception as e:
-                self.failures.append(repr(e))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> Beside:
-        self._thread.start()
-        poll_until(lambda: len(self.latencies) >= 3 or bool(self.failures), 30, "normal client served")
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        done = len(self.latencies)
-        if kind is None:  # the attack is over: the client is still served after it
-            poll_until(lambda: len(self.latencies) >= done + 3 or bool(self.failures), 30, "served after")
-        self._stop.set()
-        self._thread.join(timeout=30)
-        if kind is None:
-            assert not self.failures, self.failures[:5]
-            assert max(self.latencies) < SLOWEST_S, f"slowest answer {max(self.latencies):.2f}s"
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 # --- the options on a grpc server in this process -------------------------------------------------------
@@ -268,18 +102,11 @@ def call_echo(address: str, metadata: tuple[tuple[str, str], ...] = ()) -> bytes
         return response
 
 
-def open_streams(client: RawH2, count: int, path: str = ECHO_METHOD) -> list[int]:
-    ids = [1 + 2 * n for n in range(count)]
-    for stream_id in ids:
-        client.open_stream(stream_id, path)
-    return ids
-
-
 def test_public_options_refuse_streams_past_the_limit(public_server: LocalServer) -> None:
     client = RawH2(public_server.address)
     try:
         client.handshake()
-        ids = open_streams(client, STREAMS + 4)
+        ids = open_streams(client, STREAMS + 4, ECHO_METHOD)
         extra = ids[STREAMS:]
         client.until(lambda: all(s in client.resets for s in extra), 10, "extra streams refused")
         assert {client.resets[s] for s in extra} == {ErrorCode.REFUSED_STREAM}
@@ -293,7 +120,7 @@ def test_relay_options_take_every_stream_the_front_relays(relay_server: LocalSer
     client = RawH2(relay_server.address)
     try:
         client.handshake()
-        open_streams(client, 4 * STREAMS)
+        open_streams(client, 4 * STREAMS, ECHO_METHOD)
         client.settle(1.0)
         assert client.resets == {} and not client.closed
         # the relay takes what the front let through, and what the pods add to it
@@ -369,19 +196,15 @@ def served(grpc_pod: GrpcPod) -> Iterator[Beside]:
         channel.close()
 
 
-def said_hello(client: RawH2) -> bool:
-    return client.closed or (client.remote_settings and client.settings_acked)
-
-
 def fds_back(grpc_pod: GrpcPod, baseline: int) -> None:
-    poll_until(lambda: open_fds(grpc_pod.pid) <= baseline + 2, 30, f"pod fds back to {baseline}")
+    poll_until(lambda: fd_count(grpc_pod.pid) <= baseline + 2, 30, f"pod fds back to {baseline}")
 
 
 @pytest.mark.integration
 def test_a_client_past_the_stream_limit_is_refused_the_extra_streams(
     grpc_pod: GrpcPod, served: Beside
 ) -> None:
-    baseline = open_fds(grpc_pod.pid)
+    baseline = fd_count(grpc_pod.pid)
     client = RawH2(grpc_pod.pod.address)
     try:
         client.handshake()
@@ -399,7 +222,7 @@ def test_a_client_past_the_stream_limit_is_refused_the_extra_streams(
 
 @pytest.mark.integration
 def test_connections_past_the_cap_are_closed_as_they_arrive(grpc_pod: GrpcPod, served: Beside) -> None:
-    baseline = open_fds(grpc_pod.pid)
+    baseline = fd_count(grpc_pod.pid)
     clients: list[RawH2] = []
     try:
         for n in range(CONNECTIONS + 8):
@@ -426,7 +249,7 @@ def test_connections_past_the_cap_are_closed_as_they_arrive(grpc_pod: GrpcPod, s
 
 @pytest.mark.integration
 def test_a_connection_that_never_says_hello_is_closed(grpc_pod: GrpcPod, served: Beside) -> None:
-    baseline = open_fds(grpc_pod.pid)
+    baseline = fd_count(grpc_pod.pid)
     client = RawH2(grpc_pod.pod.address, answers=False)  # sends nothing: no preface, no SETTINGS
     started = time.monotonic()
     try:

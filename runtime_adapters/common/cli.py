@@ -11,9 +11,15 @@ import sys
 from typing import Protocol
 
 import grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from protos import model_runtime_pb2_grpc
+from runtime_adapters.common.listener import (
+    ListenerLimits,
+    add_listener_arguments,
+    spi_server_options,
+    start_metrics_server,
+)
 from runtime_adapters.common.storage import add_storage_arguments
 
 log = logging.getLogger("modelmesh.adapter")
@@ -54,6 +60,7 @@ def adapter_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--load-timeout-ms", type=int, default=120_000)
     p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:PORT (0 = off)")
     p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    add_listener_arguments(p)
     add_storage_arguments(p)
     return p
 
@@ -72,9 +79,11 @@ def configure_logging(level: str) -> None:
 
 async def serve_adapter(adapter: Adapter, args: argparse.Namespace) -> None:
     """Serve mmesh.ModelRuntime (and /metrics) until SIGTERM or SIGINT."""
+    limits = ListenerLimits.from_args(args)
+    metrics = None
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=adapter.registry)
-    server = grpc.aio.server()
+        metrics = start_metrics_server("127.0.0.1", args.metrics_port, adapter.registry, limits)
+    server = grpc.aio.server(options=spi_server_options(limits))
     model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(adapter, server)
     server.add_insecure_port(f"{args.host}:{args.port}")
     await server.start()
@@ -86,4 +95,7 @@ async def serve_adapter(adapter: Adapter, args: argparse.Namespace) -> None:
     await stop.wait()
     log.info("stopping")
     await server.stop(grace=5)
+    if metrics is not None:
+        metrics.shutdown()
+        metrics.server_close()
     await adapter.close()
