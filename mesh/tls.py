@@ -50,7 +50,9 @@ class TlsFiles:
     def paths(self) -> tuple[str, ...]:
         return tuple(p for p in (self.cert, self.key, self.trust) if p)
 
-    def _mtimes(self) -> tuple[float, ...]:
+    def stamp(self) -> tuple[float, ...]:
+        """The files' modification times now. Taken before they are read: a rotation that lands while they
+        are read then shows as a change at the next look, instead of passing for what was loaded."""
         try:
             return tuple(os.stat(p).st_mtime_ns for p in self.paths())
         except OSError:
@@ -58,10 +60,11 @@ class TlsFiles:
 
     def changed(self) -> bool:
         """Whether the files differ from what was last loaded (``loaded()``)."""
-        return self._mtimes() != self._seen
+        return self.stamp() != self._seen
 
-    def loaded(self) -> None:
-        self._seen = self._mtimes()
+    def loaded(self, stamp: tuple[float, ...]) -> None:
+        """What was loaded: the files as ``stamp`` (taken before reading them) found them."""
+        self._seen = stamp
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:
         try:
@@ -82,8 +85,9 @@ class ReloadingContext:
     def __init__(self, context: ssl.SSLContext, files: TlsFiles) -> None:
         self.context = context
         self.files = TlsFiles(files.cert, files.key, files.trust)  # its own record of what it loaded
+        stamp = self.files.stamp()
         self._load()
-        self.files.loaded()
+        self.files.loaded(stamp)
         self._failed: tuple[float, ...] = ()
 
     def _load(self) -> None:
@@ -99,15 +103,15 @@ class ReloadingContext:
         half written: a rotation that writes the certificate, then the key, is picked up once both are in."""
         if not self.files.changed():
             return False
+        stamp = self.files.stamp()
         try:
             self._load()
         except TlsError as e:
-            attempt = self.files._mtimes()
-            if attempt != self._failed:  # once per state of the files, not every interval
+            if stamp != self._failed:  # once per state of the files, not every interval
                 log.error("certificate reload failed, keeping the current one: %s", e)
-                self._failed = attempt
+                self._failed = stamp
             return False
-        self.files.loaded()
+        self.files.loaded(stamp)
         log.info("certificates reloaded from %s", ", ".join(self.files.paths()))
         return True
 
@@ -148,9 +152,7 @@ def grpc_server_credentials(files: TlsFiles, client_auth: ClientAuth) -> grpc.Se
     watched = TlsFiles(files.cert, files.key, files.trust)
 
     def configuration() -> grpc.ServerCertificateConfiguration:
-        chain, key, trust = watched.read()
-        _check_pair(watched)
-        watched.loaded()
+        chain, key, trust = read_checked(watched)
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=trust)
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
@@ -168,6 +170,21 @@ def grpc_server_credentials(files: TlsFiles, client_auth: ClientAuth) -> grpc.Se
     )
 
 
+def read_checked(files: TlsFiles) -> tuple[bytes, bytes, bytes | None]:
+    """The files' bytes, once the key is known to fit the certificate, marked as loaded.
+
+    The pair is checked on disk (the ssl module reads only files), so the bytes are read again after the
+    check: bytes that changed meanwhile were caught mid-rotation (a new key beside the old certificate) and
+    are refused, to be read again at the next look."""
+    stamp = files.stamp()
+    read = files.read()
+    _check_pair(files)
+    if files.read() != read:
+        raise TlsError(f"TLS files {', '.join(files.paths())} changed while they were read")
+    files.loaded(stamp)
+    return read
+
+
 def _check_pair(files: TlsFiles) -> None:
     """The key is the certificate's (grpc would find out only at the next handshake, and fail it)."""
     try:
@@ -178,7 +195,7 @@ def _check_pair(files: TlsFiles) -> None:
 
 def grpc_channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Credentials for a channel to a peer: this pod's certificate, the peer's verified (read now)."""
-    chain, key, trust = files.read()
+    chain, key, trust = read_checked(TlsFiles(files.cert, files.key, files.trust))
     if trust is None:
         raise TlsError("calls to peers need a trust bundle to verify them against")
     return grpc.ssl_channel_credentials(root_certificates=trust, private_key=key, certificate_chain=chain)

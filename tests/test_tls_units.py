@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import time
 from pathlib import Path
 
 import pytest
 import trustme
+from cryptography import x509
 
 from mesh.tls import (
     ClientAuth,
     TlsError,
     TlsFiles,
     client_context,
+    read_checked,
     server_context,
 )
 
@@ -152,3 +156,80 @@ def test_a_rotation_written_file_by_file_is_picked_up_once_complete(tmp_path: Pa
     new.private_key_pem.write_to_path(files.key)  # then the key
     assert server.reload()
     asyncio.run(handshake(server.context, plain_client(files.trust)))
+
+
+def served_serial(context: ssl.SSLContext, trust: str) -> int:
+    """The serial number of the certificate a new handshake with ``context`` gets."""
+    seen: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def run() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=plain_client(trust))
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            seen.append(x509.load_der_x509_certificate(der).serial_number)
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(run())
+    return seen[0]
+
+
+def written_later(files: TlsFiles, seconds: int) -> None:
+    """Modification times ``seconds`` ahead: a rewrite within one clock tick may keep the old ones."""
+    later = time.time_ns() + seconds * 10**9
+    for path in (files.cert, files.key):
+        os.utime(path, ns=(later, later))
+
+
+def test_a_rotation_that_lands_while_the_files_are_loaded_is_loaded_next(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    files = issue(ca, tmp_path, "pod")
+    server = server_context(TlsFiles(files.cert, files.key), ClientAuth.NONE)
+    issue(ca, tmp_path, "pod")  # a first rotation ...
+    written_later(files, 1)
+    load = server._load
+
+    def load_then_rotate_again() -> None:
+        load()
+        issue(ca, tmp_path, "pod")  # ... and a second one while the first is being loaded
+        written_later(files, 2)
+
+    server._load = load_then_rotate_again  # type: ignore[method-assign]
+    assert server.reload()
+    server._load = load  # type: ignore[method-assign]
+    assert server.files.changed()  # the second rotation is still to load: it was not taken for loaded
+    assert server.reload()
+    newest = x509.load_pem_x509_certificate(Path(files.cert).read_bytes()).serial_number
+    assert served_serial(server.context, files.trust) == newest
+
+
+def test_grpc_credentials_refuse_files_caught_mid_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA()
+    issued = issue(ca, tmp_path, "pod")
+    files = TlsFiles(issued.cert, issued.key, issued.trust)
+    old_chain = Path(files.cert).read_bytes()
+    issue(ca, tmp_path, "pod")  # rotated: new key, new certificate
+    real_read = TlsFiles.read
+    reads = [0]
+
+    def first_read_mid_rotation(self: TlsFiles) -> tuple[bytes, bytes, bytes | None]:
+        chain, key, trust = real_read(self)
+        reads[0] += 1
+        return (old_chain if reads[0] == 1 else chain), key, trust  # the new key beside the old certificate
+
+    monkeypatch.setattr(TlsFiles, "read", first_read_mid_rotation)
+    with pytest.raises(TlsError, match="changed while they were read"):
+        read_checked(files)  # the pair on disk fits, but what was read first does not
+    assert files.changed()  # not marked as loaded: the next look reads them again
+    chain, key, _ = read_checked(files)
+    assert chain == Path(files.cert).read_bytes() and key == Path(files.key).read_bytes()
+    assert not files.changed()
