@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import select
@@ -875,3 +876,91 @@ def open_streams(client: RawH2, count: int, path: str) -> list[int]:
 
 def said_hello(client: RawH2) -> bool:
     return client.closed or (client.remote_settings and client.settings_acked)
+
+
+# -- attacks on a grpc.aio listener, each checking the answer its limit promises -----------------------------
+def streams_past_the_limit_are_refused(address: str, method: str, streams: int) -> None:
+    """Streams held open past ``streams`` are refused (REFUSED_STREAM); the ones within it stay open."""
+    client = RawH2(address)
+    try:
+        client.handshake()
+        ids = open_streams(client, streams + 4, method)  # each waits for a message never sent
+        extra = ids[streams:]
+        client.until(lambda: all(s in client.resets for s in extra), 10, "extra streams refused")
+        assert {client.resets[s] for s in extra} == {ErrorCodes.REFUSED_STREAM}
+        client.settle(0.5)
+        assert not any(s in client.resets for s in ids[:streams]), client.resets
+        assert not client.closed
+    finally:
+        client.close()
+
+
+def connections_past_the_cap_are_closed(address: str, method: str, connections: int) -> None:
+    """Connections past ``connections`` are closed as they arrive (a normal client holds one of them)."""
+    clients: list[RawH2] = []
+    try:
+        for n in range(connections + 6):
+            client = RawH2(address)
+            clients.append(client)
+            client.preface()
+            client.until(functools.partial(said_hello, client), 10, "SETTINGS exchanged, or closed")
+            if not client.closed:
+                client.open_stream(1, method)  # busy: not idle
+            assert n < connections or client.closed, f"connection {n + 1} past the cap was kept"
+        kept = [c for c in clients if not c.closed]
+        assert connections - 2 <= len(kept) <= connections - 1, len(kept)
+    finally:
+        for client in clients:
+            client.close()
+    # room again once they are gone (the server frees a closed connection's place as it sees the close)
+    poll_until(functools.partial(_says_hello, address), 10, "a new connection kept after the attackers left")
+
+
+def _says_hello(address: str) -> bool:
+    client = RawH2(address)
+    try:
+        client.preface()
+        client.until(functools.partial(said_hello, client), 10, "SETTINGS exchanged, or closed")
+        return not client.closed
+    finally:
+        client.close()
+
+
+def a_silent_connection_is_closed(address: str, handshake_s: float) -> None:
+    """A connection that sends nothing (no preface, no SETTINGS) is closed after the handshake timeout."""
+    client = RawH2(address, answers=False)
+    started = time.monotonic()
+    try:
+        client.until(lambda: client.closed, handshake_s + 10, "closed by the server")
+        assert time.monotonic() - started < handshake_s + 5
+    finally:
+        client.close()
+
+
+def an_idle_connection_is_sent_away(address: str, idle_s: float) -> None:
+    """A connection without a call gets GOAWAY after the idle timeout, then is closed."""
+    client = RawH2(address)
+    started = time.monotonic()
+    try:
+        client.handshake()
+        client.until(lambda: client.goaway is not None, idle_s + 10, "GOAWAY on the idle connection")
+        assert time.monotonic() - started < idle_s + 5
+        client.until(lambda: client.closed, 10, "closed after GOAWAY")
+    finally:
+        client.close()
+
+
+def a_ping_flood_is_sent_away(address: str) -> None:
+    """Pings without data, closer than grpc's 5 s, get GOAWAY ENHANCE_YOUR_CALM (too_many_pings)."""
+    client = RawH2(address)
+    try:
+        client.handshake()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server may hang up mid-flood
+            for n in range(10):
+                client.ping(b"flood%03d" % n)
+        client.until(lambda: client.goaway is not None, 10, "GOAWAY after the flood")
+        assert client.goaway is not None
+        assert client.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+        assert b"too_many_pings" in bytes(client.goaway.additional_data)
+    finally:
+        client.close()

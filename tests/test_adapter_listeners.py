@@ -9,7 +9,6 @@ client was served within its deadline throughout (``Beside``), and that the adap
 from __future__ import annotations
 
 import contextlib
-import functools
 import socket
 import time
 from collections.abc import Iterator
@@ -23,7 +22,15 @@ from harness.cluster import AdapterProcess, MLServerProcess
 from harness.processes import default_mlserver_bin
 from protos import model_runtime_pb2 as pb
 from protos import model_runtime_pb2_grpc as pb_grpc
-from tests.hostile import Beside, ErrorCodes, RawH2, fd_count, open_streams, said_hello
+from tests.hostile import (
+    Beside,
+    a_ping_flood_is_sent_away,
+    a_silent_connection_is_closed,
+    an_idle_connection_is_sent_away,
+    connections_past_the_cap_are_closed,
+    fd_count,
+    streams_past_the_limit_are_refused,
+)
 from tests.support import poll_until, train_iris
 
 pytestmark = pytest.mark.integration
@@ -96,81 +103,30 @@ def fds_back(adapter: Adapter, baseline: int) -> None:
     poll_until(lambda: fd_count(adapter.pid) <= baseline + 2, 30, f"adapter fds back to {baseline}")
 
 
-def test_a_client_past_the_stream_limit_is_refused_the_extra_streams(
-    adapter: Adapter, served: Beside
-) -> None:
+def test_streams_past_the_limit_are_refused(adapter: Adapter, served: Beside) -> None:
     baseline = fd_count(adapter.pid)
-    client = RawH2(adapter.address)
-    try:
-        client.handshake()
-        assert client.remote_settings
-        ids = open_streams(client, STREAMS + 4, STATUS_METHOD)  # each waits for a message never sent
-        extra = ids[STREAMS:]
-        client.until(lambda: all(s in client.resets for s in extra), 10, "extra streams refused")
-        assert {client.resets[s] for s in extra} == {ErrorCodes.REFUSED_STREAM}
-        client.settle(0.5)
-        assert not any(s in client.resets for s in ids[:STREAMS]), client.resets
-    finally:
-        client.close()
+    streams_past_the_limit_are_refused(adapter.address, STATUS_METHOD, STREAMS)
     fds_back(adapter, baseline)
 
 
 def test_connections_past_the_cap_are_closed_as_they_arrive(adapter: Adapter, served: Beside) -> None:
     baseline = fd_count(adapter.pid)
-    clients: list[RawH2] = []
-    try:
-        for n in range(CONNECTIONS + 6):
-            client = RawH2(adapter.address)
-            clients.append(client)
-            client.preface()
-            client.until(functools.partial(said_hello, client), 10, "SETTINGS exchanged, or closed")
-            if not client.closed:
-                client.open_stream(1, STATUS_METHOD)  # busy: not idle
-            assert n < CONNECTIONS or client.closed, f"connection {n + 1} past the cap was kept"
-        kept = [c for c in clients if not c.closed]
-        assert CONNECTIONS - 2 <= len(kept) <= CONNECTIONS - 1, len(kept)  # the normal client holds one
-    finally:
-        for client in clients:
-            client.close()
+    connections_past_the_cap_are_closed(adapter.address, STATUS_METHOD, CONNECTIONS)
     fds_back(adapter, baseline)
 
 
 def test_a_connection_that_never_says_hello_is_closed(adapter: Adapter, served: Beside) -> None:
     baseline = fd_count(adapter.pid)
-    client = RawH2(adapter.address, answers=False)
-    started = time.monotonic()
-    try:
-        client.until(lambda: client.closed, HANDSHAKE_S + 10, "closed by the adapter")
-        assert time.monotonic() - started < HANDSHAKE_S + 5
-    finally:
-        client.close()
+    a_silent_connection_is_closed(adapter.address, HANDSHAKE_S)
     fds_back(adapter, baseline)
 
 
 def test_an_idle_connection_is_sent_away(adapter: Adapter, served: Beside) -> None:
-    client = RawH2(adapter.address)
-    started = time.monotonic()
-    try:
-        client.handshake()
-        client.until(lambda: client.goaway is not None, IDLE_S + 10, "GOAWAY on the idle connection")
-        assert time.monotonic() - started < IDLE_S + 5
-        client.until(lambda: client.closed, 10, "closed after GOAWAY")
-    finally:
-        client.close()
+    an_idle_connection_is_sent_away(adapter.address, IDLE_S)
 
 
 def test_a_ping_flood_is_sent_away(adapter: Adapter, served: Beside) -> None:
-    client = RawH2(adapter.address)
-    try:
-        client.handshake()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            for n in range(10):
-                client.ping(b"flood%03d" % n)
-        client.until(lambda: client.goaway is not None, 10, "GOAWAY after the flood")
-        assert client.goaway is not None
-        assert client.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
-    finally:
-        client.close()
+    a_ping_flood_is_sent_away(adapter.address)
 
 
 def test_metadata_and_messages_past_their_limits_are_refused(adapter: Adapter, served: Beside) -> None:

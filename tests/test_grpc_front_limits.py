@@ -10,9 +10,6 @@ and the pod's open file descriptors back where they were once the attacker is go
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -29,7 +26,17 @@ from load_tests.processes import EchoProcess, start_echo_pod
 from mesh.fronts.h2.wire import ErrorCode
 from mesh.fronts.server_limits import grpc_server_options
 from mesh.process.settings import Settings
-from tests.hostile import Beside, RawH2, fd_count, open_streams, said_hello
+from tests.hostile import (
+    Beside,
+    RawH2,
+    a_ping_flood_is_sent_away,
+    a_silent_connection_is_closed,
+    an_idle_connection_is_sent_away,
+    connections_past_the_cap_are_closed,
+    fd_count,
+    open_streams,
+    streams_past_the_limit_are_refused,
+)
 from tests.support import poll_until
 
 STREAMS = 8  # --max-concurrent-streams
@@ -52,6 +59,7 @@ LIMITS = Settings(
     idle_timeout_s=IDLE_S,
 )
 ECHO_METHOD = "/test.Echo/Call"
+SERVER_LIVE = "/inference.GRPCInferenceService/ServerLive"
 
 
 # --- the options on a grpc server in this process -------------------------------------------------------
@@ -136,13 +144,7 @@ def test_public_options_bound_metadata(public_server: LocalServer) -> None:
 
 
 def test_public_options_close_a_silent_connection(public_server: LocalServer) -> None:
-    client = RawH2(public_server.address, answers=False)  # sends nothing: no preface, no SETTINGS
-    started = time.monotonic()
-    try:
-        client.until(lambda: client.closed, HANDSHAKE_S + 10, "closed by the server")
-        assert time.monotonic() - started < HANDSHAKE_S + 5
-    finally:
-        client.close()
+    a_silent_connection_is_closed(public_server.address, HANDSHAKE_S)
 
 
 # --- a pod whose external port is grpc.aio (--front=grpc) -----------------------------------------------
@@ -205,88 +207,32 @@ def test_a_client_past_the_stream_limit_is_refused_the_extra_streams(
     grpc_pod: GrpcPod, served: Beside
 ) -> None:
     baseline = fd_count(grpc_pod.pid)
-    client = RawH2(grpc_pod.pod.address)
-    try:
-        client.handshake()
-        ids = open_streams(client, STREAMS + 4, "/inference.GRPCInferenceService/ServerLive")
-        extra = ids[STREAMS:]
-        client.until(lambda: all(s in client.resets for s in extra), 10, "extra streams refused")
-        assert {client.resets[s] for s in extra} == {ErrorCode.REFUSED_STREAM}
-        client.settle(0.5)
-        assert not any(s in client.resets for s in ids[:STREAMS]), client.resets  # still open, waiting
-        assert not client.closed
-    finally:
-        client.close()
+    streams_past_the_limit_are_refused(grpc_pod.pod.address, SERVER_LIVE, STREAMS)
     fds_back(grpc_pod, baseline)
 
 
 @pytest.mark.integration
 def test_connections_past_the_cap_are_closed_as_they_arrive(grpc_pod: GrpcPod, served: Beside) -> None:
     baseline = fd_count(grpc_pod.pid)
-    clients: list[RawH2] = []
-    try:
-        for n in range(CONNECTIONS + 8):
-            client = RawH2(grpc_pod.pod.address)
-            clients.append(client)
-            client.preface()
-            client.until(functools.partial(said_hello, client), 10, "SETTINGS exchanged, or closed")
-            if not client.closed:
-                client.open_stream(1, "/inference.GRPCInferenceService/ServerLive")  # busy: not idle
-            assert n < CONNECTIONS or client.closed, f"connection {n + 1} past the cap was kept"
-        kept = [c for c in clients if not c.closed]
-        # the normal client holds one connection of the cap
-        assert CONNECTIONS - 2 <= len(kept) <= CONNECTIONS - 1, len(kept)
-    finally:
-        for client in clients:
-            client.close()
+    connections_past_the_cap_are_closed(grpc_pod.pod.address, SERVER_LIVE, CONNECTIONS)
     fds_back(grpc_pod, baseline)
-    client = RawH2(grpc_pod.pod.address)  # room again
-    try:
-        client.handshake()
-    finally:
-        client.close()
 
 
 @pytest.mark.integration
 def test_a_connection_that_never_says_hello_is_closed(grpc_pod: GrpcPod, served: Beside) -> None:
     baseline = fd_count(grpc_pod.pid)
-    client = RawH2(grpc_pod.pod.address, answers=False)  # sends nothing: no preface, no SETTINGS
-    started = time.monotonic()
-    try:
-        client.until(lambda: client.closed, HANDSHAKE_S + 10, "closed by the server")
-        assert time.monotonic() - started < HANDSHAKE_S + 5
-    finally:
-        client.close()
+    a_silent_connection_is_closed(grpc_pod.pod.address, HANDSHAKE_S)
     fds_back(grpc_pod, baseline)
 
 
 @pytest.mark.integration
 def test_an_idle_connection_is_sent_away(grpc_pod: GrpcPod, served: Beside) -> None:
-    client = RawH2(grpc_pod.pod.address)
-    started = time.monotonic()
-    try:
-        client.handshake()
-        client.until(lambda: client.goaway is not None, IDLE_S + 10, "GOAWAY on the idle connection")
-        assert time.monotonic() - started < IDLE_S + 5
-        client.until(lambda: client.closed, 10, "closed after GOAWAY")
-    finally:
-        client.close()
+    an_idle_connection_is_sent_away(grpc_pod.pod.address, IDLE_S)
 
 
 @pytest.mark.integration
 def test_a_ping_flood_is_sent_away(grpc_pod: GrpcPod, served: Beside) -> None:
-    client = RawH2(grpc_pod.pod.address)
-    try:
-        client.handshake()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server may hang up mid-flood
-            for n in range(10):
-                client.ping(b"flood%03d" % n)
-        client.until(lambda: client.goaway is not None, 10, "GOAWAY after the flood")
-        assert client.goaway is not None
-        assert client.goaway.error_code == ErrorCode.ENHANCE_YOUR_CALM
-        assert b"too_many_pings" in bytes(client.goaway.additional_data)
-    finally:
-        client.close()
+    a_ping_flood_is_sent_away(grpc_pod.pod.address)
 
 
 @pytest.mark.integration

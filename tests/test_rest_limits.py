@@ -16,13 +16,11 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
@@ -31,6 +29,7 @@ from harness.processes import ChildProcess, free_port
 from load_tests.echo_runtime import MODEL_TYPE
 from load_tests.hop import register
 from load_tests.processes import EchoProcess
+from tests.hostile import Beside, fd_count
 from tests.support import poll_until
 
 pytestmark = pytest.mark.integration
@@ -47,7 +46,6 @@ LIMIT_FLAGS = [
 ]
 MODEL = "rest-echo"
 INFER_PATH = f"/v2/models/{MODEL}/infer"
-SLOWEST_S = 5.0  # no answer to the normal client may take longer than this during an attack
 VALID = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}).encode()
 
 # The runtime's REST side: answers an infer with what it received, undecoded (model, body size and digest,
@@ -173,64 +171,27 @@ def infer(rest_pod: RestPod, body: bytes, headers: dict[str, str] | None = None)
     return request("POST", rest_pod.rest, INFER_PATH, body, headers)
 
 
-class Beside:
-    """A normal client inferring in a loop over one keep-alive connection while an attack runs."""
+@pytest.fixture
+def served(rest_pod: RestPod) -> Iterator[Beside]:
+    """The normal client for the whole test, inferring over one keep-alive connection; afterwards the pod
+    holds no more descriptors than before."""
+    host, port = rest_pod.rest.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
 
-    def __init__(self, address: str) -> None:
-        host, port = address.rsplit(":", 1)
-        self._connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        self._stop = threading.Event()
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _call(self) -> None:
+    def call() -> None:
         headers = {"Content-Type": "application/json", "X-Normal": "1"}
-        self._connection.request("POST", INFER_PATH, body=VALID, headers=headers)
-        reply = self._connection.getresponse()
+        connection.request("POST", INFER_PATH, body=VALID, headers=headers)
+        reply = connection.getresponse()
         answer = json.loads(reply.read())
         assert reply.status == 200 and answer["model_name"] == MODEL, (reply.status, answer)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self._call()
-                self.latencies.append(time.monotonic() - started)
-            except Exception as e:
-                self.failures.append(repr(e))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> Beside:
-        self._thread.start()
-        poll_until(lambda: len(self.latencies) >= 3 or bool(self.failures), 30, "normal client served")
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        done = len(self.latencies)
-        if kind is None:  # the attack is over: the client is still served after it
-            poll_until(lambda: len(self.latencies) >= done + 3 or bool(self.failures), 30, "served after")
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self._connection.close()
-        if kind is None:
-            assert not self.failures, self.failures[:5]
-            assert max(self.latencies) < SLOWEST_S, f"slowest answer {max(self.latencies):.2f}s"
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-@pytest.fixture
-def served(rest_pod: RestPod) -> Iterator[Beside]:
-    """The normal client for the whole test; afterwards the pod holds no more descriptors than before."""
-    with Beside(rest_pod.rest) as beside:
-        baseline = open_fds(rest_pod.pid)
-        yield beside
-        poll_until(lambda: open_fds(rest_pod.pid) <= baseline + 2, 30, f"pod fds back to {baseline}")
+    try:
+        with Beside(call) as beside:
+            baseline = fd_count(rest_pod.pid)
+            yield beside
+            poll_until(lambda: fd_count(rest_pod.pid) <= baseline + 2, 30, f"pod fds back to {baseline}")
+    finally:
+        connection.close()
     assert "Unhandled exception" not in rest_pod.pod.process.log_tail(1 << 20)
 
 

@@ -34,7 +34,7 @@ import argparse
 import contextlib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -57,14 +57,7 @@ class ListenerLimits:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ListenerLimits:
-        return cls(
-            max_concurrent_streams=args.max_concurrent_streams,
-            max_connections=args.max_connections,
-            max_header_list_bytes=args.max_header_list_bytes,
-            max_message_bytes=args.max_message_bytes,
-            handshake_timeout_s=args.handshake_timeout_s,
-            idle_timeout_s=args.idle_timeout_s,
-        )
+        return cls(**{limit.name: getattr(args, limit.name) for limit in fields(cls)})  # one flag each
 
 
 def add_listener_arguments(parser: argparse.ArgumentParser) -> None:
