@@ -193,9 +193,33 @@ def _check_pair(files: TlsFiles) -> None:
         raise TlsError(f"the key does not fit the certificate: {e}") from None
 
 
-def grpc_channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
-    """Credentials for a channel to a peer: this pod's certificate, the peer's verified (read now)."""
-    chain, key, trust = read_checked(TlsFiles(files.cert, files.key, files.trust))
-    if trust is None:
-        raise TlsError("calls to peers need a trust bundle to verify them against")
-    return grpc.ssl_channel_credentials(root_certificates=trust, private_key=key, certificate_chain=chain)
+class ReloadingChannelCredentials:
+    """Credentials for grpc.aio channels to peers: this pod's certificate, the peer's verified.
+
+    grpc reads a channel's credentials once, when the channel is made, so ``reload()`` makes new ones
+    and counts a ``generation``: a channel made with an older one is replaced for new calls (``PeerPool``),
+    which then present the rotated certificate and trust the rotated authority."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        if not files.trust:
+            raise TlsError("calls to peers need a trust bundle to verify them against")
+        self.files = TlsFiles(files.cert, files.key, files.trust)  # its own record of what it loaded
+        self.generation = 0
+        self.credentials = self._read()
+
+    def _read(self) -> grpc.ChannelCredentials:
+        chain, key, trust = read_checked(self.files)
+        return grpc.ssl_channel_credentials(root_certificates=trust, private_key=key, certificate_chain=chain)
+
+    def reload(self) -> bool:
+        """New credentials if the files changed; False (the current ones kept) if not, or half written."""
+        if not self.files.changed():
+            return False
+        try:
+            self.credentials = self._read()
+        except TlsError as e:
+            log.error("certificate reload failed, keeping the current one: %s", e)
+            return False
+        self.generation += 1
+        log.info("peer channel certificates reloaded from %s", ", ".join(self.files.paths()))
+        return True

@@ -130,15 +130,14 @@ def test_a_ping_flood_is_sent_away(adapter: Adapter, served: Beside) -> None:
 
 
 def test_metadata_and_messages_past_their_limits_are_refused(adapter: Adapter, served: Beside) -> None:
+    # predictModelSize, not runtimeStatus: that is the mesh's (re)start, which purges what is loaded
+    fits = pb.PredictModelSizeRequest(modelId="iris-size", modelType="sklearn", modelPath=str(adapter.model))
     with grpc.insecure_channel(adapter.address) as channel:
         stub = pb_grpc.ModelRuntimeStub(channel)
-        assert (
-            stub.runtimeStatus(pb.RuntimeStatusRequest(), timeout=10).status == pb.RuntimeStatusResponse.READY
-        )
+        half = (("x-fits", "v" * (HEADER_BYTES // 2)),)
+        assert stub.predictModelSize(fits, metadata=half, timeout=10).sizeInBytes > 0
         with pytest.raises(grpc.RpcError):
-            stub.runtimeStatus(
-                pb.RuntimeStatusRequest(), metadata=(("x-big", "v" * (HEADER_BYTES + 1000)),), timeout=10
-            )
+            stub.predictModelSize(fits, metadata=(("x-big", "v" * (HEADER_BYTES + 1000)),), timeout=10)
         with pytest.raises(grpc.RpcError) as refused:
             stub.predictModelSize(
                 pb.PredictModelSizeRequest(modelId="m", modelPath="x" * (MESSAGE_BYTES + 1)), timeout=10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from runtime_adapters.common.model_files import (
     predicted_size,
     resolve_model_path,
 )
-from runtime_adapters.mlserver.adapter import UnsupportedModelType, folder_name, implementation_for
+from runtime_adapters.mlserver.adapter import (
+    MLServerAdapter,
+    MLServerAdapterConfig,
+    UnsupportedModelType,
+    folder_name,
+    implementation_for,
+)
 
 
 def test_resolve_missing_path_names_it(tmp_path: Path) -> None:
@@ -148,3 +155,31 @@ def test_listener_flags_and_their_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_spi_server_options(limits: ListenerLimits, expected: dict[str, int]) -> None:
     options = dict(spi_server_options(limits))
     assert {key: options[key] for key in expected} == expected
+
+
+def test_a_loaded_marker_removed_while_the_purge_reads_them_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtimeStatus purges while unloads may still finish: a marker gone between the listing and its read
+    is a model unloaded already, not an error (it failed runtimeStatus with FileNotFoundError)."""
+
+    async def marked() -> list[str]:
+        adapter = MLServerAdapter(MLServerAdapterConfig("127.0.0.1:1", tmp_path))
+        try:
+            for name in ("kept", "going"):
+                marker = adapter.loaded_marker(name)
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(name)
+            read_text = Path.read_text
+
+            def unloaded_meanwhile(path: Path, *args: object, **kwargs: object) -> str:
+                if path == adapter.loaded_marker("going"):
+                    path.unlink()
+                return read_text(path)
+
+            monkeypatch.setattr(Path, "read_text", unloaded_meanwhile)
+            return adapter._marked_models()
+        finally:
+            await adapter.close()
+
+    assert asyncio.run(marked()) == ["kept"]

@@ -9,12 +9,15 @@ import ssl
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import trustme
 from cryptography import x509
 
+from mesh.routing.peers import PeerPool
 from mesh.tls import (
     ClientAuth,
+    ReloadingChannelCredentials,
     TlsError,
     TlsFiles,
     client_context,
@@ -233,3 +236,62 @@ def test_grpc_credentials_refuse_files_caught_mid_rotation(
     chain, key, _ = read_checked(files)
     assert chain == Path(files.cert).read_bytes() and key == Path(files.key).read_bytes()
     assert not files.changed()
+
+
+# -- grpc.aio channels to peers after a rotation ----------------------------------------------------------
+ECHO = "/test.Echo/Call"
+
+
+class _Echo(grpc.GenericRpcHandler):
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return request
+
+        return grpc.unary_unary_rpc_method_handler(echo)
+
+
+async def _pod_port(files: TlsFiles, port: int = 0) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio port that takes only clients with a certificate from ``files``' trust (a pod's internal)."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_Echo(),))
+    chain, key, trust = files.read()
+    credentials = grpc.ssl_server_credentials([(key, chain)], trust or b"", require_client_auth=True)
+    port = server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    await server.start()
+    return server, port
+
+
+def test_peer_channels_present_the_rotated_certificate(tmp_path: Path) -> None:
+    """After the pods' authority and certificates are rotated, a peer that trusts only the new authority
+    still takes this pod's calls: they go on a new channel with the new certificate."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    server_files = issue(old_ca, tmp_path / "server", "pod-b")
+    client_files = issue(old_ca, tmp_path / "client", "pod-a")
+    credentials = ReloadingChannelCredentials(client_files)
+    peers = PeerPool(1 << 20, credentials)
+
+    async def run() -> None:
+        server, port = await _pod_port(server_files)
+        address = f"127.0.0.1:{port}"
+        first = peers.channel(address)
+        assert await first.unary_unary(ECHO)(b"before", timeout=10) == b"before"
+        assert not credentials.reload()  # nothing changed: the same channel
+        assert peers.channel(address) is first
+        # the rotation: both pods' certificates and the trust, to a new authority; the peer restarts on it
+        issue(new_ca, tmp_path / "server", "pod-b")
+        issue(new_ca, tmp_path / "client", "pod-a")
+        written_later(client_files, 1)
+        await server.stop(None)
+        server, _ = await _pod_port(server_files, port)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError):  # the old certificate: the peer refuses it
+                await first.unary_unary(ECHO)(b"old", timeout=5)
+            assert credentials.reload() and credentials.generation == 1
+            second = peers.channel(address)
+            assert second is not first
+            assert await second.unary_unary(ECHO)(b"after", timeout=10) == b"after"
+        finally:
+            await peers.close()
+            await server.stop(None)
+
+    asyncio.run(run())

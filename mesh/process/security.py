@@ -20,9 +20,9 @@ from mesh.process.settings import Settings
 from mesh.tls import (
     ALPN_H2,
     ClientAuth,
+    ReloadingChannelCredentials,
     ReloadingContext,
     client_context,
-    grpc_channel_credentials,
     grpc_server_credentials,
     server_context,
 )
@@ -40,10 +40,10 @@ class PodTls:
     internal_rest: ReloadingContext | None = None
     to_peers_h2: ReloadingContext | None = None  # the front's connections to peers' internal ports
     to_peers_rest: ReloadingContext | None = None  # the REST gateway's calls to peers
-    to_peers_grpc: grpc.ChannelCredentials | None = None  # grpc.aio channels to peers
+    to_peers_grpc: ReloadingChannelCredentials | None = None  # grpc.aio channels to peers
     external_server: grpc.ServerCredentials | None = None  # --front=grpc: grpc.aio on the external port
     internal_server: grpc.ServerCredentials | None = None  # --front=grpc: grpc.aio on the internal port
-    _contexts: list[ReloadingContext] = field(default_factory=list)
+    _contexts: list[ReloadingContext | ReloadingChannelCredentials] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
@@ -61,7 +61,7 @@ class PodTls:
             internal_rest=server_context(internal, ClientAuth.REQUIRE),
             to_peers_h2=client_context(internal, ALPN_H2),
             to_peers_rest=client_context(internal),
-            to_peers_grpc=grpc_channel_credentials(internal),
+            to_peers_grpc=ReloadingChannelCredentials(internal),
             external_server=grpc_server_credentials(external, settings.client_auth),
             internal_server=grpc_server_credentials(internal, ClientAuth.REQUIRE),
         )
@@ -74,6 +74,7 @@ class PodTls:
                 tls.internal_rest,
                 tls.to_peers_h2,
                 tls.to_peers_rest,
+                tls.to_peers_grpc,
             )
             if c is not None
         ]
@@ -84,8 +85,8 @@ class PodTls:
         return context.context if context is not None else None
 
     def reload(self) -> int:
-        """Load rotated files into every context; how many changed (grpc.aio's credentials look
-        themselves)."""
+        """Load rotated files into every context and the peer channels' credentials; how many changed
+        (grpc.aio servers' credentials look themselves)."""
         return sum(1 for c in self._contexts if c.reload())
 
     async def keep_reloading(self, interval_s: float) -> None:

@@ -339,29 +339,22 @@ async def report_usage(
     metrics: MeshMetrics,
     internal_address: str,
     stop: asyncio.Event,
-    credentials: grpc.ChannelCredentials | None = None,
+    peers: PeerPool,
 ) -> None:
     """Every second, and once more when stopping: the hits and the metrics since the last report (to the
-    main process's internal port: with TLS, as a pod with its certificate)."""
-    channel = (
-        grpc.aio.insecure_channel(internal_address)
-        if credentials is None
-        else grpc.aio.secure_channel(internal_address, credentials)
-    )
-    async with channel:
-        send_usage, send_metrics = channel.unary_unary(USAGE_METHOD), channel.unary_unary(METRICS_METHOD)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), REPORT_INTERVAL_S)
-            reports = [(send_usage, usage.drain())] if usage.counts else []
-            counted = metrics.drain()
-            if counted:
-                reports.append((send_metrics, json.dumps(counted).encode()))
-            for send, report in reports:
-                try:
-                    await send(report, timeout=5)
-                except grpc.aio.AioRpcError as e:
-                    log.warning("report to the main process not delivered: %s", e.code().name)
+    main process's internal port, on the peers' channel to it: with TLS, as a pod with its certificate)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REPORT_INTERVAL_S)
+        reports = [(USAGE_METHOD, usage.drain())] if usage.counts else []
+        counted = metrics.drain()
+        if counted:
+            reports.append((METRICS_METHOD, json.dumps(counted).encode()))
+        for method, report in reports:
+            try:
+                await peers.channel(internal_address).unary_unary(method)(report, timeout=5)
+            except grpc.aio.AioRpcError as e:
+                log.warning("report to the main process not delivered: %s", e.code().name)
 
 
 async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -457,7 +450,7 @@ async def run_worker(
                 metrics,
                 f"{main_host(settings.host)}:{settings.internal_port}",
                 stop,
-                tls.to_peers_grpc,
+                peers,
             )
         )
         log.info("serving process %d of pod %s on %s", os.getpid(), settings.pod_id, settings.address)

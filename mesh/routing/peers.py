@@ -8,6 +8,7 @@ made on first use inside the event loop (the caller counts its calls in the in-f
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -15,6 +16,9 @@ import grpc
 from mesh.outcomes import AVOID_HEADER, INTERNAL_MODEL_HEADER, Metadata
 from mesh.registry.records import InstanceRecord
 from mesh.registry.view import RoutingTable
+from mesh.tls import ReloadingChannelCredentials
+
+RETIRED_CHANNEL_GRACE_S = 120.0  # calls in flight on a channel a rotation replaced may take this long
 
 
 class PeerHealth:
@@ -48,24 +52,40 @@ class PeerHealth:
 
 
 class PeerPool:
-    def __init__(self, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+    """One grpc.aio channel per peer address. With TLS, a rotation of this pod's certificate (or of the
+    pods' authority) makes the next call open a new channel; the old one finishes its calls in flight."""
+
+    def __init__(
+        self, max_message_bytes: int, credentials: ReloadingChannelCredentials | None = None
+    ) -> None:
         self._credentials = credentials  # mutual TLS to peers' internal ports, when pods have certificates
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[str, tuple[grpc.aio.Channel, int]] = {}  # address -> (channel, its generation)
+        self._retiring: set[asyncio.Task[None]] = set()
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = (
-                grpc.aio.insecure_channel(address, options=self._options)
-                if self._credentials is None
-                else grpc.aio.secure_channel(address, self._credentials, options=self._options)
-            )
-            self._channels[address] = channel
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The channel to ``address``, made with the current credentials."""
+        generation = self._credentials.generation if self._credentials is not None else 0
+        known = self._channels.get(address)
+        if known is not None:
+            if known[1] == generation:
+                return known[0]
+            self._retire(known[0])
+        channel = (
+            grpc.aio.insecure_channel(address, options=self._options)
+            if self._credentials is None
+            else grpc.aio.secure_channel(address, self._credentials.credentials, options=self._options)
+        )
+        self._channels[address] = (channel, generation)
         return channel
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.ensure_future(channel.close(grace=RETIRED_CHANNEL_GRACE_S))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def stream(
         self,
@@ -77,7 +97,7 @@ class PeerPool:
         avoid: frozenset[str] = frozenset(),
     ) -> grpc.aio.StreamStreamCall:
         """A raw-bytes bidirectional stream to the peer's internal port, for the concrete ``model_id``."""
-        return self._channel(address).stream_stream(method)(
+        return self.channel(address).stream_stream(method)(
             timeout=timeout_s, metadata=_internal_headers(metadata, model_id, avoid)
         )
 
@@ -91,20 +111,22 @@ class PeerPool:
         timeout_s: float | None,
         avoid: frozenset[str] = frozenset(),
     ) -> bytes:
-        call = self._channel(address).unary_unary(method)
+        call = self.channel(address).unary_unary(method)
         headers = _internal_headers(metadata, model_id, avoid)
         response: bytes = await call(body, timeout=timeout_s, metadata=headers)
         return response
 
     async def forget(self, address: str) -> None:
         """A peer went away: close its channel."""
-        channel = self._channels.pop(address, None)
-        if channel is not None:
-            await channel.close()
+        known = self._channels.pop(address, None)
+        if known is not None:
+            await known[0].close()
 
     async def close(self) -> None:
         for address in list(self._channels):
             await self.forget(address)
+        for task in list(self._retiring):
+            task.cancel()
 
 
 def _internal_headers(

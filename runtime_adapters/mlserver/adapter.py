@@ -265,6 +265,18 @@ class MLServerAdapter(RuntimeAdapter):
 
     # ---- runtimeStatus --------------------------------------------------------------------------------
 
+    def _marked_models(self) -> list[str]:
+        """The models the loaded markers name; a marker removed while this reads (an unload finishing) is
+        skipped: that model is gone already."""
+        loaded = self.repository_dir / LOADED_DIR
+        models = []
+        for marker in sorted(loaded.glob("*")) if loaded.is_dir() else []:
+            try:
+                models.append(marker.read_text().strip() or marker.name)
+            except FileNotFoundError:
+                continue
+        return models
+
     async def runtime_up(self) -> bool:
         ready = await self.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=STATUS_TIMEOUT_S)
         return bool(ready.ready)
@@ -278,9 +290,8 @@ class MLServerAdapter(RuntimeAdapter):
             leftovers[name] = None
         for folder, model_id in await asyncio.to_thread(lambda: list(self._our_folders())):
             leftovers[model_id] = folder
-        loaded = self.repository_dir / LOADED_DIR
-        for marker in await asyncio.to_thread(lambda: sorted(loaded.glob("*")) if loaded.is_dir() else []):
-            leftovers.setdefault(marker.read_text().strip() or marker.name, None)
+        for model_id in await asyncio.to_thread(self._marked_models):
+            leftovers.setdefault(model_id, None)
         for model_id, left in leftovers.items():
             async with self._locked(model_id):
                 await self.runtime_unload(model_id)
