@@ -49,7 +49,7 @@ LIMIT_FLAGS = [
     f"--handshake-timeout-s={HANDSHAKE_S:g}",
     f"--idle-timeout-s={IDLE_S:g}",
 ]
-STATUS_METHOD = "/mmesh.ModelRuntime/runtimeStatus"
+HELD_METHOD = "/mmesh.ModelRuntime/predictModelSize"  # held open without its message
 
 
 @dataclass
@@ -105,13 +105,13 @@ def fds_back(adapter: Adapter, baseline: int) -> None:
 
 def test_streams_past_the_limit_are_refused(adapter: Adapter, served: Beside) -> None:
     baseline = fd_count(adapter.pid)
-    streams_past_the_limit_are_refused(adapter.address, STATUS_METHOD, STREAMS)
+    streams_past_the_limit_are_refused(adapter.address, HELD_METHOD, STREAMS)
     fds_back(adapter, baseline)
 
 
 def test_connections_past_the_cap_are_closed_as_they_arrive(adapter: Adapter, served: Beside) -> None:
     baseline = fd_count(adapter.pid)
-    connections_past_the_cap_are_closed(adapter.address, STATUS_METHOD, CONNECTIONS)
+    connections_past_the_cap_are_closed(adapter.address, HELD_METHOD, CONNECTIONS)
     fds_back(adapter, baseline)
 
 

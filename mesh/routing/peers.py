@@ -64,7 +64,7 @@ class PeerPool:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self._channels: dict[str, tuple[grpc.aio.Channel, int]] = {}  # address -> (channel, its generation)
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # closing, their calls finishing
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """The channel to ``address``, made with the current credentials."""
@@ -84,8 +84,8 @@ class PeerPool:
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
         task = asyncio.ensure_future(channel.close(grace=RETIRED_CHANNEL_GRACE_S))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = channel
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     def stream(
         self,
@@ -125,8 +125,8 @@ class PeerPool:
     async def close(self) -> None:
         for address in list(self._channels):
             await self.forget(address)
-        for task in list(self._retiring):
-            task.cancel()
+        for channel in list(self._retiring.values()):
+            await channel.close()  # now: a stopping pod does not wait out the grace
 
 
 def _internal_headers(
