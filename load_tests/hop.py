@@ -293,10 +293,11 @@ def triton_paths(
 
 # Each backend twice: the pods' external port served by grpc.aio (--front=grpc), then by the HTTP/2 front;
 # echo a third time, the HTTP/2 front on python-hyper's h2 instead of its own codec (what each costs).
-HOP_BACKENDS = ("echo", "echo-h2", "echo-h2lib", "triton", "triton-h2")
+HOP_BACKENDS = ("echo", "echo-h2", "echo-h2sleep", "echo-h2lib", "triton", "triton-h2")
 FRONT_ARGS = {
     "": ["--front=grpc"],
     "h2": ["--front=h2", "--front-codec=lean"],
+    "h2sleep": ["--front=h2", "--front-codec=lean", "--busy-poll-us=0"],  # what busy polling buys
     "h2lib": ["--front=h2", "--front-codec=h2"],
 }
 

@@ -47,6 +47,7 @@ HERE = Path(__file__).parent
 HOP_TITLES = {
     "echo": "echo backend, --front=grpc",
     "echo-h2": "echo backend, --front=h2 (its own codec, the default)",
+    "echo-h2sleep": "echo backend, --front=h2 --busy-poll-us=0 (the loop sleeps at once)",
     "echo-h2lib": "echo backend, --front=h2 --front-codec=h2 (python-hyper's h2)",
     "triton": "Triton python backend, --front=grpc",
     "triton-h2": "Triton python backend, --front=h2",
@@ -83,7 +84,7 @@ def stall_settings(full: bool) -> stalls.StallSettings:
 def run_scenario(name: str, work_dir: Path, full: bool) -> dict[str, Any]:
     directory = work_dir / name
     if name == "hop":
-        backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2", "echo-h2lib")
+        backends = HOP_BACKENDS if triton_installed() else ("echo", "echo-h2", "echo-h2sleep", "echo-h2lib")
         return asyncio.run(run_hop(directory, hop_settings(full), backends))
     if name == "front_cost":
         return front_cost.run_front_cost(rounds=9 if full else 5)
@@ -284,7 +285,20 @@ def shortfall_lines(results: dict[str, Any]) -> list[str]:
             lines[0] += (
                 f" At one request in flight (the latency figures) the pod spends "
                 f"{local['proxy_cpu_us_at_one_in_flight']} µs of CPU per request, nginx "
-                f"{h2_nginx.get('proxy_cpu_us_at_one_in_flight')} µs: the added p50 there is mostly that CPU."
+                f"{h2_nginx.get('proxy_cpu_us_at_one_in_flight')} µs."
+            )
+        sleeping = results.get("hop", {}).get("echo-h2sleep")
+        if sleeping and "mesh-local" in sleeping:
+            asleep = sleeping["mesh-local"]
+            lines[0] += (
+                " Much of that CPU is busy polling (mesh/process/busy_poll.py, --busy-poll-us, 300 by "
+                "default): the loop polls for a moment before it sleeps, so the runtime's answer finds the "
+                f"pod awake. With --busy-poll-us=0 the same pod adds p50 {asleep['added_p50_ms']} ms and p99 "
+                f"{asleep['added_p99_ms']} ms (nginx in that run: {sleeping['nginx']['added_p50_ms']} / "
+                f"{sleeping['nginx']['added_p99_ms']} ms) and spends "
+                f"{asleep.get('proxy_cpu_us_at_one_in_flight')} µs per request at one in flight: on this "
+                "VM a sleeping pod's wake-ups (two per request, each waking an idle core) cost more latency "
+                "than its work."
             )
         pump = h2.get("asyncio-pump")
         if pump and "proxy_cpu_us_at_one_in_flight" in pump:

@@ -219,6 +219,42 @@ def test_a_lost_copy_is_replayed_through_the_general_route_and_reloaded(pods: Fr
     assert pods.echo.stats()["loads"]["echo-lost"] == 2  # reloaded once
 
 
+def sequential_calls(address: str, model_id: str, calls: int) -> None:
+    body = infer_request(model_id)
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(INFER_METHOD)
+        for _ in range(calls):
+            assert model_name(call(body, timeout=30)) == model_id
+
+
+def test_the_pods_loop_busy_polls(pods: FrontPods) -> None:
+    """By default (--busy-poll-us 300) the loop polls before it sleeps: one call at a time, the runtime's
+    answers come while it polls, and the pod is not woken for them."""
+    before = pods.counts(pods.holder)
+    sequential_calls(pods.holder.address, "echo-1", 200)
+    after = pods.counts(pods.holder)
+    assert after["fast"] - before["fast"] == 200
+    assert after["busy_poll_spun"] - before["busy_poll_spun"] >= 200
+    assert after["busy_poll_caught"] - before["busy_poll_caught"] >= 100
+
+
+@pytest.mark.parametrize("loop_args", [["--busy-poll-us=0"], ["--event-loop=uvloop"]], ids=["off", "uvloop"])
+def test_a_pod_that_does_not_busy_poll(tmp_path: Path, etcd: EtcdServer, loop_args: list[str]) -> None:
+    echo = EchoProcess.start(tmp_path / "echo", "echo-np")
+    try:
+        pod = start_echo_pod(tmp_path / "pod", etcd, echo, "pod-np", extra_args=loop_args)
+        try:
+            register(pod.address, "echo-np", MODEL_TYPE, "size=1000")
+            sequential_calls(pod.address, "echo-np", 50)
+            counts = front_counts(pod)
+            assert counts["fast"] == 50
+            assert counts["busy_poll_spun"] == counts["busy_poll_caught"] == 0
+        finally:
+            pod.process.stop()
+    finally:
+        echo.stop()
+
+
 def test_the_front_runs_on_uvloop(tmp_path: Path, etcd: EtcdServer) -> None:
     """uvloop's transports are not asyncio's classes: the front must not depend on that."""
     echo = EchoProcess.start(tmp_path / "echo", "echo-uv")

@@ -126,3 +126,11 @@ def test_status_page_limits_are_settings() -> None:
         )
     )
     assert (limits.max_streams, limits.max_stream_s, limits.write_timeout_s) == (3, 30.0, 2.0)
+
+
+def test_busy_poll() -> None:
+    assert parse_settings([], env={}).busy_poll_us == 300  # load_tests: hop, with and without
+    assert parse_settings([], env={"MM_BUSY_POLL_US": "0"}).busy_poll_us == 0
+    assert parse_settings(["--busy-poll-us", "50"], env={}).busy_poll_us == 50
+    with pytest.raises(SystemExit):
+        parse_settings(["--busy-poll-us", "-1"], env={})

@@ -1,7 +1,8 @@
 """How a mesh process runs: logging and tracing from its settings, its event loop, and SIGTERM/SIGINT
 setting ``stop``.
 
-Shared by the pod's main process and its serving processes, so both honour ``--event-loop``.
+Shared by the pod's main process and its serving processes, so both honour ``--event-loop`` and
+``--busy-poll-us``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from mesh.observe.logs import configure_logging
 from mesh.observe.tracing import Tracing
+from mesh.process import busy_poll
 from mesh.process.settings import Settings
 
 
@@ -26,11 +28,11 @@ def run_until_signalled(settings: Settings, main: Callable[[asyncio.Event], Awai
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    loop_factory = None
+    loop_factory = busy_poll.loop_factory(settings.busy_poll_us)
     if settings.event_loop == "uvloop":
         import uvloop  # optional: measured in load_tests/
 
-        loop_factory = uvloop.new_event_loop
+        loop_factory = uvloop.new_event_loop  # it has no selector to poll with: never busy-polls
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(run())
 

@@ -38,6 +38,7 @@ from mesh.models.runtime_client import RuntimeClient
 from mesh.models.runtime_watch import RuntimeWatch
 from mesh.observe.export import Exposition, InstanceGauges, MeshCollector
 from mesh.observe.metrics import metrics_for
+from mesh.process import busy_poll
 from mesh.process.entry import freeze_startup_heap, run_until_signalled, tracing_for
 from mesh.process.security import PodTls
 from mesh.process.serving_worker import (
@@ -398,10 +399,12 @@ async def run_pod(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def front_counts(front: H2Front | None, internal: H2Front | None) -> dict[str, int]:
-    """Streams per path on both ports (/mesh/front)."""
+    """Streams per path on both ports, and the main process's busy polls (/mesh/front)."""
     counts = dict(front.counts) if front is not None else {}
     if internal is not None:
         counts.update({f"internal_{k}": v for k, v in internal.counts.items() if k != "fast_to_peer"})
+    counts["busy_poll_spun"] = busy_poll.PROCESS_COUNTS.spun
+    counts["busy_poll_caught"] = busy_poll.PROCESS_COUNTS.caught
     return counts
 
 

@@ -90,6 +90,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--runtime-ready-timeout-s", "MM_RUNTIME_READY_TIMEOUT_S", "120", "wait for the adapter at start"),
     Option("--event-loop", "MM_EVENT_LOOP", "asyncio", "asyncio or uvloop"),
     Option(
+        "--busy-poll-us",
+        "MM_BUSY_POLL_US",
+        "300",
+        "microseconds the asyncio loop polls before it sleeps, while its waits are short (0: off; not with"
+        " uvloop)",
+    ),
+    Option(
         "--serving-processes", "MM_SERVING_PROCESSES", "1", "processes sharing the gRPC port (SO_REUSEPORT)"
     ),
     Option(
@@ -273,6 +280,7 @@ class Settings:
     rate_interval_s: float = 10.0
     runtime_ready_timeout_s: float = 120.0
     event_loop: str = "asyncio"
+    busy_poll_us: int = 300
     serving_processes: int = 1
     front: str = "h2"
     front_codec: str = "lean"
@@ -457,6 +465,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: dict[str, str] | None
         parser.error("--trace-sample-ratio: between 0 and 1")
     if int(values["serving_processes"]) < 1:  # type: ignore[call-overload]
         parser.error("--serving-processes: at least 1")
+    if int(values["busy_poll_us"]) < 0:  # type: ignore[call-overload]
+        parser.error("--busy-poll-us: 0 or more")
     try:
         check_tls(values)
     except ValueError as e:
