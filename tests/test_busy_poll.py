@@ -96,39 +96,38 @@ class RecordingSelector(BusyPollSelector):
         return super().poll(timeout)
 
 
+def select_with_a_late_write(
+    pair: tuple[socket.socket, socket.socket], policy: SpinPolicy, counts: PollCounts, after_s: float
+) -> RecordingSelector:
+    """One select (10 s timeout) on ``a`` while another thread writes to ``b`` after ``after_s``."""
+    a, b = pair
+    with RecordingSelector(policy, counts) as selector:
+        selector.register(a, selectors.EVENT_READ)
+        writer = threading.Timer(after_s, b.send, (b"x",))
+        writer.start()
+        try:
+            ready = selector.select(timeout=10.0)
+        finally:
+            writer.join()
+        assert [key.fileobj for key, _ in ready] == [a]
+    return selector
+
+
 def test_bytes_that_come_while_it_spins_are_caught_without_blocking(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    a, b = pair
     counts = PollCounts()
-    with RecordingSelector(SpinPolicy(0.5), counts) as selector:  # a long spin: the write lands inside it
-        selector.register(a, selectors.EVENT_READ)
-        writer = threading.Timer(0.01, b.send, (b"x",))
-        writer.start()
-        try:
-            ready = selector.select(timeout=10.0)
-        finally:
-            writer.join()
-        assert [key.fileobj for key, _ in ready] == [a]
-        assert counts.caught == 1 and counts.spun == 1
-        assert selector.timeouts and all(t == 0 for t in selector.timeouts)  # never blocked: looks only
+    selector = select_with_a_late_write(pair, SpinPolicy(0.5), counts, 0.01)  # the write lands in the spin
+    assert counts.caught == 1 and counts.spun == 1
+    assert selector.timeouts and all(t == 0 for t in selector.timeouts)  # never blocked: looks only
 
 
 def test_a_spin_that_catches_nothing_blocks_for_the_rest(pair: tuple[socket.socket, socket.socket]) -> None:
-    a, b = pair
     counts = PollCounts()
-    with RecordingSelector(SpinPolicy(0.005), counts) as selector:
-        selector.register(a, selectors.EVENT_READ)
-        writer = threading.Timer(0.1, b.send, (b"x",))
-        writer.start()
-        try:
-            ready = selector.select(timeout=10.0)
-        finally:
-            writer.join()
-        assert [key.fileobj for key, _ in ready] == [a]
-        assert counts.spun == 1 and counts.caught == 0
-        last = selector.timeouts[-1]
-        assert last is not None and 9.0 < last < 10.0  # then it blocked, for what the timeout left
+    selector = select_with_a_late_write(pair, SpinPolicy(0.005), counts, 0.1)
+    assert counts.spun == 1 and counts.caught == 0
+    last = selector.timeouts[-1]
+    assert last is not None and 9.0 < last < 10.0  # then it blocked, for what the timeout left
 
 
 def test_a_timeout_shorter_than_the_spin_is_kept(pair: tuple[socket.socket, socket.socket]) -> None:
