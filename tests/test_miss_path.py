@@ -16,7 +16,7 @@ import pytest
 
 from mesh.errors import MeshError
 from mesh.models.cache import ModelCache
-from mesh.models.local import LoadClaimed, ModelLoader
+from mesh.models.local import LoadClaimed, ModelLoader, now_ms
 from mesh.registry.records import ModelRecord
 from mesh.registry.store import Unchanged
 from mesh.registry.view import REGISTRY, RoutingTable
@@ -30,6 +30,7 @@ class Runtime:
 
     calls: list[str] = field(default_factory=list)
     hold: dict[str, asyncio.Event] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # what a load measures, when not SIZE
 
     async def predict_size(
         self, model_id: str, type_: str, path: str, key: str, timeout_s: float = 5.0
@@ -41,7 +42,7 @@ class Runtime:
         if (held := self.hold.get(f"load {model_id}")) is not None:
             await held.wait()
         self.calls.append(f"loaded {model_id}")
-        return SIZE
+        return self.sizes.get(model_id, SIZE)
 
     async def unload(self, model_id: str) -> None:
         self.calls.append(f"unload {model_id}")
@@ -313,3 +314,39 @@ async def test_a_copy_etcd_did_not_hear_of_keeps_serving_and_is_published_when_e
     assert failures["left"] == 0
     assert not [c for c in runtime.calls if c.startswith("unload")]  # the copy was never dropped
     assert loader.is_loaded("m")
+
+
+async def test_a_model_is_not_evicted_between_its_load_and_its_waiting_requests() -> None:
+    """A load that measured more than predicted makes room for the difference after the runtime answered.
+    Meanwhile another miss must not choose the model itself as its victim: its waiting requests would find it
+    gone (the churn scenario saw the runtime's NOT_FOUND, then an INTERNAL error from the reload)."""
+    loader, runtime, _, _ = await loader_with(["a", "b", "big", "c"], capacity=4 * SIZE, unload_buffer=0)
+    await loader.ensure_loaded("a")
+    await loader.ensure_loaded("b")
+    loader.cache.touch("b", now_ms() + 60_000)  # b is used last: big is the next to go (LRU), once loaded
+    runtime.sizes["big"] = 3 * SIZE  # predicted: SIZE
+    for victim in ("a", "b"):
+        runtime.hold[f"unload {victim}"] = asyncio.Event()
+    big = asyncio.create_task(loader.ensure_loaded("big"))
+    await until(lambda: "loaded big" in runtime.calls and loader._unloads.keys() & {"a", "b"} != set())
+    assert not big.done()  # making room for what it measured: waiting for that unload
+    c = asyncio.create_task(loader.ensure_loaded("c"))  # needs room too, while big has not served yet
+    await until(lambda: len(loader._unloads) == 2 or c.done())
+    for held in runtime.hold.values():
+        held.set()
+    await asyncio.wait_for(asyncio.gather(big, c), 5)
+    assert loader.is_loaded("big") and loader.is_loaded("c")
+    assert "unload big" not in runtime.calls
+
+
+async def test_dropping_a_copy_leaves_a_new_load_of_the_model_alone() -> None:
+    """A copy reported lost, or idle, while the model is loading again: the load is not the copy, and goes on."""
+    loader, runtime, _, _ = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
+    runtime.hold["load m"] = asyncio.Event()
+    miss = asyncio.create_task(loader.ensure_loaded("m"))
+    await until(lambda: "load m" in runtime.calls)
+    await loader.unload("m", reason="lost")
+    runtime.hold["load m"].set()
+    await asyncio.wait_for(miss, 5)
+    assert loader.is_loaded("m")
+    assert "unload m" not in runtime.calls

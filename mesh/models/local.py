@@ -385,9 +385,11 @@ class ModelLoader:
         while the unloads under way hold more than the buffer (the runtime would hold more than its
         capacity). When it need not wait, the victims' unloads wait for ``unload_after`` (the load's end):
         the runtime does one thing at a time, and the load is what a request waits for.
-        Models serving requests, loading, or (with ``used_before_ms``) used since then are kept.
+        Models serving requests, loading, or (with ``used_before_ms``) used since then are kept; so is a model
+        whose load has not finished (it may be making room for what it measured, with its requests still
+        waiting to be served).
         """
-        pinned = frozenset(self._inflight) | {for_model}
+        pinned = frozenset(self._inflight) | self._loads.keys() | {for_model}
         victims = self.cache.plan_eviction(0, pinned, used_before_ms)
         if victims is None:
             raise MeshError(
@@ -416,8 +418,9 @@ class ModelLoader:
         return time.perf_counter() - started
 
     async def unload(self, model_id: str, reason: str) -> None:
-        """Drop the copy here (``reason``: lost, unregistered, idle, ... for the copy-change counts)."""
-        if model_id in self.cache:
+        """Drop the copy here (``reason``: lost, unregistered, idle, ... for the copy-change counts). A load of
+        the model under way is not a copy yet: it is left to finish (its own end handles an unregister)."""
+        if self.is_loaded(model_id):
             self.metrics.copy_dropped(reason)
             self._begin_unload(model_id)
             await self._evict(model_id)
