@@ -418,8 +418,8 @@ class ModelLoader:
         return time.perf_counter() - started
 
     async def unload(self, model_id: str, reason: str) -> None:
-        """Drop the copy here (``reason``: lost, unregistered, idle, ... for the copy-change counts). A load of
-        the model under way is not a copy yet: it is left to finish (its own end handles an unregister)."""
+        """Drop the copy here (``reason``: lost, unregistered, idle, ... for the copy-change counts). A load
+        of the model under way is not a copy yet: it is left to finish (its own end handles an unregister)."""
         if self.is_loaded(model_id):
             self.metrics.copy_dropped(reason)
             self._begin_unload(model_id)
