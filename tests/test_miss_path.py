@@ -340,7 +340,7 @@ async def test_a_model_is_not_evicted_between_its_load_and_its_waiting_requests(
 
 
 async def test_dropping_a_copy_leaves_a_new_load_of_the_model_alone() -> None:
-    """A copy reported lost, or idle, while the model is loading again: the load is not the copy, and goes on."""
+    """A copy reported lost, or idle, while the model loads again: the load is not the copy, and goes on."""
     loader, runtime, _, _ = await loader_with(["m"], capacity=4 * SIZE, unload_buffer=0)
     runtime.hold["load m"] = asyncio.Event()
     miss = asyncio.create_task(loader.ensure_loaded("m"))
