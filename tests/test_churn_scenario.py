@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from load_tests.churn import ChurnSettings, goal_checks, median_round, miss_cost, summary_lines, zipf_trace
+from load_tests.churn import (
+    ChurnSettings,
+    goal_checks,
+    median_round,
+    miss_cost,
+    run_churn_trace,
+    summary_lines,
+    zipf_trace,
+)
 
 
 def churn_round(throughput: float, p99: float) -> dict[str, Any]:
@@ -103,3 +111,17 @@ def test_a_levels_ratio_is_reported_against_the_bare_load_timed_beside_it() -> N
     (row,) = [r for r in goal_checks(figures) if r[0].startswith("miss p50")]
     assert row[1] == "7.0 ms, 2.33x the bare 3.0 ms" and row[2] is False
     assert any("2.33x the bare load timed beside it, 3.0 ms" in line for line in summary_lines(figures))
+
+
+@pytest.mark.integration
+async def test_churn_on_a_real_pod_answers_every_request(tmp_path: Path) -> None:
+    """Misses, evictions and loads that measure more than predicted (the large models) overlapping on one
+    MLServer pod, 8 in flight: every request is answered. A model evicted between its load and its waiting
+    requests made some fail (NOT_FOUND, then INTERNAL from the reload)."""
+    settings = ChurnSettings(
+        small_models=60, large_models=3, large_repeat=100, warm_up_requests=100, requests=900
+    )
+    result = await run_churn_trace(tmp_path, settings, [])
+    assert result["errors"] == {}
+    assert result["requests"] == settings.requests
+    assert 0 < result["hit_ratio"] < 1  # it did churn: misses and hits both
