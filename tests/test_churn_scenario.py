@@ -117,9 +117,11 @@ def test_a_levels_ratio_is_reported_against_the_bare_load_timed_beside_it() -> N
 async def test_churn_on_a_real_pod_answers_every_request(tmp_path: Path) -> None:
     """Misses, evictions and loads that measure more than predicted (the large models) overlapping on one
     MLServer pod, 8 in flight: every request is answered. A model evicted between its load and its waiting
-    requests made some fail (NOT_FOUND, then INTERNAL from the reload)."""
+    requests made some fail (NOT_FOUND, then INTERNAL from the reload). The room (a fifth of the bytes, about
+    30 small models) is well above what 8 requests can pin: a pod whose every model is loading or in use
+    refuses the next miss ("no room"), which a tighter room shows at times."""
     settings = ChurnSettings(
-        small_models=60, large_models=3, large_repeat=100, warm_up_requests=100, requests=900
+        small_models=150, large_models=3, large_repeat=100, warm_up_requests=100, requests=900
     )
     result = await run_churn_trace(tmp_path, settings, [])
     assert result["errors"] == {}

@@ -76,6 +76,7 @@ class ModelLoader:
         self._load_timeout_s = load_timeout_s
         self._failure_expiry_ms = int(failure_expiry_s * 1000)
         self._loads: dict[str, asyncio.Future[None]] = {}  # single flight: one load per model
+        self._settling: set[str] = set()  # loaded, making room for more than predicted: not yet serving
         self._inflight: Counter[str] = Counter()  # requests being served; pins against eviction
         self._unloads: dict[str, asyncio.Event] = {}  # set when the model's unload has returned
         self._unload_done = asyncio.Event()  # an unload returned: loads waiting for memory look again
@@ -255,7 +256,11 @@ class ModelLoader:
             phases.claim, clock = _lap(clock)
             self.cache.finish_load(model_id, size)
             if size > predicted:  # the runtime took more than predicted: others make way before it serves
-                phases.runtime_unload += await self._make_room(model_id)
+                self._settling.add(model_id)
+                try:
+                    phases.runtime_unload += await self._make_room(model_id)
+                finally:
+                    self._settling.discard(model_id)
                 clock = time.perf_counter()
             self._last_generation += 1
             self._generations[model_id] = self._last_generation
@@ -386,10 +391,9 @@ class ModelLoader:
         capacity). When it need not wait, the victims' unloads wait for ``unload_after`` (the load's end):
         the runtime does one thing at a time, and the load is what a request waits for.
         Models serving requests, loading, or (with ``used_before_ms``) used since then are kept; so is a model
-        whose load has not finished (it may be making room for what it measured, with its requests still
-        waiting to be served).
+        that has loaded and is making room for more than it was predicted to take (its requests still wait).
         """
-        pinned = frozenset(self._inflight) | self._loads.keys() | {for_model}
+        pinned = frozenset(self._inflight) | self._settling | {for_model}
         victims = self.cache.plan_eviction(0, pinned, used_before_ms)
         if victims is None:
             raise MeshError(
