@@ -292,7 +292,8 @@ def triton_paths(
 
 
 # Each backend twice: the pods' external port served by grpc.aio (--front=grpc), then by the HTTP/2 front;
-# echo a third time, the HTTP/2 front on python-hyper's h2 instead of its own codec (what each costs).
+# echo twice more: the HTTP/2 front with its loop sleeping at once (what busy polling buys), and on
+# python-hyper's h2 instead of its own codec (what each costs).
 HOP_BACKENDS = ("echo", "echo-h2", "echo-h2sleep", "echo-h2lib", "triton", "triton-h2")
 FRONT_ARGS = {
     "": ["--front=grpc"],

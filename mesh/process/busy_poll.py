@@ -64,21 +64,15 @@ PROCESS_COUNTS = PollCounts()  # what this process's loop did (/mesh/front)
 class BusyPollSelector(selectors.EpollSelector):
     """An epoll selector that polls for up to its policy's spin, then blocks for the rest of the timeout."""
 
-    def __init__(
-        self,
-        policy: SpinPolicy,
-        counts: PollCounts = PROCESS_COUNTS,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
+    def __init__(self, policy: SpinPolicy, counts: PollCounts = PROCESS_COUNTS) -> None:
         super().__init__()
         self.policy = policy
         self.counts = counts
-        self._clock = clock
 
     def select(self, timeout: float | None = None) -> Ready:
         if timeout is not None and timeout <= 0:  # the loop has work: one look, as asyncio asked
             return self.poll(0)
-        clock, policy = self._clock, self.policy
+        clock, policy = time.perf_counter, self.policy
         start = clock()
         if policy.should_spin():
             self.counts.spun += 1
